@@ -1,0 +1,180 @@
+"""The ``pivotlab`` command line: ``pivotlab <verb> ...``.
+
+    pivotlab world generate --out runs/world/train --split train --n 2000 --seed 0 --size 64
+    pivotlab world show runs/world/train --out sheet.png
+    pivotlab world audit --train runs/world/train --test runs/world/test
+
+Heavy libraries (torch, transformers) are imported inside the verbs that need them, so
+``pivotlab --help`` and the world verbs start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+PROG = "pivotlab"
+
+
+class UsageError(Exception):
+    """A bad command line; reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as a single line instead of usage + message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _add_world(verbs: argparse._SubParsersAction) -> None:
+    world = verbs.add_parser("world", help="generate and inspect the synthetic visual world")
+    world_verbs = world.add_subparsers(dest="world_verb", required=True, parser_class=_Parser)
+
+    gen = world_verbs.add_parser(
+        "generate", help="write one split: images, masks, questions, pairs, probes"
+    )
+    gen.add_argument("--out", type=Path, required=True, help="output folder for the split")
+    gen.add_argument(
+        "--split", default="train", help="train, val, test or holdout (default: train)"
+    )
+    gen.add_argument("--n", type=int, default=2000, help="number of scenes (default: 2000)")
+    gen.add_argument("--seed", type=int, default=0, help="root seed of the world (default: 0)")
+    gen.add_argument("--size", type=int, default=64, help="image side in pixels (default: 64)")
+    gen.add_argument("--grid", type=int, default=3, help="layout cells per side (default: 3)")
+    gen.add_argument(
+        "--tasks", type=_csv, default=None, help="comma-separated task names (default: all)"
+    )
+    gen.add_argument(
+        "--probe-n",
+        type=int,
+        default=None,
+        help="classification-probe images (default: as many as --n)",
+    )
+    gen.add_argument(
+        "--mc-fraction",
+        type=float,
+        default=0.5,
+        help="share of questions asked as multiple choice (default: 0.5)",
+    )
+    gen.add_argument(
+        "--pair-fraction",
+        type=float,
+        default=0.2,
+        help="share of scene pairs made into MMVP twins (default: 0.2)",
+    )
+    gen.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes; output is identical for any number",
+    )
+    gen.add_argument("--overwrite", action="store_true", help="replace an existing split in --out")
+    gen.set_defaults(handler=_world_generate)
+
+    show = world_verbs.add_parser(
+        "show", help="save a contact sheet (image | semantic | instances)"
+    )
+    show.add_argument("split_dir", type=Path, help="a folder written by 'pivotlab world generate'")
+    show.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    show.add_argument("--n", type=int, default=12, help="number of scenes (default: 12)")
+    show.set_defaults(handler=_world_show)
+
+    audit = world_verbs.add_parser(
+        "audit", help="text-only baseline: can questions be answered without the image?"
+    )
+    audit.add_argument(
+        "--train", type=Path, required=True, help="split to fit the text-only classifier on"
+    )
+    audit.add_argument("--test", type=Path, required=True, help="split to score it on")
+    audit.set_defaults(handler=_world_audit)
+
+
+def _world_generate(args: argparse.Namespace) -> None:
+    from pivotlab.world import WorldConfig, generate
+    from pivotlab.world.questions import TASK_NAMES
+
+    cfg = WorldConfig(
+        split=args.split,
+        n=args.n,
+        seed=args.seed,
+        size=args.size,
+        grid=args.grid,
+        tasks=args.tasks if args.tasks is not None else TASK_NAMES,
+        mc_fraction=args.mc_fraction,
+        pair_fraction=args.pair_fraction,
+        probe_n=args.probe_n,
+    )
+    report = generate(cfg, args.out, workers=args.workers, overwrite=args.overwrite)
+    print(
+        f"wrote {report.scenes} scenes, {report.questions} questions and {report.preferences} "
+        f"preference pairs to {report.out} in {report.seconds:.1f}s "
+        f"({report.scenes / report.seconds:.0f} scenes/s with probes)"
+    )
+
+
+def _world_show(args: argparse.Namespace) -> None:
+    from pivotlab.world.sheet import contact_sheet, legend
+
+    if not (args.split_dir / "scenes.jsonl").is_file():
+        raise UsageError(
+            f"{PROG} world show: {args.split_dir} has no scenes.jsonl (not a world split)"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    contact_sheet(args.split_dir, n=args.n).save(args.out)
+    print(f"wrote {args.out} (semantic classes: {legend()})")
+
+
+def _world_audit(args: argparse.Namespace) -> None:
+    from pivotlab.world.audit import text_only_baseline
+    from pivotlab.world.hf import read_jsonl
+
+    records = []
+    for split_dir in (args.train, args.test):
+        if not (split_dir / "vqa.jsonl").is_file():
+            raise UsageError(
+                f"{PROG} world audit: {split_dir} has no vqa.jsonl (not a world split)"
+            )
+        records.append(read_jsonl(split_dir / "vqa.jsonl"))
+    scores = text_only_baseline(*records)
+    print(f"{'group':28s} {'n':>6s} {'text-only':>9s} {'chance':>7s} {'above':>6s}")
+    for score in scores.values():
+        print(
+            f"{score.group:28s} {score.n:6d} {100 * score.accuracy:9.1f} {100 * score.chance:7.1f} "
+            f"{100 * score.above_chance:+6.1f}"
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG, description="Study and improve the vision encoders of multimodal LLMs."
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    _add_world(verbs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pivotlab`` console script; returns the exit status."""
+    from pivotlab.world import WorldConfigError
+
+    try:
+        args = build_parser().parse_args(argv)
+        args.handler(args)
+    except (UsageError, WorldConfigError) as error:
+        message = str(error)
+        if not message.startswith(PROG):
+            message = f"{PROG}: error: {message}"
+        print(message, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

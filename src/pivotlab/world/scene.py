@@ -1,0 +1,308 @@
+"""Scene graphs and how they are sampled.
+
+A scene is pure data (what is where); ``render.py`` turns it into pixels and masks and
+``questions.py`` asks about it. Sampling is a pure function of a numpy ``Generator``, so a
+scene depends only on its seed stream, never on what was generated before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from pivotlab.world import vocab
+
+MAX_OBJECTS = 6
+MAX_COUNT = 4
+GLYPH_PROBABILITY = 0.35
+OVERLAP_PROBABILITY = 0.35
+ROTATION_JITTER_DEG = 8.0
+SHAPES_WITHOUT_GLYPH = frozenset({"ring"})
+
+
+@dataclass
+class SceneObject:
+    """One drawn object; ``bbox``, ``area`` and ``visible_pixels`` are filled by rendering."""
+
+    index: int
+    shape: str
+    color: str
+    size: str
+    rgb: tuple[int, int, int]
+    center: tuple[float, float]
+    diameter: float
+    rotation: float
+    z: int
+    glyph: str | None = None
+    bbox: tuple[int, int, int, int] = (0, 0, 0, 0)
+    area: int = 0
+    visible_pixels: int = 0
+    glyph_visible: float = 0.0
+
+    @property
+    def visible_fraction(self) -> float:
+        return self.visible_pixels / self.area if self.area else 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "index": self.index,
+            "shape": self.shape,
+            "color": self.color,
+            "size": self.size,
+            "bbox": list(self.bbox),
+            "z": self.z,
+            "glyph": self.glyph,
+            "center": [round(self.center[0], 2), round(self.center[1], 2)],
+            "area": self.area,
+            "visible_pixels": self.visible_pixels,
+        }
+
+
+@dataclass
+class Bar:
+    """One bar of a chart scene."""
+
+    index: int
+    label: str
+    value: int
+    color: str
+    rgb: tuple[int, int, int]
+    bbox: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def to_json(self) -> dict:
+        return {
+            "index": self.index,
+            "label": self.label,
+            "value": self.value,
+            "color": self.color,
+            "bbox": list(self.bbox),
+        }
+
+
+@dataclass
+class TextSpec:
+    """The rendered word or number of a text scene."""
+
+    content: str
+    color: str
+    rgb: tuple[int, int, int]
+    center: tuple[float, float]
+    font_px: int
+    bbox: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def to_json(self) -> dict:
+        return {"content": self.content, "color": self.color, "bbox": list(self.bbox)}
+
+
+@dataclass
+class Background:
+    """Parameters of a procedural background texture."""
+
+    kind: str
+    tone_a: tuple[int, int, int]
+    tone_b: tuple[int, int, int]
+    frequency: float
+    angle: float
+    noise_seed: int
+
+
+@dataclass
+class Scene:
+    """A scene graph: everything needed to render it and to answer questions about it."""
+
+    scene_id: str
+    kind: str  # "objects" | "chart" | "text"
+    size: int
+    grid: int
+    background: Background
+    objects: list[SceneObject] = field(default_factory=list)
+    bars: list[Bar] = field(default_factory=list)
+    text: TextSpec | None = None
+    count_shape: str | None = None
+    heldout: bool = False
+
+    @property
+    def cell(self) -> float:
+        return self.size / self.grid
+
+    def to_json(self) -> dict:
+        record: dict = {
+            "scene_id": self.scene_id,
+            "kind": self.kind,
+            "size": self.size,
+            "background": self.background.kind,
+            "objects": [o.to_json() for o in self.objects],
+        }
+        if self.kind == "chart":
+            record["chart"] = {"bars": [b.to_json() for b in self.bars]}
+        if self.text is not None:
+            record["text"] = self.text.to_json()
+        record["heldout_combos"] = sorted(
+            {
+                f"{o.color} {o.shape}"
+                for o in self.objects
+                if (o.shape, o.color) in vocab.HELDOUT_COMBOS
+            }
+        )
+        return record
+
+    def copy(self, scene_id: str) -> Scene:
+        """A deep copy under a new id (objects are mutable and must not be shared)."""
+        return replace(
+            self,
+            scene_id=scene_id,
+            objects=[replace(o) for o in self.objects],
+            bars=[replace(b) for b in self.bars],
+            text=replace(self.text) if self.text else None,
+        )
+
+
+def jittered_rgb(rng: np.random.Generator, color: str) -> tuple[int, int, int]:
+    """The colour's prototype moved by a small random offset per channel."""
+    base = np.array(vocab.COLORS[color])
+    jitter = rng.integers(-vocab.COLOR_JITTER, vocab.COLOR_JITTER + 1, size=3)
+    r, g, b = np.clip(base + jitter, 0, 255).tolist()
+    return int(r), int(g), int(b)
+
+
+def sample_background(rng: np.random.Generator) -> Background:
+    """Two desaturated tones and a texture kind; objects stay more saturated than this."""
+    kind = _pick(rng, list(vocab.BACKGROUNDS))
+    tones = []
+    for _ in range(2):
+        gray = int(rng.integers(70, 191))
+        tint = rng.integers(-14, 15, size=3)
+        r, g, b = np.clip(gray + tint, 0, 255).tolist()
+        tones.append((int(r), int(g), int(b)))
+    return Background(
+        kind=kind,
+        tone_a=tones[0],
+        tone_b=tones[1],
+        frequency=float(rng.uniform(2.5, 7.0)),
+        angle=float(rng.uniform(0, np.pi)),
+        noise_seed=int(rng.integers(2**31)),
+    )
+
+
+def _pick(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def sample_shapes(rng: np.random.Generator, grid: int) -> tuple[list[str], str]:
+    """The shapes of an objects scene, shuffled, and the shape repeated for counting."""
+    max_objects = min(MAX_OBJECTS, grid * grid)
+    count_shape = _pick(rng, vocab.SHAPES)
+    count = int(rng.integers(1, min(MAX_COUNT, max_objects) + 1))
+    n_other = int(rng.integers(0, max_objects - count + 1))
+    other_shapes = [s for s in vocab.SHAPES if s != count_shape]
+    shapes = [count_shape] * count + [_pick(rng, other_shapes) for _ in range(n_other)]
+    return [shapes[i] for i in rng.permutation(len(shapes))], count_shape
+
+
+def sample_object_scene(
+    rng: np.random.Generator, scene_id: str, size: int, grid: int, heldout: bool
+) -> Scene:
+    """1-6 objects on a textured background.
+
+    One shape (``count_shape``) is repeated 1-4 times with a uniform count, so counting
+    answers are balanced; the rest use other shapes. Objects sit in distinct layout cells
+    with jitter, except that one object may be moved to partly overlap another (occlusion).
+    With ``heldout`` one object takes a held-out (shape, colour) combination; otherwise
+    none does.
+    """
+    shapes, count_shape = sample_shapes(rng, grid)
+    n = len(shapes)
+    heldout_index = int(rng.integers(n)) if heldout else -1
+    cells = grid * grid
+    cell_ids = rng.permutation(cells)[:n]
+    z_order = rng.permutation(n)
+    cell = size / grid
+    objects = []
+    for i, shape in enumerate(shapes):
+        color = _pick(rng, vocab.allowed_colors(shape, heldout=i == heldout_index))
+        size_name = _pick(rng, vocab.SIZE_NAMES)
+        diameter = vocab.SIZES[size_name] * cell
+        slack = max(cell - diameter, 0.0) / 2 * 0.9
+        cx = (cell_ids[i] % grid + 0.5) * cell + rng.uniform(-slack, slack)
+        cy = (cell_ids[i] // grid + 0.5) * cell + rng.uniform(-slack, slack)
+        glyph = None
+        can_carry_glyph = size_name != "small" and shape not in SHAPES_WITHOUT_GLYPH
+        if can_carry_glyph and rng.random() < GLYPH_PROBABILITY:
+            glyph = _pick(rng, vocab.GLYPHS)
+        objects.append(
+            SceneObject(
+                index=i,
+                shape=shape,
+                color=color,
+                size=size_name,
+                rgb=jittered_rgb(rng, color),
+                center=(float(cx), float(cy)),
+                diameter=float(diameter),
+                rotation=float(rng.uniform(-ROTATION_JITTER_DEG, ROTATION_JITTER_DEG)),
+                z=int(z_order[i]),
+                glyph=glyph,
+            )
+        )
+    if n >= 2 and rng.random() < OVERLAP_PROBABILITY:
+        _overlap_pair(rng, objects, size)
+    return Scene(
+        scene_id=scene_id,
+        kind="objects",
+        size=size,
+        grid=grid,
+        background=sample_background(rng),
+        objects=objects,
+        count_shape=count_shape,
+        heldout=heldout,
+    )
+
+
+def _overlap_pair(rng: np.random.Generator, objects: list[SceneObject], size: int) -> None:
+    """Move one object so it partly overlaps another.
+
+    The centres end up ``max(r) + min(r)/4`` apart, so the smaller object's centre lies
+    just outside the larger one and about half of it stays visible whichever is in front.
+    """
+    a, b = (int(i) for i in rng.choice(len(objects), size=2, replace=False))
+    ra, rb = objects[a].diameter / 2, objects[b].diameter / 2
+    distance = max(ra, rb) + 0.25 * min(ra, rb)
+    angle = rng.uniform(0, 2 * np.pi)
+    cx = objects[a].center[0] + distance * np.cos(angle)
+    cy = objects[a].center[1] + distance * np.sin(angle)
+    cx = float(np.clip(cx, rb, size - rb))
+    cy = float(np.clip(cy, rb, size - rb))
+    objects[b].center = (cx, cy)
+
+
+def sample_chart_scene(
+    rng: np.random.Generator, scene_id: str, size: int, grid: int, max_value: int
+) -> Scene:
+    """A bar chart: 3-5 bars with distinct values, labels and colours."""
+    n_bars = int(rng.integers(3, 6))
+    labels = sorted(rng.choice(vocab.BAR_LABELS, size=n_bars, replace=False).tolist())
+    values = rng.choice(np.arange(1, max_value + 1), size=n_bars, replace=False).tolist()
+    colors = rng.choice(vocab.COLOR_NAMES, size=n_bars, replace=False).tolist()
+    bars = [
+        Bar(index=i, label=label, value=int(value), color=color, rgb=jittered_rgb(rng, color))
+        for i, (label, value, color) in enumerate(zip(labels, values, colors, strict=True))
+    ]
+    gray = int(rng.integers(225, 250))
+    background = Background("plain", (gray, gray, gray), (gray, gray, gray), 0.0, 0.0, 0)
+    return Scene(scene_id, "chart", size, grid, background, bars=bars)
+
+
+def sample_text_scene(rng: np.random.Generator, scene_id: str, size: int, grid: int) -> Scene:
+    """A short word or number, in a saturated colour, on a textured background."""
+    content = _pick(rng, vocab.WORDS)
+    color = _pick(rng, vocab.COLOR_NAMES)
+    font_px = max(6, round(size * rng.uniform(0.2, 0.26)))
+    half_width = 0.32 * font_px * len(content)
+    slack_x = max(size / 2 - half_width - 1, 0)
+    slack_y = max(size / 2 - font_px, 0)
+    center = (
+        float(size / 2 + rng.uniform(-slack_x, slack_x)),
+        float(size / 2 + rng.uniform(-slack_y, slack_y)),
+    )
+    text = TextSpec(content, color, jittered_rgb(rng, color), center, font_px)
+    return Scene(scene_id, "text", size, grid, sample_background(rng), text=text)

@@ -1,0 +1,34 @@
+"""Shared fixtures: small world splits at the tests-sized preset (32 px), made once per run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pivotlab.world import WorldConfig, generate
+
+TEST_SIZE = 32
+
+
+@pytest.fixture(scope="session")
+def small_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """120 train scenes with 20 classification-probe images."""
+    out = tmp_path_factory.mktemp("world") / "train"
+    generate(WorldConfig(split="train", n=120, seed=3, size=TEST_SIZE, probe_n=20), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def audit_splits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Train and test splits large enough for the text-only audit and balance checks."""
+    root = tmp_path_factory.mktemp("audit")
+    train, test = root / "train", root / "test"
+    generate(
+        WorldConfig(split="train", n=3000, seed=0, size=TEST_SIZE, probe_n=0), train, workers=2
+    )
+    generate(WorldConfig(split="test", n=1500, seed=0, size=TEST_SIZE, probe_n=0), test, workers=2)
+    return train, test
