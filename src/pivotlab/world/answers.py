@@ -62,7 +62,7 @@ def extract_choice(reply: str, choices: list[str]) -> str | None:
 
 def first_sentence_answer(reply: str) -> str:
     """The short answer part of a reply such as "Red. The star is red." -> "Red"."""
-    return re.split(r"(?<=[^\d])\.\s|\n", reply.strip(), maxsplit=1)[0]
+    return re.split(r"\.\s+|\n", reply.strip(), maxsplit=1)[0]
 
 
 def is_correct(record: dict, reply: str) -> bool:

@@ -249,12 +249,16 @@ def _options(item: Item, rng: np.random.Generator) -> list[str]:
     confusable glyph, the look-alike shape's fact) the option set would give the answer
     away to a model that never looks at the image.
     """
-    if item.answer_space:
-        rest = [v for v in item.answer_space if v != item.answer]
-        n_options = min(len(LETTERS), len(item.answer_space))
-        options = [item.answer] + [rest[i] for i in rng.permutation(len(rest))[: n_options - 1]]
+    if len(item.answer_space) <= len(LETTERS):
+        # The whole space, so the two scenes of a pair (different answers) list the same
+        # options in the same order.
+        options = (
+            list(item.answer_space) if item.answer_space else [item.answer, *item.distractors[:3]]
+        )
     else:
-        options = [item.answer, *item.distractors[:3]]
+        rest = [v for v in item.answer_space if v != item.answer]
+        picked = rng.permutation(len(rest))[: len(LETTERS) - 1]
+        options = [item.answer] + [rest[i] for i in picked]
     return [options[i] for i in rng.permutation(len(options))]
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pivotlab.world import vocab
-from pivotlab.world.scene import Background, Scene, SceneObject
+from pivotlab.world.scene import MIN_TEXT_PX, Background, Scene, SceneObject, glyph_px
 
 PIXEL_NOISE = 5
 CHART_TEXT_RGB = (30, 30, 30)
@@ -201,10 +201,6 @@ def glyph_rgb(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     return (20, 20, 20) if luminance > 140 else (245, 245, 245)
 
 
-def glyph_px(obj: SceneObject) -> int:
-    return max(5, round(0.62 * obj.diameter))
-
-
 def _render_objects(scene: Scene, image: np.ndarray) -> Rendered:
     size = scene.size
     semantic = np.zeros((size, size), np.uint8)
@@ -217,7 +213,7 @@ def _render_objects(scene: Scene, image: np.ndarray) -> Rendered:
         semantic[mask] = vocab.SEMANTIC_CLASSES.index(obj.shape)
         instances[mask] = obj.index + 1
         if obj.glyph is not None:
-            alpha = text_alpha(obj.glyph, glyph_px(obj))
+            alpha = text_alpha(obj.glyph, glyph_px(obj.diameter))
             # Clipped to the shape: ink outside it would belong to no object.
             coverage = _blend_text(image, alpha, obj.center, glyph_rgb(obj.rgb), within=mask)
             glyph_masks[obj.index] = coverage > 0.5
@@ -240,7 +236,7 @@ def _render_objects(scene: Scene, image: np.ndarray) -> Rendered:
 
 
 def chart_font_px(size: int) -> int:
-    return max(5, round(size * 0.14))
+    return max(MIN_TEXT_PX, round(size * 0.14))
 
 
 def _render_chart(scene: Scene, image: np.ndarray, max_value: int) -> Rendered:

@@ -19,6 +19,15 @@ GLYPH_PROBABILITY = 0.35
 OVERLAP_PROBABILITY = 0.35
 ROTATION_JITTER_DEG = 8.0
 SHAPES_WITHOUT_GLYPH = frozenset({"ring"})
+# Below about 7 px a glyph's strokes merge and some characters render no solid pixel at
+# all: such objects carry no glyph (so OCR tasks need images of about 64 px or more).
+MIN_TEXT_PX = 7
+GLYPH_SCALE = 0.62
+
+
+def glyph_px(diameter: float) -> int:
+    """Font size of a glyph drawn on an object of this diameter."""
+    return round(GLYPH_SCALE * diameter)
 
 
 @dataclass
@@ -227,7 +236,7 @@ def sample_object_scene(
         cx = (cell_ids[i] % grid + 0.5) * cell + rng.uniform(-slack, slack)
         cy = (cell_ids[i] // grid + 0.5) * cell + rng.uniform(-slack, slack)
         glyph = None
-        can_carry_glyph = size_name != "small" and shape not in SHAPES_WITHOUT_GLYPH
+        can_carry_glyph = glyph_px(diameter) >= MIN_TEXT_PX and shape not in SHAPES_WITHOUT_GLYPH
         if can_carry_glyph and rng.random() < GLYPH_PROBABILITY:
             glyph = _pick(rng, vocab.GLYPHS)
         objects.append(
@@ -296,7 +305,7 @@ def sample_text_scene(rng: np.random.Generator, scene_id: str, size: int, grid: 
     """A short word or number, in a saturated colour, on a textured background."""
     content = _pick(rng, vocab.WORDS)
     color = _pick(rng, vocab.COLOR_NAMES)
-    font_px = max(6, round(size * rng.uniform(0.2, 0.26)))
+    font_px = max(MIN_TEXT_PX, round(size * rng.uniform(0.2, 0.26)))
     half_width = 0.32 * font_px * len(content)
     slack_x = max(size / 2 - half_width - 1, 0)
     slack_y = max(size / 2 - font_px, 0)
