@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from pivotlab.cli import main
 from pivotlab.world import WorldConfig, WorldConfigError, generate
@@ -190,3 +191,25 @@ def test_config_validation_names_the_field() -> None:
         WorldConfig(mc_fraction=1.5)
     with pytest.raises(WorldConfigError, match="grid"):
         WorldConfig(grid=1)
+
+
+def test_show_writes_a_contact_sheet(small_split: Path, tmp_path: Path) -> None:
+    sheet = tmp_path / "sheet.png"
+    assert main(["world", "show", str(small_split), "--out", str(sheet), "--n", "3"]) == 0
+    with Image.open(sheet) as image:
+        assert image.width == 3 * 32 * 3 + 8 and image.height > 3 * 32 * 3
+
+
+def test_audit_prints_every_category(small_split: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["world", "audit", "--train", str(small_split), "--test", str(small_split)]) == 0
+    out = capsys.readouterr().out
+    for category in ("general", "knowledge", "ocr_chart", "vision_centric"):
+        assert f"category:{category}" in out
+
+
+def test_show_and_audit_reject_folders_that_are_not_splits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["world", "show", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
+    assert main(["world", "audit", "--train", str(tmp_path), "--test", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.count("not a world split") == 2
