@@ -139,15 +139,28 @@ def scene_id(cfg: WorldConfig, index: int) -> str:
 # ---------------------------------------------------------------------------------------
 # One unit of work: two scenes (maybe an MMVP pair), everything about them written out
 # ---------------------------------------------------------------------------------------
+JSONL_FILES: tuple[str, ...] = (
+    "scenes.jsonl",
+    "vqa.jsonl",
+    "preferences.jsonl",
+    "probes/classification.jsonl",
+    "probes/segmentation.jsonl",
+    "probes/localisation.jsonl",
+    "probes/captions.jsonl",
+)
+
+
 @dataclass
 class UnitOutput:
-    scenes: list[dict] = field(default_factory=list)
-    vqa: list[dict] = field(default_factory=list)
-    preferences: list[dict] = field(default_factory=list)
-    localisation: list[dict] = field(default_factory=list)
-    classification: list[dict] = field(default_factory=list)
-    captions: list[dict] = field(default_factory=list)
+    """What one unit of work wrote: JSON lines per file (serialised in the worker, so the
+    parent only concatenates), tallies for the manifest, and sha256 of the PNGs."""
+
+    lines: dict[str, list[str]] = field(default_factory=lambda: {f: [] for f in JSONL_FILES})
+    counts: Counter = field(default_factory=Counter)
     hashes: dict[str, str] = field(default_factory=dict)
+
+    def add(self, file: str, record: dict) -> None:
+        self.lines[file].append(json.dumps(record, ensure_ascii=False))
 
 
 def sample_scene(cfg: WorldConfig, index: int) -> Scene:
@@ -289,10 +302,22 @@ def _emit_scene(
     _write(out, f"images/{sid}.png", encode_png(rendered.image), result.hashes)
     _write(out, f"masks/{sid}.png", encode_png(rendered.semantic), result.hashes)
     _write(out, f"instances/{sid}.png", encode_png(rendered.instances), result.hashes)
-    result.scenes.append(scene.to_json())
-    result.captions.append(
-        {"scene_id": sid, "image": f"images/{sid}.png", "caption": caption(scene)}
+    result.add("scenes.jsonl", scene.to_json())
+    result.add(
+        "probes/captions.jsonl",
+        {"scene_id": sid, "image": f"images/{sid}.png", "caption": caption(scene)},
     )
+    result.add(
+        "probes/segmentation.jsonl",
+        {
+            "scene_id": sid,
+            "kind": scene.kind,
+            "image": f"images/{sid}.png",
+            "mask": f"masks/{sid}.png",
+            "instances": f"instances/{sid}.png",
+        },
+    )
+    result.counts["scenes", scene.kind] += 1
     format_rng = stream(cfg, _QUESTIONS, index * 64 + 63)
     for number, (item, task) in enumerate(items):
         rng = format_rng
@@ -300,10 +325,19 @@ def _emit_scene(
             # Both scenes of a pair must show the question with the same options in the same order.
             rng = np.random.default_rng([cfg.seed, SPLITS.index(cfg.split), _PAIR, index // 2, 1])
         vqa, preference = _format(item, task, scene, number, rng, cfg)
-        result.vqa.append(vqa)
-        result.preferences.append(preference)
+        result.add("vqa.jsonl", vqa)
+        result.add("preferences.jsonl", preference)
+        result.counts.update(
+            [
+                ("category", task.category),
+                ("task", item.task),
+                ("format", vqa["format"]),
+                ("negative_type", preference["negative_type"]),
+            ]
+        )
         if item.target_objects and scene.kind == "objects":
-            result.localisation.append(
+            result.add(
+                "probes/localisation.jsonl",
                 {
                     "id": vqa["id"],
                     "scene_id": sid,
@@ -312,7 +346,7 @@ def _emit_scene(
                     "question": item.question,
                     "answer": item.answer,
                     "target_objects": item.target_objects,
-                }
+                },
             )
 
 
@@ -409,7 +443,8 @@ def generate_probe(cfg: WorldConfig, out: Path, index: int) -> UnitOutput:
         out, f"probes/classification/masks/{pid}.png", encode_png(rendered.semantic), result.hashes
     )
     main = scene.objects[0]
-    result.classification.append(
+    result.add(
+        "probes/classification.jsonl",
         {
             "id": pid,
             "image": f"probes/classification/images/{pid}.png",
@@ -418,7 +453,7 @@ def generate_probe(cfg: WorldConfig, out: Path, index: int) -> UnitOutput:
             "color": main.color,
             "shape_color": f"{main.color} {main.shape}",
             "distractors": [o.shape for o in scene.objects[1:]],
-        }
+        },
     )
     return result
 
@@ -431,10 +466,6 @@ def _run_job(job: tuple[str, WorldConfig, str, int]) -> UnitOutput:
     if kind == "scenes":
         return generate_unit(cfg, Path(out), index)
     return generate_probe(cfg, Path(out), index)
-
-
-def _jsonl(records: list[dict]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
 
 
 @dataclass
@@ -476,18 +507,20 @@ def _prepare_output(out: Path, overwrite: bool) -> Path:
 def _merge(outputs: list[UnitOutput]) -> UnitOutput:
     merged = UnitOutput()
     for part in outputs:
-        merged.scenes += part.scenes
-        merged.vqa += part.vqa
-        merged.preferences += part.preferences
-        merged.localisation += part.localisation
-        merged.classification += part.classification
-        merged.captions += part.captions
+        for file, lines in part.lines.items():
+            merged.lines[file] += lines
+        merged.counts.update(part.counts)
         merged.hashes.update(part.hashes)
     return merged
 
 
+def _tally(counts: Counter, kind: str) -> dict[str, int]:
+    return dict(sorted((key[1], n) for key, n in counts.items() if key[0] == kind))
+
+
 def _manifest(cfg: WorldConfig, merged: UnitOutput, hashes: dict[str, str]) -> dict:
-    by_category = Counter(r["category"] for r in merged.vqa)
+    by_category = _tally(merged.counts, "category")
+    lengths = {file: len(lines) for file, lines in merged.lines.items()}
     return {
         "generator": "pivotlab.world",
         "generator_version": GENERATOR_VERSION,
@@ -496,22 +529,20 @@ def _manifest(cfg: WorldConfig, merged: UnitOutput, hashes: dict[str, str]) -> d
         "semantic_classes": list(vocab.SEMANTIC_CLASSES),
         "heldout_combos": sorted(f"{c} {s}" for s, c in vocab.HELDOUT_COMBOS),
         "counts": {
-            "scenes": len(merged.scenes),
-            "scenes_by_kind": dict(sorted(Counter(s["kind"] for s in merged.scenes).items())),
-            "questions": len(merged.vqa),
+            "scenes": lengths["scenes.jsonl"],
+            "scenes_by_kind": _tally(merged.counts, "scenes"),
+            "questions": lengths["vqa.jsonl"],
             "questions_by_category": {c: by_category.get(c, 0) for c in CATEGORIES},
-            "questions_by_task": dict(sorted(Counter(r["task"] for r in merged.vqa).items())),
-            "questions_by_format": dict(sorted(Counter(r["format"] for r in merged.vqa).items())),
-            "pairs": len({r["pair_id"] for r in merged.vqa if r["pair_id"]}),
-            "preferences": len(merged.preferences),
-            "preferences_by_negative_type": dict(
-                sorted(Counter(r["negative_type"] for r in merged.preferences).items())
-            ),
+            "questions_by_task": _tally(merged.counts, "task"),
+            "questions_by_format": _tally(merged.counts, "format"),
+            "pairs": _tally(merged.counts, "task").get("mmvp", 0) // 2,
+            "preferences": lengths["preferences.jsonl"],
+            "preferences_by_negative_type": _tally(merged.counts, "negative_type"),
             "probes": {
-                "classification": len(merged.classification),
-                "segmentation": len(merged.scenes),
-                "localisation": len(merged.localisation),
-                "captions": len(merged.scenes),
+                "classification": lengths["probes/classification.jsonl"],
+                "segmentation": lengths["probes/segmentation.jsonl"],
+                "localisation": lengths["probes/localisation.jsonl"],
+                "captions": lengths["probes/captions.jsonl"],
             },
         },
         "files": dict(sorted(hashes.items())),
@@ -542,38 +573,20 @@ def generate(
                 )
         merged = _merge(outputs)
         hashes = dict(merged.hashes)
-        segmentation = [
-            {
-                "scene_id": s["scene_id"],
-                "kind": s["kind"],
-                "image": f"images/{s['scene_id']}.png",
-                "mask": f"masks/{s['scene_id']}.png",
-                "instances": f"instances/{s['scene_id']}.png",
-            }
-            for s in merged.scenes
-        ]
-        files = {
-            "scenes.jsonl": merged.scenes,
-            "vqa.jsonl": merged.vqa,
-            "preferences.jsonl": merged.preferences,
-            "probes/classification.jsonl": merged.classification,
-            "probes/segmentation.jsonl": segmentation,
-            "probes/localisation.jsonl": merged.localisation,
-            "probes/captions.jsonl": merged.captions,
-        }
-        for relative, records in files.items():
-            _write(staging, relative, _jsonl(records), hashes)
+        for file, lines in merged.lines.items():
+            _write(staging, file, "".join(line + "\n" for line in lines).encode(), hashes)
         manifest = _manifest(cfg, merged, hashes)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _publish(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    counts = manifest["counts"]
     return GenerateReport(
         out,
-        len(merged.scenes),
-        len(merged.vqa),
-        len(merged.preferences),
+        counts["scenes"],
+        counts["questions"],
+        counts["preferences"],
         time.perf_counter() - start,
     )
 
