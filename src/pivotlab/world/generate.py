@@ -127,9 +127,9 @@ class WorldConfig:
         return record
 
 
-def stream(cfg: WorldConfig, purpose: int, index: int) -> np.random.Generator:
-    """The random stream for one (split, purpose, index) of this world."""
-    return np.random.default_rng([cfg.seed, SPLITS.index(cfg.split), purpose, index])
+def stream(cfg: WorldConfig, purpose: int, index: int, part: int = 0) -> np.random.Generator:
+    """The random stream for one (split, purpose, index, part) of this world."""
+    return np.random.default_rng([cfg.seed, SPLITS.index(cfg.split), purpose, index, part])
 
 
 def scene_id(cfg: WorldConfig, index: int) -> str:
@@ -283,7 +283,7 @@ def _scene_items(
         task = tasks[name]
         if name not in cfg.tasks or task.make is None or scene.kind not in task.kinds:
             continue
-        item = task.make(scene, rendered, stream(cfg, _QUESTIONS, index * 64 + position))
+        item = task.make(scene, rendered, stream(cfg, _QUESTIONS, index, position))
         if item is not None:
             items.append((item, task))
     return items
@@ -318,12 +318,12 @@ def _emit_scene(
         },
     )
     result.counts["scenes", scene.kind] += 1
-    format_rng = stream(cfg, _QUESTIONS, index * 64 + 63)
+    format_rng = stream(cfg, _QUESTIONS, index, len(TASK_NAMES))
     for number, (item, task) in enumerate(items):
         rng = format_rng
         if item.pair_id is not None:
             # Both scenes of a pair must show the question with the same options in the same order.
-            rng = np.random.default_rng([cfg.seed, SPLITS.index(cfg.split), _PAIR, index // 2, 1])
+            rng = stream(cfg, _PAIR, index // 2, 1)
         vqa, preference = _format(item, task, scene, number, rng, cfg)
         result.add("vqa.jsonl", vqa)
         result.add("preferences.jsonl", preference)
@@ -433,7 +433,7 @@ def sample_probe_scene(cfg: WorldConfig, index: int) -> Scene:
 
 def generate_probe(cfg: WorldConfig, out: Path, index: int) -> UnitOutput:
     scene = sample_probe_scene(cfg, index)
-    rendered = render(scene, stream(cfg, _PROBE, 10**9 + index), cfg.chart_max_value)
+    rendered = render(scene, stream(cfg, _PROBE, index, 1), cfg.chart_max_value)
     result = UnitOutput()
     pid = scene.scene_id
     _write(
