@@ -11,6 +11,7 @@ decoded lazily from the split's PNG files.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
@@ -53,39 +54,36 @@ def _assistant(text: str) -> list[dict]:
     return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
 
 
-def _with_images(rows: list[dict]) -> datasets.Dataset:
-    dataset = datasets.Dataset.from_list(rows)
-    return dataset.cast_column("images", datasets.List(datasets.Image()))
+def _dataset(split_dir: Path | str, name: str, to_row: Callable[[dict], dict]) -> datasets.Dataset:
+    root, records = _split_file(split_dir, name)
+    rows = [
+        dict(record, images=[str(root / record["image"])], **to_row(record)) for record in records
+    ]
+    return datasets.Dataset.from_list(rows).cast_column("images", datasets.List(datasets.Image()))
 
 
 def vqa_dataset(split_dir: Path | str) -> datasets.Dataset:
     """Every question of a split as an instruction-tuning conversation."""
-    root, records = _split_file(split_dir, "vqa.jsonl")
-    rows = []
-    for record in records:
-        row = dict(record)
-        row["images"] = [str(root / record["image"])]
-        row["messages"] = _user(record["question"]) + _assistant(record["answer"])
-        rows.append(row)
-    return _with_images(rows)
+    return _dataset(
+        split_dir,
+        "vqa.jsonl",
+        lambda r: {"messages": _user(r["question"]) + _assistant(r["answer"])},
+    )
 
 
 def preference_dataset(split_dir: Path | str) -> datasets.Dataset:
     """Every preference pair of a split in TRL's conversational preference format."""
-    root, records = _split_file(split_dir, "preferences.jsonl")
-    rows = []
-    for record in records:
-        row = dict(record)
-        row["images"] = [str(root / record["image"])]
-        row["prompt"] = _user(record["prompt"])
-        row["chosen"] = _assistant(record["chosen"])
-        row["rejected"] = _assistant(record["rejected"])
-        rows.append(row)
-    return _with_images(rows)
+    return _dataset(
+        split_dir,
+        "preferences.jsonl",
+        lambda r: {
+            "prompt": _user(r["prompt"]),
+            "chosen": _assistant(r["chosen"]),
+            "rejected": _assistant(r["rejected"]),
+        },
+    )
 
 
 def caption_dataset(split_dir: Path | str) -> datasets.Dataset:
     """Image-caption pairs of a split (projector alignment, alignment metrics)."""
-    root, records = _split_file(split_dir, "probes/captions.jsonl")
-    rows = [dict(r, images=[str(root / r["image"])]) for r in records]
-    return _with_images(rows)
+    return _dataset(split_dir, "probes/captions.jsonl", lambda r: {})

@@ -17,12 +17,15 @@ import numpy as np
 
 from pivotlab.world import vocab
 from pivotlab.world.questions import (
+    ALL_ATTRIBUTES,
     OPPOSITE,
     RELATION_PHRASE,
     YES_NO,
     Item,
     _choice,
     describe,
+    described_overlaps,
+    described_pairs,
     overlapping_pairs,
     referable,
     relation,
@@ -50,14 +53,7 @@ def _yes(flag: bool) -> str:
 
 
 def _plan_relation(base: Scene, twin_id: str, rng: np.random.Generator) -> PairPlan | None:
-    candidates = []
-    for a in referable(base):
-        for b in referable(base):
-            if a is b or relation(a, b) is None:
-                continue
-            da, db = (describe(o, base, ("shape", "color", "size")) for o in (a, b))
-            if da and db:
-                candidates.append((a, da, b, db))
+    candidates = [p for p in described_pairs(base, ALL_ATTRIBUTES) if relation(p[0], p[2])]
     if not candidates:
         return None
     a, da, b, db = _choice(rng, candidates)
@@ -80,11 +76,7 @@ def _plan_relation(base: Scene, twin_id: str, rng: np.random.Generator) -> PairP
 def _plan_occlusion(
     base: Scene, base_rendered: Rendered, twin_id: str, rng: np.random.Generator
 ) -> PairPlan | None:
-    candidates = []
-    for a, b in overlapping_pairs(base, base_rendered):
-        da, db = (describe(o, base, ("shape", "color", "size")) for o in (a, b))
-        if da and db:
-            candidates.append((a, da, b, db))
+    candidates = described_overlaps(base, base_rendered)
     if not candidates:
         return None
     a, da, b, db = _choice(rng, candidates)

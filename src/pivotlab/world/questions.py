@@ -110,6 +110,9 @@ def describe(obj: SceneObject, scene: Scene, attrs: tuple[str, ...]) -> str | No
     return None
 
 
+ALL_ATTRIBUTES: tuple[str, ...] = ("shape", "color", "size")
+
+
 def referable(scene: Scene) -> list[SceneObject]:
     """Objects visible enough to be asked about."""
     return [o for o in scene.objects if o.visible_fraction >= REFERABLE_VISIBILITY]
@@ -144,6 +147,29 @@ def _distractor_or_random(
     return _other_value(rng, space, answer), "wrong_attribute"
 
 
+def _yes_no_item(
+    task: str,
+    question: str,
+    truth: bool,
+    statements: tuple[str, str],
+    negative_type: str,
+    target_objects: list[int],
+) -> Item:
+    """A yes/no item; ``statements`` are the rationales for "yes" and for "no"."""
+    answer, negative = ("yes", "no") if truth else ("no", "yes")
+    return Item(
+        task=task,
+        question=question,
+        answer=answer,
+        answer_space=YES_NO,
+        negative=negative,
+        negative_type=negative_type,
+        rationale=statements[0] if truth else statements[1],
+        negative_rationale=statements[1] if truth else statements[0],
+        target_objects=target_objects,
+    )
+
+
 def _article(noun_phrase: str) -> str:
     return ("an " if noun_phrase[0] in "aeiou" else "a ") + noun_phrase
 
@@ -173,25 +199,20 @@ def ask_exists(scene: Scene, rendered: Rendered, rng: np.random.Generator) -> It
         phrase = f"{color} {shape}"
     else:
         phrase = _choice(rng, [s for s in vocab.SHAPES if s not in present_shapes])
-    yes_text = f"There is {_article(phrase)} in the image."
-    no_text = f"There is no {phrase} in the image."
-    return Item(
-        task="exists",
-        question=f"Is there {_article(phrase)} in the image?",
-        answer=answer,
-        answer_space=YES_NO,
-        negative="no" if answer == "yes" else "yes",
-        negative_type="missed_object" if answer == "yes" else "hallucinated_object",
-        rationale=yes_text if answer == "yes" else no_text,
-        negative_rationale=no_text if answer == "yes" else yes_text,
-        target_objects=targets,
+    return _yes_no_item(
+        "exists",
+        f"Is there {_article(phrase)} in the image?",
+        answer == "yes",
+        (f"There is {_article(phrase)} in the image.", f"There is no {phrase} in the image."),
+        "missed_object" if answer == "yes" else "hallucinated_object",
+        targets,
     )
 
 
 def _ask_attribute(
     scene: Scene, rng: np.random.Generator, attribute: str, space: tuple[str, ...]
 ) -> Item | None:
-    describe_with = tuple(a for a in ("shape", "color", "size") if a != attribute)
+    describe_with = tuple(a for a in ALL_ATTRIBUTES if a != attribute)
     picked = _pick_described(scene, rng, describe_with)
     if picked is None:
         return None
@@ -442,7 +463,7 @@ def ask_glyph(scene: Scene, rendered: Rendered, rng: np.random.Generator) -> Ite
     legible = [
         o for o in referable(scene) if o.glyph is not None and o.glyph_visible >= GLYPH_VISIBILITY
     ]
-    picked = _pick_described(scene, rng, ("shape", "color", "size"), legible)
+    picked = _pick_described(scene, rng, ALL_ATTRIBUTES, legible)
     if picked is None:
         return None
     obj, phrase = picked
@@ -606,7 +627,7 @@ def relation(a: SceneObject, b: SceneObject) -> str | None:
     return None
 
 
-def _described_pairs(
+def described_pairs(
     scene: Scene, attrs: tuple[str, ...]
 ) -> list[tuple[SceneObject, str, SceneObject, str]]:
     described = [(o, d) for o in referable(scene) if (d := describe(o, scene, attrs)) is not None]
@@ -621,11 +642,7 @@ def ask_relation(scene: Scene, rendered: Rendered, rng: np.random.Generator) -> 
     # The relation is drawn first, then a pair showing it; layouts are symmetric under
     # reflection, so every relation is found equally often.
     wanted = _choice(rng, list(RELATIONS))
-    pairs = [
-        p
-        for p in _described_pairs(scene, ("shape", "color", "size"))
-        if relation(p[0], p[2]) == wanted
-    ]
+    pairs = [p for p in described_pairs(scene, ALL_ATTRIBUTES) if relation(p[0], p[2]) == wanted]
     if not pairs:
         return None
     a, da, b, db = _choice(rng, pairs)
@@ -645,22 +662,17 @@ def ask_relation(scene: Scene, rendered: Rendered, rng: np.random.Generator) -> 
 
 
 def ask_relative_size(scene: Scene, rendered: Rendered, rng: np.random.Generator) -> Item | None:
-    pairs = [p for p in _described_pairs(scene, ("shape", "color")) if p[0].size != p[2].size]
+    pairs = [p for p in described_pairs(scene, ("shape", "color")) if p[0].size != p[2].size]
     if not pairs:
         return None
     a, da, b, db = _choice(rng, pairs)
-    larger = vocab.SIZE_NAMES.index(a.size) > vocab.SIZE_NAMES.index(b.size)
-    yes_text, no_text = f"The {da} is larger than the {db}.", f"The {da} is smaller than the {db}."
-    return Item(
-        task="relative_size",
-        question=f"Is the {da} larger than the {db}?",
-        answer="yes" if larger else "no",
-        answer_space=YES_NO,
-        negative="no" if larger else "yes",
-        negative_type="flipped_size",
-        rationale=yes_text if larger else no_text,
-        negative_rationale=no_text if larger else yes_text,
-        target_objects=[a.index, b.index],
+    return _yes_no_item(
+        "relative_size",
+        f"Is the {da} larger than the {db}?",
+        vocab.SIZE_NAMES.index(a.size) > vocab.SIZE_NAMES.index(b.size),
+        (f"The {da} is larger than the {db}.", f"The {da} is smaller than the {db}."),
+        "flipped_size",
+        [a.index, b.index],
     )
 
 
@@ -676,30 +688,32 @@ def overlapping_pairs(scene: Scene, rendered: Rendered) -> list[tuple[SceneObjec
     return pairs
 
 
-def ask_front(scene: Scene, rendered: Rendered, rng: np.random.Generator) -> Item | None:
-    candidates = []
+def described_overlaps(
+    scene: Scene, rendered: Rendered
+) -> list[tuple[SceneObject, str, SceneObject, str]]:
+    """Overlapping pairs (see ``overlapping_pairs``) where both objects can be named."""
+    described = []
     for a, b in overlapping_pairs(scene, rendered):
-        da = describe(a, scene, ("shape", "color", "size"))
-        db = describe(b, scene, ("shape", "color", "size"))
+        da, db = (describe(o, scene, ALL_ATTRIBUTES) for o in (a, b))
         if da and db:
-            candidates.append((a, da, b, db))
+            described.append((a, da, b, db))
+    return described
+
+
+def ask_front(scene: Scene, rendered: Rendered, rng: np.random.Generator) -> Item | None:
+    candidates = described_overlaps(scene, rendered)
     if not candidates:
         return None
     a, da, b, db = _choice(rng, candidates)
     if rng.random() < 0.5:
         a, da, b, db = b, db, a, da
-    in_front = a.z > b.z
-    yes_text, no_text = f"The {da} is in front of the {db}.", f"The {da} is behind the {db}."
-    return Item(
-        task="front",
-        question=f"Is the {da} in front of the {db}?",
-        answer="yes" if in_front else "no",
-        answer_space=YES_NO,
-        negative="no" if in_front else "yes",
-        negative_type="flipped_occlusion",
-        rationale=yes_text if in_front else no_text,
-        negative_rationale=no_text if in_front else yes_text,
-        target_objects=[a.index, b.index],
+    return _yes_no_item(
+        "front",
+        f"Is the {da} in front of the {db}?",
+        a.z > b.z,
+        (f"The {da} is in front of the {db}.", f"The {da} is behind the {db}."),
+        "flipped_occlusion",
+        [a.index, b.index],
     )
 
 
