@@ -15,6 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pivotlab.errors import PivotlabError
+
 PROG = "pivotlab"
 
 
@@ -151,23 +153,111 @@ def _world_audit(args: argparse.Namespace) -> None:
         )
 
 
+def _add_model(verbs: argparse._SubParsersAction) -> None:
+    model = verbs.add_parser("model", help="assemble, save, detach and transplant MLLMs")
+    model_verbs = model.add_subparsers(dest="model_verb", required=True, parser_class=_Parser)
+
+    build = model_verbs.add_parser("build", help="assemble a Llava MLLM and save it")
+    build.add_argument("--vision", required=True, help="vision preset, local folder or hub id")
+    build.add_argument("--lm", required=True, help="LM preset, local folder or hub id")
+    build.add_argument("--out", type=Path, required=True, help="folder to save the MLLM in")
+    build.add_argument("--image-size", type=int, default=None, help="image side (presets only)")
+    build.add_argument(
+        "--feature-layer",
+        type=int,
+        default=-2,
+        help="tower hidden state fed to the projector (default: -2, penultimate)",
+    )
+    build.add_argument("--seed", type=int, default=0, help="seed of the new weights (default: 0)")
+    build.set_defaults(handler=_model_build)
+
+    export = model_verbs.add_parser(
+        "export-encoder", help="detach the vision tower as a plain HF model"
+    )
+    export.add_argument("--model", type=Path, required=True, help="a saved MLLM folder")
+    export.add_argument("--out", type=Path, required=True, help="folder for the encoder")
+    export.add_argument(
+        "--with-projector", action="store_true", help="also save the projector weights"
+    )
+    export.set_defaults(handler=_model_export)
+
+    graft = model_verbs.add_parser("transplant", help="a fresh MLLM around an exported encoder")
+    graft.add_argument("--encoder", type=Path, required=True, help="folder from export-encoder")
+    graft.add_argument("--lm", required=True, help="LM preset, local folder or hub id")
+    graft.add_argument("--out", type=Path, required=True, help="folder to save the MLLM in")
+    graft.add_argument("--seed", type=int, default=0, help="seed of the new projector (default: 0)")
+    graft.set_defaults(handler=_model_transplant)
+
+    parts = model_verbs.add_parser("parts", help="print the parts table of a saved MLLM")
+    parts.add_argument("--model", type=Path, required=True, help="a saved MLLM folder")
+    parts.set_defaults(handler=_model_parts)
+
+
+def _refuse_non_empty(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{PROG}: {out} is not empty; choose a new folder")
+
+
+def _model_build(args: argparse.Namespace) -> None:
+    from pivotlab.model import assemble, format_parts_table, parts_table, save
+
+    _refuse_non_empty(args.out)
+    model, processor = assemble(
+        args.vision,
+        args.lm,
+        feature_layer=args.feature_layer,
+        image_size=args.image_size,
+        seed=args.seed,
+    )
+    save(model, processor, args.out)
+    print(format_parts_table(parts_table(model)))
+    print(f"saved {args.out} ({model.config.image_seq_length} visual tokens per image)")
+
+
+def _model_export(args: argparse.Namespace) -> None:
+    from pivotlab.model import export_encoder
+
+    _refuse_non_empty(args.out)
+    info = export_encoder(args.model, args.out, with_projector=args.with_projector)
+    print(
+        f"saved {args.out}: {info.kept_blocks} of {info.original_blocks} blocks "
+        f"(the MLLM's feature layer {info.feature_layer_in_mllm}); features = {info.features}"
+        + ("; drop the first (CLS) token" if info.drop_cls else "")
+    )
+
+
+def _model_transplant(args: argparse.Namespace) -> None:
+    from pivotlab.model import format_parts_table, parts_table, transplant
+
+    _refuse_non_empty(args.out)
+    model = transplant(args.encoder, args.lm, args.out, seed=args.seed)
+    print(format_parts_table(parts_table(model)))
+    print(f"saved {args.out}")
+
+
+def _model_parts(args: argparse.Namespace) -> None:
+    from pivotlab.model import format_parts_table, load, parts_table
+
+    model, _ = load(args.model)
+    print(format_parts_table(parts_table(model)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description="Study and improve the vision encoders of multimodal LLMs."
     )
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     _add_world(verbs)
+    _add_model(verbs)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pivotlab`` console script; returns the exit status."""
-    from pivotlab.world import WorldConfigError
-
     try:
         args = build_parser().parse_args(argv)
         args.handler(args)
-    except (UsageError, WorldConfigError) as error:
+    except (UsageError, PivotlabError) as error:
         message = str(error)
         if not message.startswith(PROG):
             message = f"{PROG}: error: {message}"

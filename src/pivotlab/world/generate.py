@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pivotlab import __version__
+from pivotlab.errors import PivotlabError
 from pivotlab.world import vocab
 from pivotlab.world.pairs import pair_items, plan_pair
 from pivotlab.world.png import encode_png
@@ -51,7 +52,7 @@ MC_INSTRUCTION = "Answer with the option's letter from the given choices directl
 _LAYOUT, _PIXELS, _QUESTIONS, _PAIR, _PROBE = range(5)
 
 
-class WorldConfigError(ValueError):
+class WorldConfigError(PivotlabError):
     """A world configuration that cannot be generated; the message is one line."""
 
 

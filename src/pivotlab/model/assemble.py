@@ -1,0 +1,218 @@
+"""Assemble a LLaVA-style MLLM from a vision tower and a language model, on HF classes.
+
+    model, processor = assemble(vision="tiny-siglip", lm="tiny-qwen2", image_size=32)
+    model, processor = assemble(vision="google/siglip2-so400m-patch16-384", lm="Qwen/Qwen2.5-1.5B")
+
+``vision`` and ``lm`` are each a named preset (``presets.py``: a config, random init), a
+local ``save_pretrained`` folder, or a hub id; folders and ids take the same path
+(``from_pretrained``). The result is a plain ``LlavaForConditionalGeneration`` with a
+2-layer GELU projector whose width is the LM's, and a ``LlavaProcessor`` whose image token
+expands to exactly the number of visual tokens the tower produces (derived from the vision
+config, checked against ``LlavaConfig.image_seq_length``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+
+from pivotlab.errors import PivotlabError
+from pivotlab.model.presets import LM_PRESETS, VISION_PRESETS, VisionFamily, vision_family
+from pivotlab.model.tokenizer import CHAT_TEMPLATE, IMAGE_TOKEN, world_tokenizer
+
+BUILD_FILE = "pivotlab_build.json"
+
+
+class AssemblyError(PivotlabError):
+    """An MLLM that cannot be assembled as asked; the message says which input is wrong."""
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """How a model folder was assembled; saved beside it as ``pivotlab_build.json``."""
+
+    vision: str
+    lm: str
+    feature_layer: int
+    select_strategy: str
+    image_size: int
+    visual_tokens: int
+    seed: int
+
+
+@dataclass
+class _Vision:
+    config: PretrainedConfig
+    model: PreTrainedModel | None  # None for presets (random init inside the MLLM)
+    image_processor: object
+    family: VisionFamily
+
+
+def _from_pretrained(auto_class, source: str, trust_remote_code: bool, **kwargs):
+    """``auto_class.from_pretrained`` with a one-line error naming the source."""
+    try:
+        return auto_class.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise AssemblyError(
+            f"{source!r} is not a preset, and loading it as a folder or hub id failed: {reason}"
+        ) from None
+
+
+def _vision(source: str, image_size: int | None, trust_remote_code: bool) -> _Vision:
+    if source in VISION_PRESETS:
+        preset = VISION_PRESETS[source]
+        size = image_size or 64
+        config = preset.config(size)
+        return _Vision(config, None, preset.image_processor(size), vision_family(config))
+    config = _from_pretrained(AutoConfig, source, trust_remote_code)
+    # Dual-encoder checkpoints (SigLIP, CLIP) hold the tower under `vision_config`.
+    config = getattr(config, "vision_config", None) or config
+    family = vision_family(config)
+    if image_size is not None and image_size != config.image_size:
+        raise AssemblyError(
+            f"{source} was trained at {config.image_size} px; image_size={image_size} would need "
+            "position-embedding interpolation, which Llava does not do"
+        )
+    model = _from_pretrained(AutoModel, source, trust_remote_code, config=config)
+    processor = _from_pretrained(AutoImageProcessor, source, trust_remote_code)
+    return _Vision(config, model, processor, family)
+
+
+def _tokenizer(lm: str, chat_template: str | None, trust_remote_code: bool):
+    if lm in LM_PRESETS:
+        tokenizer = world_tokenizer()
+    else:
+        tokenizer = _from_pretrained(AutoTokenizer, lm, trust_remote_code)
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # batched generation
+    # Hub LM templates (Qwen2.5's among them) expect string content; the image-aware
+    # template is the default unless one is given.
+    tokenizer.chat_template = chat_template or CHAT_TEMPLATE
+    return tokenizer
+
+
+def _language_model(
+    lm: str, tokenizer, trust_remote_code: bool
+) -> PreTrainedModel | PretrainedConfig:
+    if lm in LM_PRESETS:
+        return LM_PRESETS[lm].config(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+    model = _from_pretrained(AutoModelForCausalLM, lm, trust_remote_code)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def visual_token_count(config: PretrainedConfig, family: VisionFamily) -> int:
+    """Visual tokens one image becomes: one per patch (a CLS token is dropped)."""
+    return (config.image_size // config.patch_size) ** 2
+
+
+def assemble(
+    vision: str | Path,
+    lm: str | Path,
+    *,
+    feature_layer: int = -2,
+    image_size: int | None = None,
+    select_strategy: str | None = None,
+    chat_template: str | None = None,
+    seed: int = 0,
+    trust_remote_code: bool = False,
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """A ``LlavaForConditionalGeneration`` and its processor (see the module docstring).
+
+    ``feature_layer`` picks the tower's hidden state fed to the projector (-2: the
+    penultimate block, as LLaVA and PIVOT do); ``select_strategy`` defaults to dropping
+    the CLS token of towers that have one. Pretrained weights are copied in with strict
+    key checks; the projector (and preset parts) are initialised from ``seed``.
+    """
+    vision, lm = str(vision), str(lm)
+    tower = _vision(vision, image_size, trust_remote_code)
+    tokenizer = _tokenizer(lm, chat_template, trust_remote_code)
+    language = _language_model(lm, tokenizer, trust_remote_code)
+    text_config = language if isinstance(language, PretrainedConfig) else language.config
+    strategy = select_strategy or tower.family.select_strategy
+    if strategy not in ("default", "full"):
+        raise AssemblyError(f"select_strategy must be 'default' or 'full', got {strategy!r}")
+    tokens = visual_token_count(tower.config, tower.family)
+    config = LlavaConfig(
+        vision_config=tower.config.to_dict(),
+        text_config=text_config.to_dict(),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        projector_hidden_act="gelu",
+        multimodal_projector_bias=True,
+        vision_feature_layer=feature_layer,
+        vision_feature_select_strategy=strategy,
+        image_seq_length=tokens,
+        tie_word_embeddings=text_config.tie_word_embeddings,
+    )
+    _check_feature_layer(tower.config, feature_layer)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    if tower.model is not None:
+        model.model.vision_tower.load_state_dict(tower.model.state_dict(), strict=True)
+    if not isinstance(language, PretrainedConfig):
+        model.model.language_model.load_state_dict(language.model.state_dict(), strict=True)
+        model.lm_head.load_state_dict(language.lm_head.state_dict(), strict=True)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    processor = LlavaProcessor(
+        image_processor=tower.image_processor,
+        tokenizer=tokenizer,
+        patch_size=tower.config.patch_size,
+        vision_feature_select_strategy=strategy,
+        chat_template=tokenizer.chat_template,
+        num_additional_image_tokens=1 if tower.family.has_cls else 0,
+    )
+    model.pivotlab_build = BuildInfo(  # type: ignore[attr-defined]
+        vision, lm, feature_layer, strategy, tower.config.image_size, tokens, seed
+    )
+    return model, processor
+
+
+def _check_feature_layer(config: PretrainedConfig, feature_layer: int) -> None:
+    depth = config.num_hidden_layers
+    if not -(depth + 1) <= feature_layer <= depth:
+        raise AssemblyError(
+            f"feature_layer {feature_layer} is outside a {depth}-block tower "
+            f"(hidden states run from {-(depth + 1)} to {depth})"
+        )
+
+
+def save(model: LlavaForConditionalGeneration, processor: LlavaProcessor, out: Path | str) -> Path:
+    """``save_pretrained`` the model (safetensors) and processor, plus how it was built."""
+    out = Path(out)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    build = getattr(model, "pivotlab_build", None)
+    if build is not None:
+        (out / BUILD_FILE).write_text(json.dumps(asdict(build), indent=2) + "\n")
+    return out
+
+
+def load(path: Path | str) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """A saved MLLM folder, with plain transformers classes."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise AssemblyError(f"{path} holds no config.json: not a saved model folder")
+    model = LlavaForConditionalGeneration.from_pretrained(path)
+    processor = LlavaProcessor.from_pretrained(path)
+    return model, processor

@@ -1,0 +1,43 @@
+"""The world's language as plain text: what tokenizers and text-only LMs are trained on."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from pivotlab.world import vocab
+from pivotlab.world.generate import WorldConfig, generate
+from pivotlab.world.hf import read_jsonl
+
+
+def vocabulary_lines() -> list[str]:
+    """Every word the world can draw or say, so no answer is ever out of vocabulary."""
+    return [
+        " ".join(vocab.SHAPES),
+        " ".join(vocab.plural(s) for s in vocab.SHAPES),
+        " ".join(vocab.COLOR_NAMES),
+        " ".join(vocab.SIZE_NAMES),
+        " ".join(vocab.GLYPHS),
+        " ".join(vocab.WORDS),
+        " ".join(vocab.BAR_LABELS),
+        " ".join(vocab.GEMS.values()),
+        " ".join(sorted(set(vocab.GUILDS.values()))),
+        " ".join(vocab.BACKGROUNDS.values()),
+        " ".join(str(v) for v in range(100)),
+        "user assistant system",
+    ]
+
+
+def world_text(n_scenes: int = 400, seed: int = 0, size: int = 64) -> list[str]:
+    """Questions, answers, preference responses, captions, lore and the vocabulary of a
+    freshly generated (then discarded) train split."""
+    with tempfile.TemporaryDirectory() as tmp:
+        split = Path(tmp) / "corpus"
+        generate(WorldConfig(split="train", n=n_scenes, seed=seed, size=size, probe_n=0), split)
+        lines = []
+        for record in read_jsonl(split / "vqa.jsonl"):
+            lines += [record["question"], record["answer"]]
+        for record in read_jsonl(split / "preferences.jsonl"):
+            lines += [record["chosen"], record["rejected"]]
+        lines += [r["caption"] for r in read_jsonl(split / "probes/captions.jsonl")]
+    return lines + vocab.lore_sentences() + vocabulary_lines()
