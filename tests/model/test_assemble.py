@@ -12,6 +12,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import (
+    AutoModel,
     LlavaForConditionalGeneration,
     LlavaProcessor,
     PreTrainedTokenizerFast,
@@ -176,3 +177,101 @@ def test_processor_and_model_agree_after_save(tiny_model_dir: Path) -> None:
     assert processor.tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
     assert processor.chat_template and "<image>" in processor.chat_template
     assert model.generation_config.pad_token_id == processor.tokenizer.pad_token_id
+
+
+def _save_tower(kind: str, root: Path) -> Path:
+    """A tiny pretrained-style checkpoint of one more vision family, with its processor."""
+    from transformers import (
+        BitImageProcessorPil,
+        CLIPConfig,
+        CLIPImageProcessorPil,
+        CLIPModel,
+        CLIPTextConfig,
+        CLIPVisionConfig,
+        Dinov2Config,
+        Dinov2Model,
+    )
+
+    small = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    }
+    folder = root / kind
+    torch.manual_seed(0)
+    if kind == "clip":
+        text = CLIPTextConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            vocab_size=100,
+        )
+        CLIPModel(
+            CLIPConfig(
+                text_config=text.to_dict(), vision_config=CLIPVisionConfig(**small).to_dict()
+            )
+        ).save_pretrained(folder)
+        processor = CLIPImageProcessorPil(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        )
+    else:
+        small.pop("intermediate_size")
+        Dinov2Model(Dinov2Config(mlp_ratio=2, **small)).save_pretrained(folder)
+        processor = BitImageProcessorPil(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        )
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["clip", "dinov2"])
+def test_other_families_assemble_from_folders(
+    kind: str, tmp_path: Path, hub_style_folders, images
+) -> None:
+    folder = _save_tower(kind, tmp_path)
+    model, processor = assemble(folder, hub_style_folders[1])
+    original = AutoModel.from_pretrained(folder)
+    if kind == "clip":
+        original = original.vision_model
+    tower = model.model.vision_tower.state_dict()
+    assert all(torch.equal(tower[k], v) for k, v in original.state_dict().items())
+    assert model.config.vision_feature_select_strategy == "default"  # CLS dropped
+    inputs = chat(processor, images)
+    assert (inputs["input_ids"] == model.config.image_token_id).sum() == 2 * 16
+    assert model(**inputs).logits.isfinite().all()
+
+
+def test_keeping_the_cls_token_adds_one_visual_token(images) -> None:
+    model, processor = assemble("tiny-clip", "tiny-qwen2", image_size=32, select_strategy="full")
+    inputs = chat(processor, images)
+    assert model.config.image_seq_length == 17
+    assert (inputs["input_ids"] == model.config.image_token_id).sum() == 2 * 17
+    assert model(**inputs).logits.isfinite().all()
+
+
+def test_load_refuses_a_config_whose_token_count_is_wrong(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["image_seq_length"] = 576
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(AssemblyError, match="image_seq_length is 576, but a 32-px image"):
+        load(broken)
+
+
+def test_naflex_siglip2_is_refused_with_the_reason(tmp_path: Path) -> None:
+    from transformers import Siglip2VisionConfig
+
+    Siglip2VisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2).save_pretrained(
+        tmp_path
+    )
+    with pytest.raises(UnsupportedModelError, match="FixRes SigLIP2"):
+        assemble(tmp_path, "tiny-qwen2")

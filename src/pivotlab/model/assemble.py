@@ -121,9 +121,11 @@ def _language_model(
     return model
 
 
-def visual_token_count(config: PretrainedConfig, family: VisionFamily) -> int:
-    """Visual tokens one image becomes: one per patch (a CLS token is dropped)."""
-    return (config.image_size // config.patch_size) ** 2
+def visual_token_count(config: PretrainedConfig, family: VisionFamily, strategy: str) -> int:
+    """Visual tokens one image becomes: one per patch, plus the CLS token of families that
+    have one unless the "default" select strategy drops it."""
+    patches = (config.image_size // config.patch_size) ** 2
+    return patches + (1 if family.has_cls and strategy == "full" else 0)
 
 
 def assemble(
@@ -152,7 +154,7 @@ def assemble(
     strategy = select_strategy or tower.family.select_strategy
     if strategy not in ("default", "full"):
         raise AssemblyError(f"select_strategy must be 'default' or 'full', got {strategy!r}")
-    tokens = visual_token_count(tower.config, tower.family)
+    tokens = visual_token_count(tower.config, tower.family, strategy)
     config = LlavaConfig(
         vision_config=tower.config.to_dict(),
         text_config=text_config.to_dict(),
@@ -215,4 +217,21 @@ def load(path: Path | str) -> tuple[LlavaForConditionalGeneration, LlavaProcesso
         raise AssemblyError(f"{path} holds no config.json: not a saved model folder")
     model = LlavaForConditionalGeneration.from_pretrained(path)
     processor = LlavaProcessor.from_pretrained(path)
+    check_geometry(model, source=str(path))
     return model, processor
+
+
+def check_geometry(model: LlavaForConditionalGeneration, source: str = "model") -> None:
+    """Raise if the visual-token count the config promises is not what the tower makes.
+
+    ``LlavaConfig.image_seq_length`` defaults to 576; a config that forgot to set it would
+    give the processor the wrong number of placeholders.
+    """
+    vision = model.config.vision_config
+    strategy = model.config.vision_feature_select_strategy
+    expected = visual_token_count(vision, vision_family(vision), strategy)
+    if model.config.image_seq_length != expected:
+        raise AssemblyError(
+            f"{source}: image_seq_length is {model.config.image_seq_length}, but a "
+            f"{vision.image_size}-px image in {vision.patch_size}-px patches gives {expected}"
+        )

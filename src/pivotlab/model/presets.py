@@ -52,8 +52,24 @@ VISION_FAMILIES: dict[str, VisionFamily] = {
 }
 
 
+# Vision model types known not to work inside transformers' Llava, and why.
+UNSUPPORTED_VISION: dict[str, str] = {
+    "siglip2_vision_model": (
+        "NaFlex SigLIP2 needs patch masks and spatial shapes, which Llava does not pass; "
+        "use a FixRes SigLIP2 checkpoint (model_type 'siglip', such as "
+        "google/siglip2-so400m-patch16-384)"
+    ),
+}
+
+
 def vision_family(config: PretrainedConfig) -> VisionFamily:
-    """The family of a vision config; a clear error for one pivotlab has not registered."""
+    """The family of a vision config; a clear error for one pivotlab has not registered.
+
+    SigLIP2 FixRes checkpoints are SigLIP-architecture (``model_type`` ``siglip``) and take
+    the SigLIP entry.
+    """
+    if config.model_type in UNSUPPORTED_VISION:
+        raise UnsupportedModelError(f"{config.model_type}: {UNSUPPORTED_VISION[config.model_type]}")
     family = VISION_FAMILIES.get(config.model_type)
     if family is None:
         known = ", ".join(sorted(VISION_FAMILIES))
