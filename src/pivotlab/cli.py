@@ -135,7 +135,7 @@ def _world_show(args: argparse.Namespace) -> None:
 
 def _world_audit(args: argparse.Namespace) -> None:
     from pivotlab.world.audit import text_only_baseline
-    from pivotlab.world.hf import read_jsonl
+    from pivotlab.world.jsonl import read_jsonl
 
     records = []
     for split_dir in (args.train, args.test):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from pivotlab.cli import main
 from pivotlab.world import WorldConfig, WorldConfigError, generate
-from pivotlab.world.hf import read_jsonl
+from pivotlab.world.jsonl import read_jsonl
 
 SCENE_FIELDS = {"scene_id", "kind", "size", "objects"}
 OBJECT_FIELDS = {"index", "shape", "color", "size", "bbox", "z", "glyph"}

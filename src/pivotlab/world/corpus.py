@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pivotlab.world import vocab
 from pivotlab.world.generate import WorldConfig, generate
-from pivotlab.world.hf import read_jsonl
+from pivotlab.world.jsonl import read_jsonl
 
 
 def vocabulary_lines() -> list[str]:

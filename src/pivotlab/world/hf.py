@@ -10,27 +10,13 @@ decoded lazily from the split's PNG files.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import datasets
 
 from pivotlab.world.generate import WorldConfigError
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a JSON-lines file; a malformed line is reported with its number."""
-    records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise WorldConfigError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-    return records
+from pivotlab.world.jsonl import read_jsonl
 
 
 def _split_file(split_dir: Path | str, name: str) -> tuple[Path, list[dict]]:
