@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from pivotlab.errors import PivotlabError
 from pivotlab.world import WorldConfigError
 from pivotlab.world.hf import caption_dataset, preference_dataset, vqa_dataset
 from pivotlab.world.jsonl import read_jsonl
@@ -48,5 +49,5 @@ def test_missing_or_malformed_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(WorldConfigError, match=r"vqa\.jsonl is missing"):
         vqa_dataset(tmp_path)
     (tmp_path / "vqa.jsonl").write_text(json.dumps({"id": 1}) + "\n{broken\n")
-    with pytest.raises(WorldConfigError, match=r"vqa.jsonl:2: not valid JSON"):
+    with pytest.raises(PivotlabError, match=r"vqa\.jsonl:2: not valid JSON"):
         read_jsonl(tmp_path / "vqa.jsonl")

@@ -30,7 +30,21 @@ import string
 from dataclasses import dataclass
 
 LETTERS = "ABCDEFGH"
-_NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
+_NUMBERS = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+]
 NUMBER_WORDS = {word: str(value) for value, word in enumerate(_NUMBERS)} | {"none": "0"}
 ARTICLES = frozenset({"a", "an", "the"})
 RELAXED_TOLERANCE = 0.05
