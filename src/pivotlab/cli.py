@@ -3,6 +3,8 @@
     pivotlab world generate --out runs/world/train --split train --n 2000 --seed 0 --size 64
     pivotlab world show runs/world/train --out sheet.png
     pivotlab world audit --train runs/world/train --test runs/world/test
+    pivotlab model build --vision tiny-siglip --lm tiny-qwen2 --out runs/models/tiny
+    pivotlab evaluate --model runs/models/tiny --data runs/world/test --out runs/eval/tiny
 
 Heavy libraries (torch, transformers) are imported inside the verbs that need them, so
 ``pivotlab --help`` and the world verbs start fast.
@@ -242,6 +244,66 @@ def _model_parts(args: argparse.Namespace) -> None:
     print(format_parts_table(parts_table(model)))
 
 
+def _add_evaluate(verbs: argparse._SubParsersAction) -> None:
+    run = verbs.add_parser("evaluate", help="VQA accuracy by category of a saved MLLM on a split")
+    run.add_argument("--model", type=Path, required=True, help="a saved MLLM folder")
+    run.add_argument(
+        "--data", type=Path, required=True, help="a world split (or a folder in its format)"
+    )
+    run.add_argument(
+        "--out", type=Path, required=True, help="run folder for predictions and metrics"
+    )
+    run.add_argument(
+        "--categories", type=_csv, default=(), help="comma-separated categories (default: all)"
+    )
+    run.add_argument("--limit", type=int, default=None, help="evaluate the first N questions only")
+    run.add_argument("--batch-size", type=int, default=16, help="questions per batch (default: 16)")
+    run.add_argument(
+        "--max-new-tokens", type=int, default=16, help="generation length (default: 16)"
+    )
+    run.add_argument(
+        "--likelihood",
+        action="store_true",
+        help="multiple choice by option log-likelihood instead of generation",
+    )
+    run.add_argument(
+        "--blind", action="store_true", help="replace every image by a blank (baseline)"
+    )
+    run.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    run.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from pivotlab.evaluate import EvalConfig, evaluate
+
+    if (args.out / "predictions.jsonl").exists() and not args.overwrite:
+        raise UsageError(f"{PROG}: {args.out} already holds an evaluation; pass --overwrite")
+    cfg = EvalConfig(
+        model=str(args.model),
+        data=str(args.data),
+        out=str(args.out),
+        categories=args.categories,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        likelihood=args.likelihood,
+        blind=args.blind,
+    )
+    report = evaluate(cfg)
+    print(f"{'metric':14s} {'category':15s} {'task':8s} {'value':>6s} {'95% CI':>15s} {'n':>6s}")
+    for row in report.metrics:
+        if "task" in row and row["metric"] == "accuracy":
+            continue
+        interval = f"[{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}]"
+        print(
+            f"{row['metric']:14s} {row.get('category', '-'):15s} {row.get('task', '-'):8s} "
+            f"{100 * row['value']:6.1f} {interval:>15s} {row['n']:6d}"
+        )
+    print(
+        f"wrote {args.out} ({len(report.predictions)} questions, {report.items_per_second:.1f}/s)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description="Study and improve the vision encoders of multimodal LLMs."
@@ -249,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     _add_world(verbs)
     _add_model(verbs)
+    _add_evaluate(verbs)
     return parser
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pivotlab.world.answers import extract_choice, is_correct, normalize_answer
+from pivotlab.world.answers import extract_choice, is_correct, normalize_answer, score_reply
 from pivotlab.world.onpolicy import on_policy_preferences
 
 OPEN = {
@@ -71,3 +71,89 @@ def test_on_policy_keeps_only_verified_wrong_replies() -> None:
     assert all(p["chosen"] == "3" and p["negative_type"] == "on_policy" for p in pairs)
     with pytest.raises(ValueError, match="max_per_question"):
         on_policy_preferences([OPEN], lambda r: [], max_per_question=0)
+
+
+CHOICES = ["red", "blue", "green", "pink"]
+
+
+@pytest.mark.parametrize(
+    ("reply", "letter"),
+    [
+        ("B", "B"),
+        ("b", "B"),
+        ("(B)", "B"),
+        ("B.", "B"),
+        ("[C]", "C"),
+        ("D:", "D"),
+        ("B. blue", "B"),
+        ("(B) blue", "B"),
+        ("B) blue", "B"),
+        ("The answer is C.", "C"),
+        ("Answer: (D)", "D"),
+        ("I choose option A", "A"),
+        ("the answer is B, no wait, the answer is C", "C"),
+        ("I pick (C) here.", "C"),
+        ("blue", "B"),
+        ("Blue.", "B"),
+        ("Green. It is green.", "C"),
+        # Letters inside words never count.
+        ("Because", None),
+        ("Bar B", None),
+        ("The answer is Blue", None),
+        ("Absolutely", None),
+        ("A red circle", None),
+        ("the answer is a red circle", None),
+        # Several letters, or none of the options.
+        ("A or B", None),
+        ("(A) or (B)", None),
+        ("(A) and (C)", None),
+        ("A. or B", None),
+        ("none of the above", None),
+        ("", None),
+        ("   ", None),
+        # Letters beyond the options.
+        ("E", None),
+        ("(F)", None),
+        ("The answer is E", None),
+    ],
+)
+def test_extract_choice_tricky_strings(reply: str, letter: str | None) -> None:
+    assert extract_choice(reply, CHOICES) == letter
+
+
+@pytest.mark.parametrize(
+    ("reply", "correct"),
+    [
+        ("3", True),
+        ("three", True),
+        ("Three.", True),
+        ("3.", True),
+        ("  3 ", True),
+        ("3. There are 3 stars.", True),
+        ("There are 3 stars.", False),
+        ("4", False),
+        ("33", False),
+    ],
+)
+def test_open_answers_match_numbers_and_words(reply: str, correct: bool) -> None:
+    assert is_correct(OPEN, reply) is correct
+
+
+@pytest.mark.parametrize(
+    ("reply", "target", "correct"),
+    [
+        ("7", "7", True),
+        ("7.3", "7", True),
+        ("7.4", "7", False),
+        ("102", "100", True),
+        ("106", "100", False),
+        ("The value is 7.", "7", True),
+        ("seven", "7", True),
+        ("12%", "0.12", True),
+        ("0", "0", True),
+        ("1", "0", False),
+    ],
+)
+def test_relaxed_numbers_within_five_percent(reply: str, target: str, correct: bool) -> None:
+    record = {"task": "bar_value", "answer": target, "answer_text": target, "choices": None}
+    assert score_reply(record, reply).correct is correct

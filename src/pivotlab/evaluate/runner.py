@@ -1,0 +1,221 @@
+"""VQA evaluation of any saved Llava checkpoint on a world split (or data in its format).
+
+    pivotlab evaluate --model runs/m/stage1 --data runs/world/test --out runs/eval/stage1
+
+Batched greedy generation with the KV cache and the model's own chat template, scored by
+``pivotlab.world.answers`` (the same rules training uses). ``likelihood`` mode scores every
+option letter of a multiple-choice question by its log-likelihood instead of generating,
+so nothing needs parsing; ``blind`` replaces every image by a uniform grey one, the
+question-only baseline. Writes ``config.json``, ``predictions.jsonl`` and ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from pivotlab import __version__
+from pivotlab.errors import PivotlabError
+from pivotlab.evaluate.metrics import accuracy_rows
+from pivotlab.model import load
+from pivotlab.world.answers import LETTERS, score_reply
+from pivotlab.world.jsonl import read_jsonl
+
+REQUIRED_FIELDS = ("id", "image", "category", "task", "question", "answer")
+BLANK_GREY = (128, 128, 128)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation run; written to ``RUN/config.json``."""
+
+    model: str
+    data: str
+    out: str
+    categories: tuple[str, ...] = ()
+    limit: int | None = None
+    batch_size: int = 16
+    max_new_tokens: int = 16
+    likelihood: bool = False
+    blind: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise PivotlabError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.max_new_tokens < 1:
+            raise PivotlabError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.limit is not None and self.limit < 1:
+            raise PivotlabError(f"limit must be at least 1, got {self.limit}")
+
+
+@dataclass
+class EvalReport:
+    """What an evaluation wrote, and how fast it ran."""
+
+    out: Path
+    predictions: list[dict]
+    metrics: list[dict]
+    seconds: float
+    items_per_second: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.items_per_second = len(self.predictions) / self.seconds if self.seconds else 0.0
+
+
+def load_items(
+    data: Path, categories: tuple[str, ...] = (), limit: int | None = None
+) -> list[dict]:
+    """The VQA records of ``data/vqa.jsonl``, checked, filtered by category, cut to ``limit``."""
+    path = data / "vqa.jsonl"
+    if not path.is_file():
+        raise PivotlabError(f"{data} has no vqa.jsonl: not a world split or VQA folder")
+    items = []
+    for line, record in enumerate(read_jsonl(path), start=1):
+        missing = [name for name in REQUIRED_FIELDS if name not in record]
+        if missing:
+            raise PivotlabError(f"{path}:{line}: missing field {missing[0]!r}")
+        if categories and record["category"] not in categories:
+            continue
+        if not (data / record["image"]).is_file():
+            raise PivotlabError(f"{path}:{line}: image {record['image']!r} not found under {data}")
+        items.append(record)
+    if categories and not items:
+        raise PivotlabError(f"{path}: no question in categories {', '.join(categories)}")
+    return items[:limit] if limit else items
+
+
+def _prompt(processor, question: str) -> str:
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+    ]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def _image(data: Path, record: dict, blind: bool) -> Image.Image:
+    with Image.open(data / record["image"]) as image:
+        rgb = image.convert("RGB")
+    return Image.new("RGB", rgb.size, BLANK_GREY) if blind else rgb
+
+
+def _batches(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@torch.inference_mode()
+def generate_replies(model, processor, data: Path, items: list[dict], cfg: EvalConfig) -> list[str]:
+    """Greedy replies, batched, left-padded, with the KV cache."""
+    processor.tokenizer.padding_side = "left"
+    replies = []
+    for batch in _batches(items, cfg.batch_size):
+        inputs = processor(
+            images=[_image(data, r, cfg.blind) for r in batch],
+            text=[_prompt(processor, r["question"]) for r in batch],
+            return_tensors="pt",
+            padding=True,
+        )
+        output = model.generate(
+            **inputs, max_new_tokens=cfg.max_new_tokens, do_sample=False, use_cache=True
+        )
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        replies += [
+            text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)
+        ]
+    return replies
+
+
+@torch.inference_mode()
+def likelihood_choices(
+    model, processor, data: Path, items: list[dict], cfg: EvalConfig
+) -> list[str]:
+    """For multiple-choice items, the option letter with the highest log-likelihood as the
+    assistant's reply; each candidate is scored as prompt + letter (right-padded, so
+    position ids of real tokens are unaffected)."""
+    processor.tokenizer.padding_side = "right"
+    tokenizer = processor.tokenizer
+    choices = []
+    for batch in _batches(items, cfg.batch_size):
+        texts, images, spans, owners = [], [], [], []
+        for index, record in enumerate(batch):
+            prompt = _prompt(processor, record["question"])
+            prompt_length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            for letter in LETTERS[: len(record["choices"])]:
+                texts.append(prompt + letter)
+                images.append(_image(data, record, cfg.blind))
+                spans.append(prompt_length)
+                owners.append((index, letter))
+        inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
+        log_probs = model(**inputs).logits.float().log_softmax(dim=-1)
+        image_tokens = (inputs["input_ids"] == model.config.image_token_id).sum(dim=1)
+        best: dict[int, tuple[float, str]] = {}
+        for row, (index, letter) in enumerate(owners):
+            # Placeholder expansion adds (visual tokens - 1) ids before the continuation.
+            start = spans[row] + int(image_tokens[row]) - 1
+            end = int(inputs["attention_mask"][row].sum())
+            targets = inputs["input_ids"][row, start:end]
+            score = log_probs[row, start - 1 : end - 1].gather(1, targets[:, None]).sum().item()
+            if index not in best or score > best[index][0]:
+                best[index] = (score, letter)
+        choices += [best[i][1] for i in range(len(batch))]
+    return choices
+
+
+def evaluate(cfg: EvalConfig, model=None, processor=None) -> EvalReport:
+    """Run one evaluation and write its folder (see the module docstring).
+
+    ``model`` and ``processor`` may be passed when already in memory (``cfg.model`` is then
+    only recorded); otherwise they are loaded from ``cfg.model``.
+    """
+    data, out = Path(cfg.data), Path(cfg.out)
+    items = load_items(data, cfg.categories, cfg.limit)
+    if model is None or processor is None:
+        model, processor = load(cfg.model)
+    model.eval()
+    start = time.perf_counter()
+    by_likelihood = [i for i, r in enumerate(items) if cfg.likelihood and r.get("choices")]
+    generated = [i for i in range(len(items)) if i not in set(by_likelihood)]
+    replies = [""] * len(items)
+    for indices, method in ((generated, generate_replies), (by_likelihood, likelihood_choices)):
+        outputs = (
+            method(model, processor, data, [items[i] for i in indices], cfg) if indices else []
+        )
+        for i, reply in zip(indices, outputs, strict=True):
+            replies[i] = reply
+    seconds = time.perf_counter() - start
+    predictions = [_prediction(record, reply) for record, reply in zip(items, replies, strict=True)]
+    mode = "likelihood" if cfg.likelihood else "generate"
+    base = {"run": out.name, "stage": "evaluate", "seed": cfg.seed, "split": data.name}
+    base.update(blind=cfg.blind, mode=mode)
+    metrics = accuracy_rows(predictions, base)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = {**asdict(cfg), "categories": list(cfg.categories), "pivotlab_version": __version__}
+    (out / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    _write_jsonl(out / "predictions.jsonl", predictions)
+    _write_jsonl(out / "metrics.jsonl", metrics)
+    return EvalReport(out, predictions, metrics, seconds)
+
+
+def _prediction(record: dict, reply: str) -> dict:
+    score = score_reply(record, reply)
+    return {
+        "id": record["id"],
+        "category": record["category"],
+        "task": record["task"],
+        "question": record["question"],
+        "prediction": reply,
+        "parsed": score.parsed,
+        "answer": record["answer"],
+        "correct": score.correct,
+        "pair_id": record.get("pair_id"),
+        "chance": record.get("chance", 0.0),
+    }
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
