@@ -304,12 +304,78 @@ def _evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def _add_zoo(verbs: argparse._SubParsersAction) -> None:
+    zoo = verbs.add_parser(
+        "zoo", help="pretrained tiny parts for the world (encoders, teacher, LMs)"
+    )
+    zoo_verbs = zoo.add_subparsers(dest="zoo_verb", required=True, parser_class=_Parser)
+    for name, help_text in (
+        ("build", "train what is missing into the cache"),
+        ("list", "show the cached parts with their compute and quality"),
+    ):
+        verb = zoo_verbs.add_parser(name, help=help_text)
+        verb.add_argument(
+            "--zoo", default="default", help="zoo recipe: default or tiny (default: default)"
+        )
+        verb.add_argument(
+            "--cache",
+            type=Path,
+            default=None,
+            help="cache folder (default: $PIVOTLAB_CACHE/zoo or ~/.cache/pivotlab/zoo)",
+        )
+        verb.add_argument("--seed", type=int, default=0, help="pretraining seed (default: 0)")
+        if name == "build":
+            verb.add_argument(
+                "--parts", type=_csv, default=None, help="comma-separated parts (default: all)"
+            )
+            verb.add_argument("--force", action="store_true", help="rebuild even if cached")
+        verb.set_defaults(handler=_zoo_build if name == "build" else _zoo_list)
+
+
+def _zoo_table(zoo: str, cache: Path | None, seed: int) -> None:
+    from pivotlab.zoo.build import checks, manifests
+
+    found = manifests(zoo, cache, seed)
+    header = ("part", "class", "params", "seconds", "GFLOPs", "samples")
+    print("{:6s} {:18s} {:>9s} {:>8s} {:>9s} {:>8s}  quality".format(*header))
+    for part, manifest in found.items():
+        compute, measured = manifest["compute"], manifest["quality"]
+        if "heldout_perplexity" in measured:
+            summary = f"held-out perplexity {measured['heldout_perplexity']:.2f}"
+        else:
+            probe, shape = measured["linear_probe_shape_color"], measured["linear_probe_shape"]
+            miou = measured["segmentation_miou"]
+            summary = f"linear probe {probe:.3f} (shape {shape:.3f}), seg mIoU {miou:.3f}"
+        size = f"{manifest['parameters']:9,d}"
+        print(
+            f"{part:6s} {manifest['class']:18s} {size} {compute['seconds']:8.0f} "
+            f"{compute['flops'] / 1e9:9.1f} {compute['samples']:8d}  {summary}"
+        )
+    for check in checks(found):
+        print(f"check: {'pass' if check.passed else 'FAIL'}  {check.name}: {check.detail}")
+
+
+def _zoo_build(args: argparse.Namespace) -> None:
+    from pivotlab.zoo.build import PARTS, ZOOS, ZooError, build, checks, manifests
+
+    build(args.parts or PARTS, args.zoo, args.cache, force=args.force, seed=args.seed)
+    _zoo_table(args.zoo, args.cache, args.seed)
+    failed = [c for c in checks(manifests(args.zoo, args.cache, args.seed)) if not c.passed]
+    if failed and ZOOS[args.zoo].enforce_checks:
+        raise ZooError(f"zoo checks failed: {'; '.join(f'{c.name} ({c.detail})' for c in failed)}")
+
+
+def _zoo_list(args: argparse.Namespace) -> None:
+    _zoo_table(args.zoo, args.cache, args.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description="Study and improve the vision encoders of multimodal LLMs."
     )
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     _add_world(verbs)
+    _add_zoo(verbs)
     _add_model(verbs)
     _add_evaluate(verbs)
     return parser

@@ -33,7 +33,7 @@ from transformers import (
 
 from pivotlab.errors import PivotlabError
 from pivotlab.model.presets import LM_PRESETS, VISION_PRESETS, VisionFamily, vision_family
-from pivotlab.model.tokenizer import CHAT_TEMPLATE, IMAGE_TOKEN, world_tokenizer
+from pivotlab.zoo.tokenizer import CHAT_TEMPLATE, IMAGE_TOKEN, world_tokenizer
 
 BUILD_FILE = "pivotlab_build.json"
 

@@ -28,16 +28,21 @@ def vocabulary_lines() -> list[str]:
     ]
 
 
-def world_text(n_scenes: int = 400, seed: int = 0, size: int = 64) -> list[str]:
-    """Questions, answers, preference responses, captions, lore and the vocabulary of a
-    freshly generated (then discarded) train split."""
+def world_records(
+    split: str = "train", n_scenes: int = 400, seed: int = 0, size: int = 64
+) -> tuple[list[dict], list[dict], list[str]]:
+    """VQA records, preference records and captions of a freshly generated (then
+    discarded) split."""
     with tempfile.TemporaryDirectory() as tmp:
-        split = Path(tmp) / "corpus"
-        generate(WorldConfig(split="train", n=n_scenes, seed=seed, size=size, probe_n=0), split)
-        lines = []
-        for record in read_jsonl(split / "vqa.jsonl"):
-            lines += [record["question"], record["answer"]]
-        for record in read_jsonl(split / "preferences.jsonl"):
-            lines += [record["chosen"], record["rejected"]]
-        lines += [r["caption"] for r in read_jsonl(split / "probes/captions.jsonl")]
-    return lines + vocab.lore_sentences() + vocabulary_lines()
+        out = Path(tmp) / "corpus"
+        generate(WorldConfig(split=split, n=n_scenes, seed=seed, size=size, probe_n=0), out)
+        captions = [r["caption"] for r in read_jsonl(out / "probes/captions.jsonl")]
+        return read_jsonl(out / "vqa.jsonl"), read_jsonl(out / "preferences.jsonl"), captions
+
+
+def world_text(n_scenes: int = 400, seed: int = 0, size: int = 64) -> list[str]:
+    """Questions, answers, preference responses, captions, lore and the vocabulary."""
+    vqa, preferences, captions = world_records("train", n_scenes, seed, size)
+    lines = [text for r in vqa for text in (r["question"], r["answer"])]
+    lines += [text for r in preferences for text in (r["chosen"], r["rejected"])]
+    return lines + captions + vocab.lore_sentences() + vocabulary_lines()

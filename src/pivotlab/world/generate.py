@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_all_start_methods, get_context
@@ -383,6 +384,21 @@ def generate_unit(cfg: WorldConfig, out: Path, unit: int) -> UnitOutput:
     return result
 
 
+def render_scenes(cfg: WorldConfig, indices: range) -> Iterator[tuple[Scene, Rendered]]:
+    """Scenes of this split rendered in memory, without questions or files (MMVP twins are
+    not made): what the zoo's pretraining consumes. Same scenes and pixels as on disk."""
+    for index in indices:
+        scene = sample_scene(cfg, index)
+        yield scene, render(scene, stream(cfg, _PIXELS, index), cfg.chart_max_value)
+
+
+def render_probe_scenes(cfg: WorldConfig, indices: range) -> Iterator[tuple[Scene, Rendered]]:
+    """Classification-probe scenes (one dominant object) rendered in memory."""
+    for index in indices:
+        scene = sample_probe_scene(cfg, index)
+        yield scene, render(scene, stream(cfg, _PROBE, index, 1), cfg.chart_max_value)
+
+
 # ---------------------------------------------------------------------------------------
 # Classification probe: one dominant object per image
 # ---------------------------------------------------------------------------------------
@@ -433,8 +449,7 @@ def sample_probe_scene(cfg: WorldConfig, index: int) -> Scene:
 
 
 def generate_probe(cfg: WorldConfig, out: Path, index: int) -> UnitOutput:
-    scene = sample_probe_scene(cfg, index)
-    rendered = render(scene, stream(cfg, _PROBE, index, 1), cfg.chart_max_value)
+    scene, rendered = next(render_probe_scenes(cfg, range(index, index + 1)))
     result = UnitOutput()
     pid = scene.scene_id
     _write(

@@ -1,0 +1,1 @@
+"""The embedded model zoo: pretrained tiny parts for the synthetic world."""

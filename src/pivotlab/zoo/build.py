@@ -1,0 +1,584 @@
+"""Build, cache, verify and list the zoo's parts.
+
+    pivotlab zoo build [--parts enc-s,vfm] [--zoo default|tiny] [--cache DIR]
+    pivotlab zoo list
+
+- ``enc-s``, ``enc-m``: ``SiglipVisionModel``, contrastive-pretrained encoders about 2.7x
+  apart in parameters (the roles of SigLIP2-B and So400m);
+- ``vfm``: ``Dinov2Model``, the dense teacher (DINOv2's role for VIRAL);
+- ``lm-s``, ``lm-m``: ``Qwen2ForCausalLM``, text-pretrained LMs (the fresh LLM of a
+  transplant; the larger head).
+
+Each part lives in ``<cache>/<zoo>/<part>-<key>/``: a ``save_pretrained`` folder (with its
+image processor or tokenizer) and ``zoo_part.json``: spec, compute (FLOPs, seconds, samples),
+quality, and the sha256 of every file. ``key`` hashes the part's spec, the zoo's data recipe
+and the code versions, so a changed recipe builds a new entry; an entry whose files no longer
+match their hashes (a truncated download, a half-written copy) is rebuilt, never loaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import (
+    BitImageProcessorPil,
+    Dinov2Config,
+    Dinov2Model,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    SiglipConfig,
+    SiglipImageProcessorPil,
+    SiglipModel,
+    SiglipTextConfig,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+
+from pivotlab import __version__
+from pivotlab.errors import PivotlabError
+from pivotlab.world.generate import GENERATOR_VERSION
+from pivotlab.zoo import data as zoo_data
+from pivotlab.zoo import quality
+from pivotlab.zoo.tokenizer import world_tokenizer
+from pivotlab.zoo.train import (
+    PatchClassHead,
+    dense_loss,
+    next_token_loss,
+    run_steps,
+    sigmoid_pair_loss,
+)
+
+# Part of every cache key: bump it whenever a pretraining recipe changes in code (an
+# objective, an initialisation, the data mix), so stale entries are never reused.
+ZOO_VERSION = "2"
+MANIFEST = "zoo_part.json"
+PARTS: tuple[str, ...] = ("enc-s", "enc-m", "vfm", "lm-s", "lm-m")
+CAPTION_TOKENS = 48
+
+
+class ZooError(PivotlabError):
+    """A zoo request that cannot be served (unknown part or zoo, failed checks)."""
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    width: int
+    depth: int
+    heads: int
+    steps: int
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    text_width: int = 64
+    text_depth: int = 2
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    width: int
+    depth: int
+    heads: int
+    steps: int
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+
+
+@dataclass(frozen=True)
+class LMSpec:
+    width: int
+    depth: int
+    heads: int
+    kv_heads: int
+    steps: int
+    batch_size: int = 32
+    block: int = 64
+    learning_rate: float = 2e-3
+
+
+@dataclass(frozen=True)
+class ZooConfig:
+    """A zoo: its parts' specs and the data recipe they share."""
+
+    name: str
+    parts: dict[str, EncoderSpec | TeacherSpec | LMSpec]
+    image_size: int = 64
+    patch_size: int = 8
+    pretrain_images: int = 6000
+    probe_train: int = 1000
+    probe_test: int = 500
+    text_scenes: int = 2000
+    heldout_text_scenes: int = 200
+    enforce_checks: bool = True
+
+    def data_recipe(self) -> dict:
+        recipe = asdict(self)
+        del recipe["parts"], recipe["name"], recipe["enforce_checks"]
+        return recipe
+
+
+ZOOS: dict[str, ZooConfig] = {
+    "default": ZooConfig(
+        name="default",
+        parts={
+            "enc-s": EncoderSpec(width=96, depth=4, heads=3, steps=500),
+            "enc-m": EncoderSpec(width=128, depth=6, heads=4, steps=500),
+            "vfm": TeacherSpec(width=128, depth=4, heads=4, steps=400),
+            "lm-s": LMSpec(width=128, depth=4, heads=4, kv_heads=2, steps=400),
+            "lm-m": LMSpec(width=192, depth=6, heads=6, kv_heads=2, steps=400),
+        },
+    ),
+    # Seconds, for tests: loadable checkpoints and manifests, no quality claims.
+    "tiny": ZooConfig(
+        name="tiny",
+        parts={
+            "enc-s": EncoderSpec(
+                width=32, depth=1, heads=2, steps=3, batch_size=8, text_width=32, text_depth=1
+            ),
+            "enc-m": EncoderSpec(
+                width=48, depth=2, heads=2, steps=3, batch_size=8, text_width=32, text_depth=1
+            ),
+            "vfm": TeacherSpec(width=32, depth=1, heads=2, steps=3, batch_size=8),
+            "lm-s": LMSpec(width=32, depth=1, heads=2, kv_heads=1, steps=3, batch_size=4, block=32),
+            "lm-m": LMSpec(width=48, depth=2, heads=2, kv_heads=1, steps=3, batch_size=4, block=32),
+        },
+        image_size=32,
+        pretrain_images=48,
+        probe_train=48,
+        probe_test=24,
+        text_scenes=12,
+        heldout_text_scenes=6,
+        enforce_checks=False,
+    ),
+}
+
+
+def default_cache() -> Path:
+    """``$PIVOTLAB_CACHE/zoo``, else ``$XDG_CACHE_HOME/pivotlab/zoo`` (default ``~/.cache``)."""
+    if os.environ.get("PIVOTLAB_CACHE"):
+        return Path(os.environ["PIVOTLAB_CACHE"]) / "zoo"
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "pivotlab" / "zoo"
+
+
+def _zoo(name: str) -> ZooConfig:
+    if name not in ZOOS:
+        raise ZooError(f"unknown zoo {name!r}; zoos are {', '.join(ZOOS)}")
+    return ZOOS[name]
+
+
+def part_key(zoo: ZooConfig, part: str, seed: int = 0) -> str:
+    """Hash of everything that determines a part's weights."""
+    identity = {
+        "part": part,
+        "seed": seed,
+        "spec": asdict(zoo.parts[part]),
+        "data": zoo.data_recipe(),
+        "zoo_version": ZOO_VERSION,
+        "world_generator_version": GENERATOR_VERSION,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def entry_dir(zoo: ZooConfig, part: str, cache: Path, seed: int = 0) -> Path:
+    return cache / zoo.name / f"{part}-{part_key(zoo, part, seed)[:12]}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(entry: Path) -> str | None:
+    """``None`` if the entry is complete and intact, else what is wrong with it."""
+    manifest_path = entry / MANIFEST
+    if not manifest_path.is_file():
+        return "no manifest"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError:
+        return "unreadable manifest"
+    for name, digest in manifest.get("files", {}).items():
+        path = entry / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if _sha256(path) != digest:
+            return f"{name} does not match its sha256"
+    return None if manifest.get("files") else "manifest lists no files"
+
+
+# ---------------------------------------------------------------------------------------
+# Shared data, made once per build call
+# ---------------------------------------------------------------------------------------
+@dataclass
+class _Data:
+    zoo: ZooConfig
+    cache: dict = field(default_factory=dict)
+
+    def pretraining(self) -> zoo_data.ImageSet:
+        """Half full scenes, half single-object scenes (the probe's kind of image, from the
+        train split's probe stream, disjoint from the probe sets' val and test streams)."""
+        if "pretraining" not in self.cache:
+            z = self.zoo
+            half = z.pretrain_images // 2
+            self.cache["pretraining"] = zoo_data.concatenate(
+                zoo_data.scene_images(
+                    "train", z.pretrain_images - half, z.image_size, z.patch_size
+                ),
+                zoo_data.probe_images("train", half, z.image_size, z.patch_size),
+            )
+        return self.cache["pretraining"]
+
+    def probes(self) -> tuple[zoo_data.ImageSet, zoo_data.ImageSet]:
+        if "probes" not in self.cache:
+            z = self.zoo
+            self.cache["probes"] = (
+                zoo_data.probe_images("val", z.probe_train, z.image_size, z.patch_size),
+                zoo_data.probe_images("test", z.probe_test, z.image_size, z.patch_size),
+            )
+        return self.cache["probes"]
+
+    def segmentation(self) -> tuple[zoo_data.ImageSet, zoo_data.ImageSet]:
+        if "segmentation" not in self.cache:
+            z = self.zoo
+            self.cache["segmentation"] = (
+                zoo_data.scene_images("val", z.probe_train, z.image_size, z.patch_size),
+                zoo_data.scene_images("test", z.probe_test, z.image_size, z.patch_size),
+            )
+        return self.cache["segmentation"]
+
+    def text_blocks(self, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        key = ("text", block)
+        if key not in self.cache:
+            z = self.zoo
+            self.cache[key] = (
+                _blocks(zoo_data.world_documents("train", z.text_scenes), block),
+                _blocks(zoo_data.world_documents("val", z.heldout_text_scenes), block),
+            )
+        return self.cache[key]
+
+
+def _blocks(documents: list[str], block: int) -> torch.Tensor:
+    """Documents tokenised, joined by end-of-text, cut into (N, block) training blocks."""
+    tokenizer = world_tokenizer()
+    separator = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    ids: list[int] = []
+    for document in documents:
+        ids += tokenizer(document, add_special_tokens=False)["input_ids"] + [separator]
+    usable = len(ids) // block * block
+    return torch.tensor(ids[:usable]).reshape(-1, block)
+
+
+def _pixels(processor, images) -> torch.Tensor:
+    return processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+# ---------------------------------------------------------------------------------------
+# Building each kind of part
+# ---------------------------------------------------------------------------------------
+def _siglip_processor(zoo: ZooConfig) -> SiglipImageProcessorPil:
+    return SiglipImageProcessorPil(size={"height": zoo.image_size, "width": zoo.image_size})
+
+
+def _vision_config(spec: EncoderSpec, zoo: ZooConfig) -> SiglipVisionConfig:
+    return SiglipVisionConfig(
+        hidden_size=spec.width,
+        intermediate_size=4 * spec.width,
+        num_hidden_layers=spec.depth,
+        num_attention_heads=spec.heads,
+        image_size=zoo.image_size,
+        patch_size=zoo.patch_size,
+    )
+
+
+def _shapes(labels: list[str]) -> list[str]:
+    return [label.split()[1] for label in labels]
+
+
+def _encoder_quality(tower, processor, has_cls: bool, data: _Data) -> dict:
+    """Linear probe (colour + shape, and shape alone) and segmentation probe of a tower."""
+    train, test = data.probes()
+    seg_train, seg_test = data.segmentation()
+
+    def tokens(images):
+        return quality.patch_tokens(tower, _pixels(processor, images), has_cls)
+
+    train_tokens, test_tokens = tokens(train.images), tokens(test.images)
+    segmentation = quality.segmentation_probe(
+        tokens(seg_train.images),
+        seg_train.patch_classes,
+        tokens(seg_test.images),
+        seg_test.patch_classes,
+    )
+    return {
+        "linear_probe_shape_color": quality.linear_probe(
+            train_tokens, train.labels, test_tokens, test.labels
+        ),
+        "linear_probe_shape": quality.linear_probe(
+            train_tokens, _shapes(train.labels), test_tokens, _shapes(test.labels)
+        ),
+        **{f"segmentation_{name}": value for name, value in segmentation.items()},
+    }
+
+
+def _build_encoder(spec: EncoderSpec, zoo: ZooConfig, data: _Data, seed: int):
+    tokenizer = world_tokenizer()
+    processor = _siglip_processor(zoo)
+    scenes = data.pretraining()
+    pixels = _pixels(processor, scenes.images)
+    captions = tokenizer(
+        scenes.captions,
+        padding="max_length",
+        max_length=CAPTION_TOKENS,
+        truncation=True,
+        return_tensors="pt",
+    )["input_ids"]
+    text = SiglipTextConfig(
+        hidden_size=spec.text_width,
+        intermediate_size=4 * spec.text_width,
+        num_hidden_layers=spec.text_depth,
+        num_attention_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=CAPTION_TOKENS,
+        projection_size=spec.width,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    model = SiglipModel(
+        SiglipConfig(text_config=text.to_dict(), vision_config=_vision_config(spec, zoo).to_dict())
+    )
+    with (
+        torch.no_grad()
+    ):  # the SigLIP paper's initialisation; transformers starts at scale 1, bias 0
+        model.logit_scale.fill_(math.log(10.0))
+        model.logit_bias.fill_(-10.0)
+    random_init = copy.deepcopy(model.vision_model)  # the baseline of the ordering check
+    model.train()
+    compute = run_steps(
+        list(model.parameters()),
+        lambda i: sigmoid_pair_loss(model, pixels[i], captions[i]),
+        len(pixels),
+        spec.steps,
+        spec.batch_size,
+        spec.learning_rate,
+        seed,
+    )
+    tower: SiglipVisionModel = model.vision_model  # a SiglipVisionModel in transformers 5
+    measured = _encoder_quality(tower, processor, False, data)
+    measured["random_init"] = _encoder_quality(random_init, processor, False, data)
+    return tower, processor, compute, measured
+
+
+def _build_teacher(spec: TeacherSpec, zoo: ZooConfig, data: _Data, seed: int):
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    size = {"shortest_edge": zoo.image_size}
+    crop = {"height": zoo.image_size, "width": zoo.image_size}
+    processor = BitImageProcessorPil(size=size, crop_size=crop, image_mean=mean, image_std=std)
+    scenes = data.pretraining()
+    pixels = _pixels(processor, scenes.images)
+    torch.manual_seed(seed)
+    model = Dinov2Model(
+        Dinov2Config(
+            hidden_size=spec.width,
+            num_hidden_layers=spec.depth,
+            num_attention_heads=spec.heads,
+            mlp_ratio=4,
+            image_size=zoo.image_size,
+            patch_size=zoo.patch_size,
+        )
+    )
+    head = PatchClassHead(spec.width, zoo_data.N_CLASSES)
+    model.train()
+    parameters = list(model.parameters()) + list(head.parameters())
+    compute = run_steps(
+        parameters,
+        lambda i: dense_loss(model, head, pixels[i], scenes.patch_classes[i]),
+        len(pixels),
+        spec.steps,
+        spec.batch_size,
+        spec.learning_rate,
+        seed,
+    )
+    return model, processor, compute, _encoder_quality(model, processor, True, data)
+
+
+def _build_lm(spec: LMSpec, zoo: ZooConfig, data: _Data, seed: int):
+    tokenizer = world_tokenizer()
+    train, heldout = data.text_blocks(spec.block)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=spec.width,
+            intermediate_size=4 * spec.width,
+            num_hidden_layers=spec.depth,
+            num_attention_heads=spec.heads,
+            num_key_value_heads=spec.kv_heads,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=None,
+        )
+    )
+    model.train()
+    compute = run_steps(
+        list(model.parameters()),
+        lambda i: next_token_loss(model, train[i]),
+        len(train),
+        spec.steps,
+        spec.batch_size,
+        spec.learning_rate,
+        seed,
+    )
+    measured = {
+        "heldout_perplexity": quality.perplexity(model, heldout),
+        "heldout_blocks": len(heldout),
+        "train_blocks": len(train),
+    }
+    return model, tokenizer, compute, measured
+
+
+def _train_part(zoo: ZooConfig, part: str, data: _Data, seed: int):
+    spec = zoo.parts[part]
+    if isinstance(spec, EncoderSpec):
+        return _build_encoder(spec, zoo, data, seed)
+    if isinstance(spec, TeacherSpec):
+        return _build_teacher(spec, zoo, data, seed)
+    return _build_lm(spec, zoo, data, seed)
+
+
+# ---------------------------------------------------------------------------------------
+# The cache
+# ---------------------------------------------------------------------------------------
+def _write_entry(zoo: ZooConfig, part: str, entry: Path, data: _Data, seed: int) -> dict:
+    model, companion, compute, measured = _train_part(zoo, part, data, seed)
+    staging = entry.with_name(f".{entry.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    companion.save_pretrained(staging)
+    files = {p.name: _sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
+    manifest = {
+        "part": part,
+        "zoo": zoo.name,
+        "key": part_key(zoo, part, seed),
+        "class": type(model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "spec": asdict(zoo.parts[part]),
+        "data": zoo.data_recipe(),
+        "seed": seed,
+        "compute": asdict(compute),
+        "quality": measured,
+        "pivotlab_version": __version__,
+        "zoo_version": ZOO_VERSION,
+        "files": files,
+    }
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    if entry.exists():
+        shutil.rmtree(entry)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(entry)
+    return manifest
+
+
+def build(
+    parts: tuple[str, ...] = PARTS,
+    zoo: str = "default",
+    cache: Path | None = None,
+    force: bool = False,
+    seed: int = 0,
+    log=print,
+) -> dict[str, Path]:
+    """Make sure each named part is in the cache (training what is missing, stale or
+    corrupted) and return its folder."""
+    config = _zoo(zoo)
+    unknown = [p for p in parts if p not in config.parts]
+    if unknown:
+        raise ZooError(f"unknown zoo part {unknown[0]!r}; parts are {', '.join(config.parts)}")
+    cache = cache or default_cache()
+    data = _Data(config)
+    folders = {}
+    for part in parts:
+        entry = entry_dir(config, part, cache, seed)
+        problem = "rebuild asked for" if force else verify(entry)
+        if problem is None:
+            log(f"zoo: {part} cached at {entry}")
+        else:
+            if entry.exists():
+                log(f"zoo: {part} cache entry {entry.name} is unusable ({problem}); rebuilding")
+            manifest = _write_entry(config, part, entry, data, seed)
+            compute = manifest["compute"]
+            cost = f"{compute['seconds']:.0f}s, {compute['flops']:.2e} FLOPs"
+            log(f"zoo: built {part} ({cost}) -> {entry}")
+        folders[part] = entry
+    return folders
+
+
+def part_path(part: str, zoo: str = "default", cache: Path | None = None, seed: int = 0) -> Path:
+    """A part's folder, built on first use (progress goes to stderr)."""
+    return build((part,), zoo, cache, seed=seed, log=_to_stderr)[part]
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def manifests(zoo: str = "default", cache: Path | None = None, seed: int = 0) -> dict[str, dict]:
+    """The intact cached parts of a zoo (built with ``seed``) with their manifests."""
+    config = _zoo(zoo)
+    cache = cache or default_cache()
+    found = {}
+    for part in config.parts:
+        entry = entry_dir(config, part, cache, seed)
+        if verify(entry) is None:
+            found[part] = json.loads((entry / MANIFEST).read_text())
+    return found
+
+
+@dataclass(frozen=True)
+class Check:
+    """One quality ordering the zoo promises."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+def checks(found: dict[str, dict]) -> list[Check]:
+    """random-init < enc-s < enc-m on the linear probe; vfm above both encoders on the
+    segmentation probe (mIoU). Only checks whose parts are all built are returned."""
+    results = []
+    if {"enc-s", "enc-m"} <= found.keys():
+        random_init = found["enc-s"]["quality"]["random_init"]["linear_probe_shape_color"]
+        small = found["enc-s"]["quality"]["linear_probe_shape_color"]
+        medium = found["enc-m"]["quality"]["linear_probe_shape_color"]
+        results.append(
+            Check(
+                "linear probe: random-init < enc-s < enc-m",
+                random_init < small < medium,
+                f"{random_init:.3f} < {small:.3f} < {medium:.3f}",
+            )
+        )
+    if {"enc-s", "enc-m", "vfm"} <= found.keys():
+        teacher = found["vfm"]["quality"]["segmentation_miou"]
+        encoders = max(found[p]["quality"]["segmentation_miou"] for p in ("enc-s", "enc-m"))
+        results.append(
+            Check(
+                "segmentation probe: vfm > enc-s, enc-m",
+                teacher > encoders,
+                f"mIoU {teacher:.3f} vs best encoder {encoders:.3f}",
+            )
+        )
+    return results

@@ -1,0 +1,120 @@
+"""The zoo's cache: tiny builds load as standard HF checkpoints, are reused, rebuilt on change
+and on corruption, and plug into assembly by path."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from pivotlab.cli import main
+from pivotlab.model import assemble
+from pivotlab.zoo import build as zoo_build
+from pivotlab.zoo.build import ZOOS, ZooError, build, checks, entry_dir, manifests, part_key, verify
+
+hf_logging.disable_progress_bar()
+hf_logging.set_verbosity_error()
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cache = tmp_path_factory.mktemp("zoo")
+    build(zoo="tiny", cache=cache, log=lambda message: None)
+    return cache
+
+
+def test_tiny_build_gives_standard_checkpoints_and_manifests(tiny_zoo: Path) -> None:
+    found = manifests("tiny", tiny_zoo)
+    assert set(found) == {"enc-s", "enc-m", "vfm", "lm-s", "lm-m"}
+    for part, manifest in found.items():
+        folder = entry_dir(ZOOS["tiny"], part, tiny_zoo)
+        assert manifest["key"] == part_key(ZOOS["tiny"], part)
+        assert manifest["compute"]["flops"] > 0 and manifest["compute"]["samples"] > 0
+        if part.startswith("lm"):
+            model = AutoModelForCausalLM.from_pretrained(folder)
+            assert (
+                AutoTokenizer.from_pretrained(folder).convert_tokens_to_ids("<image>") is not None
+            )
+            assert manifest["quality"]["heldout_perplexity"] > 1
+        else:
+            model = AutoModel.from_pretrained(folder)
+            assert 0 <= manifest["quality"]["linear_probe_shape_color"] <= 1
+        assert type(model).__name__ == manifest["class"]
+    assert found["enc-m"]["parameters"] > found["enc-s"]["parameters"]
+    assert [c.name for c in checks(found)] == [
+        "linear probe: random-init < enc-s < enc-m",
+        "segmentation probe: vfm > enc-s, enc-m",
+    ]
+
+
+def test_cache_is_reused_when_nothing_changed(tiny_zoo: Path) -> None:
+    messages: list[str] = []
+    folders = build(zoo="tiny", cache=tiny_zoo, log=messages.append)
+    assert all("cached at" in m for m in messages) and len(messages) == 5
+    assert folders["enc-s"] == entry_dir(ZOOS["tiny"], "enc-s", tiny_zoo)
+
+
+def test_a_changed_recipe_builds_a_new_entry(
+    tiny_zoo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny = ZOOS["tiny"]
+    changed = replace(tiny, parts={**tiny.parts, "lm-s": replace(tiny.parts["lm-s"], steps=4)})
+    monkeypatch.setitem(zoo_build.ZOOS, "tiny", changed)
+    assert part_key(changed, "lm-s") != part_key(tiny, "lm-s")
+    assert part_key(changed, "enc-s") == part_key(tiny, "enc-s")
+    assert part_key(tiny, "enc-s", seed=1) != part_key(tiny, "enc-s")
+    messages: list[str] = []
+    folders = build(("lm-s", "enc-s"), zoo="tiny", cache=tiny_zoo, log=messages.append)
+    assert "built lm-s" in messages[0] and "cached at" in messages[1]
+    assert folders["lm-s"] != entry_dir(tiny, "lm-s", tiny_zoo)
+
+
+def test_a_truncated_file_is_detected_and_rebuilt(tiny_zoo: Path) -> None:
+    entry = entry_dir(ZOOS["tiny"], "vfm", tiny_zoo)
+    weights = entry / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert verify(entry) == "model.safetensors does not match its sha256"
+    messages: list[str] = []
+    build(("vfm",), zoo="tiny", cache=tiny_zoo, log=messages.append)
+    assert "unusable (model.safetensors does not match its sha256); rebuilding" in messages[0]
+    assert verify(entry) is None
+    assert AutoModel.from_pretrained(entry) is not None
+
+
+def test_zoo_parts_assemble_by_path(tiny_zoo: Path) -> None:
+    encoder = entry_dir(ZOOS["tiny"], "enc-s", tiny_zoo)
+    lm = entry_dir(ZOOS["tiny"], "lm-s", tiny_zoo)
+    model, processor = assemble(encoder, lm)
+    assert model.config.image_seq_length == 16
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
+
+
+def test_cli_build_and_list(tiny_zoo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["zoo", "build", "--zoo", "tiny", "--cache", str(tiny_zoo), "--parts", "enc-s,lm-s"])
+        == 0
+    )
+    assert main(["zoo", "list", "--zoo", "tiny", "--cache", str(tiny_zoo)]) == 0
+    out = capsys.readouterr().out
+    assert "enc-s" in out and "held-out perplexity" in out and "check:" in out
+    assert main(["zoo", "build", "--zoo", "huge", "--cache", str(tiny_zoo)]) == 2
+    assert (
+        main(["zoo", "build", "--zoo", "tiny", "--cache", str(tiny_zoo), "--parts", "enc-xl"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "unknown zoo 'huge'" in err and "unknown zoo part 'enc-xl'" in err
+
+
+def test_manifest_records_spec_data_and_versions(tiny_zoo: Path) -> None:
+    manifest = json.loads(
+        (entry_dir(ZOOS["tiny"], "enc-s", tiny_zoo) / "zoo_part.json").read_text()
+    )
+    assert manifest["spec"]["width"] == 32 and manifest["data"]["image_size"] == 32
+    assert {"zoo_version", "pivotlab_version", "seed", "files"} <= manifest.keys()
+    assert "random_init" in manifest["quality"]
+    with pytest.raises(ZooError, match="unknown zoo part"):
+        build(("enc-xl",), zoo="tiny", cache=tiny_zoo)
