@@ -222,50 +222,45 @@ def verify(entry: Path) -> str | None:
 # ---------------------------------------------------------------------------------------
 @dataclass
 class _Data:
+    """The data a build shares between parts, each piece made on first use."""
+
     zoo: ZooConfig
     cache: dict = field(default_factory=dict)
+
+    def _once(self, key, make):
+        if key not in self.cache:
+            self.cache[key] = make()
+        return self.cache[key]
 
     def pretraining(self) -> zoo_data.ImageSet:
         """Half full scenes, half single-object scenes (the probe's kind of image, from the
         train split's probe stream, disjoint from the probe sets' val and test streams)."""
-        if "pretraining" not in self.cache:
-            z = self.zoo
-            half = z.pretrain_images // 2
-            self.cache["pretraining"] = zoo_data.concatenate(
-                zoo_data.scene_images(
-                    "train", z.pretrain_images - half, z.image_size, z.patch_size
-                ),
-                zoo_data.probe_images("train", half, z.image_size, z.patch_size),
-            )
-        return self.cache["pretraining"]
+        z = self.zoo
+        half = z.pretrain_images // 2
+        return self._once("pretraining", lambda: zoo_data.concatenate(
+            zoo_data.scene_images("train", z.pretrain_images - half, z.image_size, z.patch_size),
+            zoo_data.probe_images("train", half, z.image_size, z.patch_size),
+        ))  # fmt: skip
+
+    def _train_test(self, key: str, make) -> tuple:
+        z = self.zoo
+        return self._once(key, lambda: (
+            make("val", z.probe_train, z.image_size, z.patch_size),
+            make("test", z.probe_test, z.image_size, z.patch_size),
+        ))  # fmt: skip
 
     def probes(self) -> tuple[zoo_data.ImageSet, zoo_data.ImageSet]:
-        if "probes" not in self.cache:
-            z = self.zoo
-            self.cache["probes"] = (
-                zoo_data.probe_images("val", z.probe_train, z.image_size, z.patch_size),
-                zoo_data.probe_images("test", z.probe_test, z.image_size, z.patch_size),
-            )
-        return self.cache["probes"]
+        return self._train_test("probes", zoo_data.probe_images)
 
     def segmentation(self) -> tuple[zoo_data.ImageSet, zoo_data.ImageSet]:
-        if "segmentation" not in self.cache:
-            z = self.zoo
-            self.cache["segmentation"] = (
-                zoo_data.scene_images("val", z.probe_train, z.image_size, z.patch_size),
-                zoo_data.scene_images("test", z.probe_test, z.image_size, z.patch_size),
-            )
-        return self.cache["segmentation"]
+        return self._train_test("segmentation", zoo_data.scene_images)
 
     def text_blocks(self, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-        key = ("text", block)
-        if key not in self.cache:
-            z = self.zoo
-            self.cache[key] = (
-                _blocks(zoo_data.world_documents("train", z.text_scenes), block),
-                _blocks(zoo_data.world_documents("val", z.heldout_text_scenes), block),
-            )
-        return self.cache[key]
+        z = self.zoo
+        return self._once(("text", block), lambda: (
+            _blocks(zoo_data.world_documents("train", z.text_scenes), block),
+            _blocks(zoo_data.world_documents("val", z.heldout_text_scenes), block),
+        ))  # fmt: skip
 
 
 def _blocks(documents: list[str], block: int) -> torch.Tensor:
