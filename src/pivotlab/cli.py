@@ -160,8 +160,14 @@ def _add_model(verbs: argparse._SubParsersAction) -> None:
     model_verbs = model.add_subparsers(dest="model_verb", required=True, parser_class=_Parser)
 
     build = model_verbs.add_parser("build", help="assemble a Llava MLLM and save it")
-    build.add_argument("--vision", required=True, help="vision preset, local folder or hub id")
-    build.add_argument("--lm", required=True, help="LM preset, local folder or hub id")
+    build.add_argument(
+        "--vision",
+        required=True,
+        help="vision preset, zoo part (zoo:enc-s), local folder or hub id",
+    )
+    build.add_argument(
+        "--lm", required=True, help="LM preset, zoo part (zoo:lm-s), local folder or hub id"
+    )
     build.add_argument("--out", type=Path, required=True, help="folder to save the MLLM in")
     build.add_argument("--image-size", type=int, default=None, help="image side (presets only)")
     build.add_argument(
@@ -185,7 +191,9 @@ def _add_model(verbs: argparse._SubParsersAction) -> None:
 
     graft = model_verbs.add_parser("transplant", help="a fresh MLLM around an exported encoder")
     graft.add_argument("--encoder", type=Path, required=True, help="folder from export-encoder")
-    graft.add_argument("--lm", required=True, help="LM preset, local folder or hub id")
+    graft.add_argument(
+        "--lm", required=True, help="LM preset, zoo part (zoo:lm-s), local folder or hub id"
+    )
     graft.add_argument("--out", type=Path, required=True, help="folder to save the MLLM in")
     graft.add_argument("--seed", type=int, default=0, help="seed of the new projector (default: 0)")
     graft.set_defaults(handler=_model_transplant)

@@ -24,6 +24,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
+from pivotlab.errors import PivotlabError
 from pivotlab.model import AssemblyError, UnsupportedModelError, assemble, load
 from pivotlab.model.presets import VISION_PRESETS
 
@@ -275,3 +276,16 @@ def test_naflex_siglip2_is_refused_with_the_reason(tmp_path: Path) -> None:
     )
     with pytest.raises(UnsupportedModelError, match="FixRes SigLIP2"):
         assemble(tmp_path, "tiny-qwen2")
+
+
+def test_zoo_parts_are_named_and_built_on_first_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PIVOTLAB_CACHE", str(tmp_path))
+    model, processor = assemble("zoo:tiny/enc-s", "zoo:tiny/lm-s")
+    assert (tmp_path / "zoo" / "tiny").is_dir()
+    assert model.config.vision_config.model_type == "siglip_vision_model"
+    assert model.config.image_seq_length == 16
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
+    with pytest.raises(PivotlabError, match="unknown zoo part 'enc-xl'"):
+        assemble("zoo:tiny/enc-xl", "tiny-qwen2")

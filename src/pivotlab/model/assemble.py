@@ -4,7 +4,8 @@
     model, processor = assemble(vision="google/siglip2-so400m-patch16-384", lm="Qwen/Qwen2.5-1.5B")
 
 ``vision`` and ``lm`` are each a named preset (``presets.py``: a config, random init), a
-local ``save_pretrained`` folder, or a hub id; folders and ids take the same path
+zoo part (``zoo:enc-s``, pretrained on the world and built on first use), a local
+``save_pretrained`` folder, or a hub id; folders and ids take the same path
 (``from_pretrained``). The result is a plain ``LlavaForConditionalGeneration`` with a
 2-layer GELU projector whose width is the LM's, and a ``LlavaProcessor`` whose image token
 expands to exactly the number of visual tokens the tower produces (derived from the vision
@@ -33,6 +34,7 @@ from transformers import (
 
 from pivotlab.errors import PivotlabError
 from pivotlab.model.presets import LM_PRESETS, VISION_PRESETS, VisionFamily, vision_family
+from pivotlab.zoo.build import part_path
 from pivotlab.zoo.tokenizer import CHAT_TEMPLATE, IMAGE_TOKEN, world_tokenizer
 
 BUILD_FILE = "pivotlab_build.json"
@@ -61,6 +63,18 @@ class _Vision:
     model: PreTrainedModel | None  # None for presets (random init inside the MLLM)
     image_processor: object
     family: VisionFamily
+
+
+ZOO_PREFIX = "zoo:"
+
+
+def resolve_zoo(source: str) -> str:
+    """``zoo:enc-s`` (default zoo) or ``zoo:tiny/enc-s`` -> the part's cached folder, built on
+    first use; any other source is returned unchanged."""
+    if not source.startswith(ZOO_PREFIX):
+        return source
+    zoo, _, part = source[len(ZOO_PREFIX) :].rpartition("/")
+    return str(part_path(part, zoo or "default"))
 
 
 def _from_pretrained(auto_class, source: str, trust_remote_code: bool, **kwargs):
@@ -146,7 +160,7 @@ def assemble(
     the CLS token of towers that have one. Pretrained weights are copied in with strict
     key checks; the projector (and preset parts) are initialised from ``seed``.
     """
-    vision, lm = str(vision), str(lm)
+    vision, lm = resolve_zoo(str(vision)), resolve_zoo(str(lm))
     tower = _vision(vision, image_size, trust_remote_code)
     tokenizer = _tokenizer(lm, chat_template, trust_remote_code)
     language = _language_model(lm, tokenizer, trust_remote_code)
