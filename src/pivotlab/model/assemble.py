@@ -14,6 +14,7 @@ config, checked against ``LlavaConfig.image_seq_length``).
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -110,7 +111,7 @@ def _vision(source: str, image_size: int | None, trust_remote_code: bool) -> _Vi
 
 def _tokenizer(lm: str, chat_template: str | None, trust_remote_code: bool):
     if lm in LM_PRESETS:
-        tokenizer = world_tokenizer()
+        tokenizer = copy.deepcopy(world_tokenizer())  # the cached one is shared: never mutate it
     else:
         tokenizer = _from_pretrained(AutoTokenizer, lm, trust_remote_code)
     if IMAGE_TOKEN not in tokenizer.get_vocab():
@@ -128,7 +129,7 @@ def _language_model(
     lm: str, tokenizer, trust_remote_code: bool
 ) -> PreTrainedModel | PretrainedConfig:
     if lm in LM_PRESETS:
-        return LM_PRESETS[lm].config(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+        return LM_PRESETS[lm].config()
     model = _from_pretrained(AutoModelForCausalLM, lm, trust_remote_code)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))

@@ -22,6 +22,7 @@ from transformers import (
 from transformers.image_processing_utils import BaseImageProcessor
 
 from pivotlab.errors import PivotlabError
+from pivotlab.zoo.build import causal_lm_config
 
 
 class UnsupportedModelError(PivotlabError):
@@ -138,19 +139,10 @@ class LMPreset:
     heads: int
     kv_heads: int
 
-    def config(self, vocab_size: int, pad_token_id: int, eos_token_id: int) -> PretrainedConfig:
-        return self.config_class(
-            vocab_size=vocab_size,
-            hidden_size=self.width,
-            intermediate_size=4 * self.width,
-            num_hidden_layers=self.depth,
-            num_attention_heads=self.heads,
-            num_key_value_heads=self.kv_heads,
-            max_position_embeddings=2048,
-            tie_word_embeddings=True,
-            pad_token_id=pad_token_id,
-            eos_token_id=eos_token_id,
-            bos_token_id=None,
+    def config(self) -> PretrainedConfig:
+        """The config over the world tokenizer (what preset LMs are trained with)."""
+        return causal_lm_config(
+            self.config_class, self.width, self.depth, self.heads, self.kv_heads
         )
 
 

@@ -33,6 +33,7 @@ from transformers import (
     BitImageProcessorPil,
     Dinov2Config,
     Dinov2Model,
+    PretrainedConfig,
     Qwen2Config,
     Qwen2ForCausalLM,
     SiglipConfig,
@@ -409,24 +410,33 @@ def _build_teacher(spec: TeacherSpec, zoo: ZooConfig, data: _Data, seed: int):
     return model, processor, compute, _encoder_quality(model, processor, True, data)
 
 
+def causal_lm_config(
+    config_class: type[PretrainedConfig], width: int, depth: int, heads: int, kv_heads: int
+) -> PretrainedConfig:
+    """A small causal-LM config (feed-forward 4x width, tied embeddings) over the world
+    tokenizer's vocabulary and special tokens; shared by the zoo's LMs and the LM presets."""
+    tokenizer = world_tokenizer()
+    return config_class(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=depth,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+
+
 def _build_lm(spec: LMSpec, zoo: ZooConfig, data: _Data, seed: int):
     tokenizer = world_tokenizer()
     train, heldout = data.text_blocks(spec.block)
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=len(tokenizer),
-            hidden_size=spec.width,
-            intermediate_size=4 * spec.width,
-            num_hidden_layers=spec.depth,
-            num_attention_heads=spec.heads,
-            num_key_value_heads=spec.kv_heads,
-            max_position_embeddings=2048,
-            tie_word_embeddings=True,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=None,
-        )
+        causal_lm_config(Qwen2Config, spec.width, spec.depth, spec.heads, spec.kv_heads)
     )
     model.train()
     compute = run_steps(
