@@ -23,16 +23,26 @@ SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, END_OF_TEXT, IM_START, IM_END, IMA
 
 # ChatML (Qwen's format). Content may be a string or a list of {"type": "image"|"text"}
 # items, as TRL's conversational datasets write it; each image becomes one <image>
-# placeholder, which the Llava processor expands to the number of visual tokens.
+# placeholder, which the Llava processor expands to the number of visual tokens. Assistant
+# turns sit in {% generation %} blocks, so trainers can mask the loss to the answers
+# (TRL's assistant_only_loss).
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['role'] == 'assistant' %}{% generation %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for item in message['content'] %}"
     "{% if item['type'] == 'image' %}{{ '<image>\n' }}"
     "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
     "{% endfor %}{% endif %}"
     "{{ '<|im_end|>\n' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
