@@ -145,9 +145,10 @@ def likelihood_choices(
         for index, record in enumerate(batch):
             prompt = _prompt(processor, record["question"])
             prompt_length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            image = _image(data, record, cfg.blind)
             for letter in LETTERS[: len(record["choices"])]:
                 texts.append(prompt + letter)
-                images.append(_image(data, record, cfg.blind))
+                images.append(image)
                 spans.append(prompt_length)
                 owners.append((index, letter))
         inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)

@@ -1,7 +1,7 @@
 """Checking a free-text reply against a world question's ground truth.
 
-This is the one definition of a correct answer: evaluation, on-policy negatives and RL
-rewards all call ``score_reply``, so training and evaluation never disagree.
+This is the one definition of a correct answer: evaluation and on-policy negatives call
+``score_reply`` (RL rewards are to do the same), so training and evaluation never disagree.
 
 Rules, by kind of question:
 

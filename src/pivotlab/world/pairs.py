@@ -22,7 +22,7 @@ from pivotlab.world.questions import (
     RELATION_PHRASE,
     YES_NO,
     Item,
-    _choice,
+    choice,
     describe,
     described_overlaps,
     described_pairs,
@@ -56,7 +56,7 @@ def _plan_relation(base: Scene, twin_id: str, rng: np.random.Generator) -> PairP
     candidates = [p for p in described_pairs(base, ALL_ATTRIBUTES) if relation(p[0], p[2])]
     if not candidates:
         return None
-    a, da, b, db = _choice(rng, candidates)
+    a, da, b, db = choice(rng, candidates)
     asked = relation(a, b)
     assert asked is not None
     if rng.random() < 0.5:
@@ -79,7 +79,7 @@ def _plan_occlusion(
     candidates = described_overlaps(base, base_rendered)
     if not candidates:
         return None
-    a, da, b, db = _choice(rng, candidates)
+    a, da, b, db = choice(rng, candidates)
     twin = base.copy(twin_id)
     twin.objects[a.index].z, twin.objects[b.index].z = b.z, a.z
     ia, ib = a.index, b.index
@@ -101,8 +101,8 @@ def _plan_color(base: Scene, twin_id: str, rng: np.random.Generator) -> PairPlan
             candidates.append((obj, phrase))
     if not candidates:
         return None
-    obj, phrase = _choice(rng, candidates)
-    new_color = _choice(rng, [c for c in vocab.allowed_colors(obj.shape, False) if c != obj.color])
+    obj, phrase = choice(rng, candidates)
+    new_color = choice(rng, [c for c in vocab.allowed_colors(obj.shape, False) if c != obj.color])
     asked = obj.color if rng.random() < 0.5 else new_color
     twin = base.copy(twin_id)
     twin.objects[obj.index].color = new_color
@@ -143,13 +143,13 @@ def _plan_count(base: Scene, twin_id: str, rng: np.random.Generator) -> PairPlan
         return None
     twin = base.copy(twin_id)
     if can_remove and (not can_add or rng.random() < 0.5):
-        victim = _choice(rng, matching)
+        victim = choice(rng, matching)
         twin.objects = _reindexed([o for o in twin.objects if o.index != victim.index])
         twin_count = count - 1
     else:
-        cell_id = _choice(rng, free)
-        size_name = _choice(rng, list(vocab.SIZE_NAMES))
-        color = _choice(rng, list(vocab.allowed_colors(shape, False)))
+        cell_id = choice(rng, free)
+        size_name = choice(rng, list(vocab.SIZE_NAMES))
+        color = choice(rng, list(vocab.allowed_colors(shape, False)))
         diameter = vocab.SIZES[size_name] * base.cell
         twin.objects.append(
             SceneObject(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import combinations
 
 import numpy as np
@@ -118,7 +119,8 @@ def referable(scene: Scene) -> list[SceneObject]:
     return [o for o in scene.objects if o.visible_fraction >= REFERABLE_VISIBILITY]
 
 
-def _choice(rng: np.random.Generator, items: list):
+def choice(rng: np.random.Generator, items: list):
+    """One element of ``items``, drawn with ``rng``."""
     return items[int(rng.integers(len(items)))]
 
 
@@ -130,11 +132,11 @@ def _pick_described(
 ) -> tuple[SceneObject, str] | None:
     pool = referable(scene) if candidates is None else candidates
     described = [(o, d) for o in pool if (d := describe(o, scene, attrs)) is not None]
-    return _choice(rng, described) if described else None
+    return choice(rng, described) if described else None
 
 
 def _other_value(rng: np.random.Generator, space: tuple[str, ...], answer: str) -> str:
-    return _choice(rng, [v for v in space if v != answer])
+    return choice(rng, [v for v in space if v != answer])
 
 
 def _distractor_or_random(
@@ -143,7 +145,7 @@ def _distractor_or_random(
     """A wrong value taken from another object in the image when there is one."""
     in_image = sorted(present - {answer})
     if in_image:
-        return _choice(rng, in_image), "distractor_attribute"
+        return choice(rng, in_image), "distractor_attribute"
     return _other_value(rng, space, answer), "wrong_attribute"
 
 
@@ -180,11 +182,11 @@ def _article(noun_phrase: str) -> str:
 def ask_exists(scene: Scene, rendered: Rendered, rng: np.random.Generator) -> Item | None:
     present_shapes = {o.shape for o in scene.objects}
     present_combos = {(o.color, o.shape) for o in scene.objects}
-    answer = _choice(rng, list(YES_NO))
+    answer = choice(rng, list(YES_NO))
     by_color = rng.random() < 0.5
     targets: list[int] = []
     if answer == "yes":
-        obj = _choice(rng, referable(scene) or scene.objects)
+        obj = choice(rng, referable(scene) or scene.objects)
         phrase = f"{obj.color} {obj.shape}" if by_color else obj.shape
         targets = [obj.index]
     elif by_color:
@@ -195,10 +197,10 @@ def ask_exists(scene: Scene, rendered: Rendered, rng: np.random.Generator) -> It
             + (vocab.allowed_colors(s, True) if scene.heldout else ())
             if (c, s) not in present_combos
         ]
-        color, shape = _choice(rng, absent)
+        color, shape = choice(rng, absent)
         phrase = f"{color} {shape}"
     else:
-        phrase = _choice(rng, [s for s in vocab.SHAPES if s not in present_shapes])
+        phrase = choice(rng, [s for s in vocab.SHAPES if s not in present_shapes])
     return _yes_no_item(
         "exists",
         f"Is there {_article(phrase)} in the image?",
@@ -283,8 +285,8 @@ def _hallucinated_caption(scene: Scene, rng: np.random.Generator) -> tuple[str, 
     if scene.kind == "objects":
         present = {o.shape for o in scene.objects}
         twin = scene.copy(scene.scene_id)
-        victim = _choice(rng, twin.objects)
-        victim.shape = _choice(rng, [s for s in vocab.SHAPES if s not in present])
+        victim = choice(rng, twin.objects)
+        victim.shape = choice(rng, [s for s in vocab.SHAPES if s not in present])
         return caption(twin), "hallucinated_object"
     if scene.kind == "chart":
         twin = scene.copy(scene.scene_id)
@@ -312,20 +314,20 @@ def _caption_distractors(scene: Scene, rng: np.random.Generator, answer: str) ->
             shapes, _ = sample_shapes(rng, scene.grid)
             triples = [
                 (
-                    _choice(rng, list(vocab.SIZE_NAMES)),
-                    _choice(rng, list(vocab.allowed_colors(s, False))),
+                    choice(rng, list(vocab.SIZE_NAMES)),
+                    choice(rng, list(vocab.allowed_colors(s, False))),
                     s,
                 )
                 for s in shapes
             ]
-            text = objects_caption(triples, _choice(rng, list(vocab.BACKGROUNDS.values())))
+            text = objects_caption(triples, choice(rng, list(vocab.BACKGROUNDS.values())))
         elif scene.kind == "chart":
-            text = chart_caption(int(rng.integers(3, 6)), _choice(rng, list(vocab.BAR_LABELS)))
+            text = chart_caption(int(rng.integers(3, 6)), choice(rng, list(vocab.BAR_LABELS)))
         else:
             other = scene.copy("")
             assert other.text is not None
-            other.text.content = _choice(rng, list(vocab.WORDS))
-            other.text.color = _choice(rng, list(vocab.COLOR_NAMES))
+            other.text.content = choice(rng, list(vocab.WORDS))
+            other.text.color = choice(rng, list(vocab.COLOR_NAMES))
             text = caption(other)
         if text != answer and text not in distractors:
             distractors.append(text)
@@ -363,7 +365,7 @@ def _lookalike_negative(
     options = [s for s in vocab.LOOKALIKE_SHAPES[shape] if fact(s) != fact(shape)]
     if not options:
         return None
-    other = _choice(rng, options)
+    other = choice(rng, options)
     return other, fact(other)
 
 
@@ -388,7 +390,7 @@ def _ask_shape_fact(
         return None
     lookalike = _lookalike_negative(rng, obj.shape, fact)
     if lookalike is None:
-        wrong_shape = _choice(rng, [s for s in vocab.SHAPES if fact(s) != answer])
+        wrong_shape = choice(rng, [s for s in vocab.SHAPES if fact(s) != answer])
         negative, negative_type = fact(wrong_shape), "wrong_fact"
     else:
         wrong_shape, negative = lookalike
@@ -438,7 +440,7 @@ def ask_gem(scene: Scene, rendered: Rendered, rng: np.random.Generator) -> Item 
     answer = vocab.GEMS[obj.color]
     others = {o.color for o in scene.objects} - {obj.color}
     if others:
-        wrong_color, negative_type = _choice(rng, sorted(others)), "distractor_attribute"
+        wrong_color, negative_type = choice(rng, sorted(others)), "distractor_attribute"
     else:
         wrong_color = _other_value(rng, vocab.COLOR_NAMES, obj.color)
         negative_type = "wrong_fact"
@@ -534,9 +536,9 @@ def make_ask_bar_value(max_value: int) -> Callable[[Scene, Rendered, np.random.G
     """The bar-value task for charts whose values run from 1 to ``max_value``."""
 
     def ask_bar_value(scene: Scene, rendered: Rendered, rng: np.random.Generator) -> Item:
-        bar = _choice(rng, scene.bars)
+        bar = choice(rng, scene.bars)
         neighbours = [b for b in scene.bars if abs(b.index - bar.index) == 1]
-        negative = str(_choice(rng, neighbours).value)
+        negative = str(choice(rng, neighbours).value)
         template = "Bar {b} shows the value {v}."
         return Item(
             task="bar_value",
@@ -641,11 +643,11 @@ def described_pairs(
 def ask_relation(scene: Scene, rendered: Rendered, rng: np.random.Generator) -> Item | None:
     # The relation is drawn first, then a pair showing it; layouts are symmetric under
     # reflection, so every relation is found equally often.
-    wanted = _choice(rng, list(RELATIONS))
+    wanted = choice(rng, list(RELATIONS))
     pairs = [p for p in described_pairs(scene, ALL_ATTRIBUTES) if relation(p[0], p[2]) == wanted]
     if not pairs:
         return None
-    a, da, b, db = _choice(rng, pairs)
+    a, da, b, db = choice(rng, pairs)
     negative = OPPOSITE[wanted]
     template = "The {a} is {r} the {b}."
     return Item(
@@ -665,7 +667,7 @@ def ask_relative_size(scene: Scene, rendered: Rendered, rng: np.random.Generator
     pairs = [p for p in described_pairs(scene, ("shape", "color")) if p[0].size != p[2].size]
     if not pairs:
         return None
-    a, da, b, db = _choice(rng, pairs)
+    a, da, b, db = choice(rng, pairs)
     return _yes_no_item(
         "relative_size",
         f"Is the {da} larger than the {db}?",
@@ -704,7 +706,7 @@ def ask_front(scene: Scene, rendered: Rendered, rng: np.random.Generator) -> Ite
     candidates = described_overlaps(scene, rendered)
     if not candidates:
         return None
-    a, da, b, db = _choice(rng, candidates)
+    a, da, b, db = choice(rng, candidates)
     if rng.random() < 0.5:
         a, da, b, db = b, db, a, da
     return _yes_no_item(
@@ -717,6 +719,7 @@ def ask_front(scene: Scene, rendered: Rendered, rng: np.random.Generator) -> Ite
     )
 
 
+@lru_cache(maxsize=4)
 def build_tasks(max_value: int) -> dict[str, Task]:
     """The task registry; chart values run from 1 to ``max_value``."""
     objects = ("objects",)

@@ -3,7 +3,7 @@
     pivotlab zoo build [--parts enc-s,vfm] [--zoo default|tiny] [--cache DIR]
     pivotlab zoo list
 
-- ``enc-s``, ``enc-m``: ``SiglipVisionModel``, contrastive-pretrained encoders about 2.7x
+- ``enc-s``, ``enc-m``: ``SiglipVisionModel``, contrastive-pretrained encoders about 2.4x
   apart in parameters (the roles of SigLIP2-B and So400m);
 - ``vfm``: ``Dinov2Model``, the dense teacher (DINOv2's role for VIRAL);
 - ``lm-s``, ``lm-m``: ``Qwen2ForCausalLM``, text-pretrained LMs (the fresh LLM of a
