@@ -180,7 +180,8 @@ def evaluate(cfg: EvalConfig, model=None, processor=None) -> EvalReport:
     model.eval()
     start = time.perf_counter()
     by_likelihood = [i for i, r in enumerate(items) if cfg.likelihood and r.get("choices")]
-    generated = [i for i in range(len(items)) if i not in set(by_likelihood)]
+    scored = set(by_likelihood)
+    generated = [i for i in range(len(items)) if i not in scored]
     replies = [""] * len(items)
     for indices, method in ((generated, generate_replies), (by_likelihood, likelihood_choices)):
         outputs = (
