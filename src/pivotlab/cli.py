@@ -4,6 +4,7 @@
     pivotlab world show runs/world/train --out sheet.png
     pivotlab world audit --train runs/world/train --test runs/world/test
     pivotlab model build --vision tiny-siglip --lm tiny-qwen2 --out runs/models/tiny
+    pivotlab train --config configs/tiny/full.yaml --out runs/tiny/full train.steps=100
     pivotlab evaluate --model runs/models/tiny --data runs/world/test --out runs/eval/tiny
 
 Heavy libraries (torch, transformers) are imported inside the verbs that need them, so
@@ -377,6 +378,40 @@ def _zoo_list(args: argparse.Namespace) -> None:
     _zoo_table(args.zoo, args.cache, args.seed)
 
 
+def _add_train(verbs: argparse._SubParsersAction) -> None:
+    train = verbs.add_parser(
+        "train", help="run one training stage (align, full, post) from a YAML config"
+    )
+    train.add_argument("--config", type=Path, required=True, help="stage config (YAML)")
+    train.add_argument("--out", type=Path, required=True, help="run folder")
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace a run with another config in --out"
+    )
+    train.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. post.beta=0.2"
+    )
+    train.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from pivotlab.train import load_config, run_stage
+
+    cfg = load_config(args.config, args.overrides)
+    result = run_stage(cfg, args.out, overwrite=args.overwrite)
+    summary = result.summary
+    heldout = ", ".join(
+        f"{k} {v:.4g}" for k, v in summary["heldout"].items() if k in HELDOUT_HEADLINE
+    )
+    print(
+        f"{summary['stage']}: {summary['steps']} steps, {summary['records_per_s']:.1f} records/s, "
+        f"{summary['tokens_per_s']:.0f} tokens/s; held-out: {heldout or '-'}"
+    )
+    print(f"wrote {result.out} (model: {result.final})")
+
+
+HELDOUT_HEADLINE = ("loss", "rewards/accuracies", "rewards/margins", "mean_token_accuracy")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description="Study and improve the vision encoders of multimodal LLMs."
@@ -385,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_world(verbs)
     _add_zoo(verbs)
     _add_model(verbs)
+    _add_train(verbs)
     _add_evaluate(verbs)
     return parser
 

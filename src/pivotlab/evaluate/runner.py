@@ -23,6 +23,7 @@ from pivotlab import __version__
 from pivotlab.errors import PivotlabError
 from pivotlab.evaluate.metrics import accuracy_rows
 from pivotlab.model import load
+from pivotlab.model.generation import chat_prompt, generate_replies
 from pivotlab.world.answers import LETTERS, score_reply
 from pivotlab.world.jsonl import read_jsonl
 
@@ -90,13 +91,6 @@ def load_items(
     return items[:limit] if limit else items
 
 
-def _prompt(processor, question: str) -> str:
-    messages = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
-    ]
-    return processor.apply_chat_template(messages, add_generation_prompt=True)
-
-
 def _image(data: Path, record: dict, blind: bool) -> Image.Image:
     with Image.open(data / record["image"]) as image:
         rgb = image.convert("RGB")
@@ -108,26 +102,19 @@ def _batches(items: list, size: int):
         yield items[start : start + size]
 
 
-@torch.inference_mode()
-def generate_replies(model, processor, data: Path, items: list[dict], cfg: EvalConfig) -> list[str]:
-    """Greedy replies, batched, left-padded, with the KV cache."""
-    processor.tokenizer.padding_side = "left"
+def greedy_replies(model, processor, data: Path, items: list[dict], cfg: EvalConfig) -> list[str]:
+    """Greedy replies, batched (images opened one batch at a time)."""
     replies = []
     for batch in _batches(items, cfg.batch_size):
-        inputs = processor(
-            images=[_image(data, r, cfg.blind) for r in batch],
-            text=[_prompt(processor, r["question"]) for r in batch],
-            return_tensors="pt",
-            padding=True,
+        replies += generate_replies(
+            model,
+            processor,
+            [_image(data, r, cfg.blind) for r in batch],
+            [r["question"] for r in batch],
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
         )
-        output = model.generate(
-            **inputs, max_new_tokens=cfg.max_new_tokens, do_sample=False, use_cache=True
-        )
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        replies += [
-            text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)
-        ]
-    return replies
+    return [reply for (reply,) in replies]
 
 
 @torch.inference_mode()
@@ -143,7 +130,7 @@ def likelihood_choices(
     for batch in _batches(items, cfg.batch_size):
         texts, images, spans, owners = [], [], [], []
         for index, record in enumerate(batch):
-            prompt = _prompt(processor, record["question"])
+            prompt = chat_prompt(processor, record["question"])
             prompt_length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
             image = _image(data, record, cfg.blind)
             for letter in LETTERS[: len(record["choices"])]:
@@ -183,7 +170,7 @@ def evaluate(cfg: EvalConfig, model=None, processor=None) -> EvalReport:
     scored = set(by_likelihood)
     generated = [i for i in range(len(items)) if i not in scored]
     replies = [""] * len(items)
-    for indices, method in ((generated, generate_replies), (by_likelihood, likelihood_choices)):
+    for indices, method in ((generated, greedy_replies), (by_likelihood, likelihood_choices)):
         outputs = (
             method(model, processor, data, [items[i] for i in indices], cfg) if indices else []
         )

@@ -45,6 +45,7 @@ from transformers import (
 )
 
 from pivotlab import __version__
+from pivotlab.cache import cache_root
 from pivotlab.errors import PivotlabError
 from pivotlab.world.generate import GENERATOR_VERSION
 from pivotlab.zoo import data as zoo_data
@@ -163,10 +164,7 @@ ZOOS: dict[str, ZooConfig] = {
 
 def default_cache() -> Path:
     """``$PIVOTLAB_CACHE/zoo``, else ``$XDG_CACHE_HOME/pivotlab/zoo`` (default ``~/.cache``)."""
-    if os.environ.get("PIVOTLAB_CACHE"):
-        return Path(os.environ["PIVOTLAB_CACHE"]) / "zoo"
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "pivotlab" / "zoo"
+    return cache_root("zoo")
 
 
 def _zoo(name: str) -> ZooConfig:

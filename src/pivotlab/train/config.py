@@ -1,0 +1,323 @@
+"""Stage configs: YAML files with dotted command-line overrides, checked before anything runs.
+
+    pivotlab train --config configs/tiny/post-dpo.yaml --out RUN post.beta=0.2 seed=3
+
+A config is a tree of dataclasses. Loading rejects unknown keys and wrong types with a
+one-line message naming the file and the dotted key, so a typo (``post.betta``) never
+trains silently with a default. ``trainer:`` passes extra ``TrainingArguments`` / TRL
+fields through unchanged (``bf16``, ``deepspeed``, ``gradient_checkpointing``...), so a
+TRL user's knobs keep their names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pivotlab.errors import PivotlabError
+from pivotlab.model.parts import PARTS
+
+STAGES: tuple[str, ...] = ("align", "full", "post")
+OBJECTIVES: tuple[str, ...] = ("sft", "dpo", "ipo", "mpo")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+
+# Parts each stage trains unless the config says otherwise (LLaVA-NeXT / PIVOT recipes).
+DEFAULT_PARTS: dict[str, tuple[str, ...]] = {
+    "align": ("projector",),
+    "full": PARTS,
+    "post": PARTS,
+}
+
+# TRL's loss list for each preference objective; MPO as TRL's docs express it.
+PREFERENCE_LOSSES: dict[str, tuple[list[str], list[float]]] = {
+    "dpo": (["sigmoid"], [1.0]),
+    "ipo": (["ipo"], [1.0]),
+    "mpo": (["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0]),
+}
+
+
+class ConfigError(PivotlabError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+@dataclass
+class ModelSection:
+    """Where the stage's model comes from: a saved MLLM folder (``init``, e.g. the previous
+    stage's ``final/``), or parts to assemble (``vision`` + ``lm``, for the first stage)."""
+
+    init: str | None = None
+    vision: str | None = None
+    lm: str | None = None
+    image_size: int | None = None
+    feature_layer: int = -2
+    select_strategy: str | None = None
+
+
+@dataclass
+class DataSection:
+    """Training and held-out data. A split is a folder, or a mapping of ``WorldConfig``
+    fields (``{split: train, n: 2000, size: 64, seed: 0}``) generated into the cache on
+    first use. ``limit`` keeps the first N records of a seeded shuffle (the same N for
+    every objective)."""
+
+    train: str | dict[str, Any] | None = None
+    eval: str | dict[str, Any] | None = None
+    limit: int | None = None
+    eval_limit: int | None = 200
+
+
+@dataclass
+class TrainSection:
+    """Optimisation. ``batch_size`` is the global batch (per device x accumulation x
+    processes); ``lr`` is one rate or one per part (``{vision: 2e-6, projector: 1e-5,
+    lm: 1e-5}``); ``steps`` wins over ``epochs``."""
+
+    parts: list[str] | None = None
+    lr: float | dict[str, float] = 1e-5
+    batch_size: int = 16
+    per_device_batch_size: int = 16
+    steps: int | None = None
+    epochs: float = 1.0
+    warmup_ratio: float = 0.03
+    scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_length: int | None = None
+    precision: str = "fp32"
+    logging_steps: int = 1
+    save_steps: int | None = None
+    save_total_limit: int | None = 2
+
+
+@dataclass
+class OnPolicySection:
+    """Preference pairs made from the Stage-1 model's own wrong answers (MPO / RLAIF-V):
+    ``samples`` replies per question at ``temperature``; ground truth decides which are
+    wrong. ``mix: replace`` trains on on-policy pairs only, ``add`` appends them to the
+    world's synthetic pairs."""
+
+    enabled: bool = False
+    samples: int = 4
+    temperature: float = 1.0
+    max_new_tokens: int = 16
+    questions: int | None = None
+    mix: str = "replace"
+
+
+@dataclass
+class PostSection:
+    """Stage-2 objective. ``beta`` for the preference objectives; ``loss_weights``
+    overrides the objective's default weights (MPO: 0.8 / 0.2 / 1.0)."""
+
+    objective: str = "dpo"
+    beta: float = 0.1
+    loss_weights: list[float] | None = None
+    on_policy: OnPolicySection = field(default_factory=OnPolicySection)
+
+
+@dataclass
+class StageConfig:
+    """One training stage: what to train, on what, and how."""
+
+    stage: str = "post"
+    seed: int = 0
+    run: str | None = None
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    post: PostSection = field(default_factory=PostSection)
+    trainer: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def parts(self) -> list[str]:
+        """The parts this stage trains."""
+        return list(self.train.parts or DEFAULT_PARTS[self.stage])
+
+    def learning_rates(self) -> dict[str, float]:
+        """A learning rate for every trained part."""
+        rates = self.train.lr
+        if isinstance(rates, dict):
+            return {part: float(rates[part]) for part in self.parts}
+        return dict.fromkeys(self.parts, float(rates))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _type_name(kind: Any) -> str:
+    return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+
+
+def _convert(value: Any, kind: Any, where: str) -> Any:
+    """``value`` checked against the annotation ``kind`` (dataclasses built recursively)."""
+    origin = typing.get_origin(kind)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(kind, value, where)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, where)
+            except ConfigError:
+                continue
+        names = " or ".join(_type_name(o) for o in options)
+        raise ConfigError(f"{where}: expected {names}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(kind)
+        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        _, item = typing.get_args(kind)
+        return {str(k): _convert(v, item, f"{where}.{k}") for k, v in value.items()}
+    if kind is Any:
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if kind in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+    if kind is float and isinstance(value, str):
+        try:  # YAML reads 1e-5 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where}: expected {_type_name(kind)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"unknown key {key} (known here: {', '.join(sorted(known))})")
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _convert(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Set ``a.b.c=value`` in a nested mapping; the value is parsed as YAML."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} is not of the form key=value")
+    dotted, raw = assignment.split("=", 1)
+    keys = dotted.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"override {assignment!r} has an empty key")
+    node = tree
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {assignment!r}: {key} is not a section")
+        node = child
+    try:
+        node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {assignment!r}: cannot parse the value ({error})") from None
+
+
+def config_from_dict(tree: dict, source: str = "config") -> StageConfig:
+    """A checked ``StageConfig`` from a nested mapping."""
+    try:
+        cfg = _build(StageConfig, tree, "")
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+    validate(cfg, source)
+    return cfg
+
+
+def load_config(path: Path | str | None, overrides: list[str] | tuple[str, ...] = ()) -> StageConfig:
+    """Read a YAML config (or start from defaults) and apply dotted overrides."""
+    tree: dict = {}
+    source = "command line"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}:{line} is not valid YAML") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    return config_from_dict(tree, source)
+
+
+def _check_choice(value: str, choices: tuple[str, ...], key: str, source: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{source}: {key} is {value!r}; expected one of {', '.join(choices)}")
+
+
+def _check_positive(value: float | int | None, key: str, source: str) -> None:
+    if value is not None and value <= 0:
+        raise ConfigError(f"{source}: {key} must be positive, got {value}")
+
+
+def validate(cfg: StageConfig, source: str = "config") -> None:
+    """Raise ``ConfigError`` for the first value no stage could run with."""
+    _check_choice(cfg.stage, STAGES, "stage", source)
+    _check_choice(cfg.post.objective, OBJECTIVES, "post.objective", source)
+    _check_choice(cfg.train.precision, PRECISIONS, "train.precision", source)
+    _check_choice(cfg.post.on_policy.mix, ("replace", "add"), "post.on_policy.mix", source)
+    for part in cfg.parts:
+        _check_choice(part, PARTS, "train.parts", source)
+    if isinstance(cfg.train.lr, dict):
+        missing = [p for p in cfg.parts if p not in cfg.train.lr]
+        if missing:
+            raise ConfigError(f"{source}: train.lr has no rate for trained part {missing[0]}")
+        for part in cfg.train.lr:
+            _check_choice(part, PARTS, "train.lr", source)
+    for key in ("batch_size", "per_device_batch_size", "steps", "epochs", "logging_steps"):
+        _check_positive(getattr(cfg.train, key), f"train.{key}", source)
+    _check_positive(cfg.train.save_steps, "train.save_steps", source)
+    _check_positive(cfg.data.limit, "data.limit", source)
+    _check_positive(cfg.post.beta, "post.beta", source)
+    if cfg.train.batch_size % cfg.train.per_device_batch_size:
+        raise ConfigError(
+            f"{source}: train.batch_size {cfg.train.batch_size} is not a multiple of "
+            f"train.per_device_batch_size {cfg.train.per_device_batch_size}"
+        )
+    if cfg.model.init is None and (cfg.model.vision is None or cfg.model.lm is None):
+        raise ConfigError(f"{source}: set model.init (a saved MLLM) or model.vision and model.lm")
+    if cfg.model.init is not None and (cfg.model.vision or cfg.model.lm):
+        raise ConfigError(f"{source}: model.init excludes model.vision and model.lm")
+    if cfg.data.train is None:
+        raise ConfigError(f"{source}: data.train is required (a split folder or world fields)")
+    weights = cfg.post.loss_weights
+    if weights is not None and cfg.post.objective in PREFERENCE_LOSSES:
+        expected = len(PREFERENCE_LOSSES[cfg.post.objective][0])
+        if len(weights) != expected:
+            raise ConfigError(
+                f"{source}: post.loss_weights has {len(weights)} weights; "
+                f"{cfg.post.objective} combines {expected} losses"
+            )

@@ -1,0 +1,132 @@
+"""Each stage's data, and the schedule that makes the objectives comparable.
+
+Stage data in TRL's formats, from a world split:
+
+- ``align``: plain template, ``prompt = "<image>"`` and ``completion = caption + eos``
+  (LLaVA's ``plain`` conversation: no chat turns, loss on the caption only);
+- ``full``: the split's questions as conversations (``messages``), answer-only loss;
+- ``post``: preference records. The SFT objective reads ``prompt`` + ``completion`` (the
+  chosen answer), the preference objectives ``prompt`` + ``chosen`` + ``rejected``: the
+  same records either way.
+
+The schedule is written by hand because it is the controlled part of the experiment: the
+records are shuffled once per epoch from the run's seed, concatenated for the whole run,
+and read in that order, so every objective sees the same records in the same order for
+the same number of optimizer steps, on one process or many.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+
+from pivotlab.train.config import ConfigError, StageConfig
+from pivotlab.world.cache import cached_split
+from pivotlab.world.generate import WorldConfig, WorldConfigError
+from pivotlab.world.jsonl import read_jsonl
+
+SAMPLE_INDEX = "sample_index"
+
+
+def resolve_split(spec: str | dict[str, Any], key: str) -> Path:
+    """A split folder from a config value: a path, or ``WorldConfig`` fields (cached)."""
+    if isinstance(spec, dict):
+        fields = dict(spec)
+        for name in ("tasks", "kind_weights"):
+            if name in fields:
+                fields[name] = tuple(fields[name])
+        try:
+            return cached_split(WorldConfig(**fields))
+        except TypeError as error:
+            raise ConfigError(f"{key}: {error}") from None
+        except WorldConfigError as error:
+            raise ConfigError(f"{key}: {error}") from None
+    path = Path(spec).expanduser()
+    if not (path / "manifest.json").is_file():
+        raise ConfigError(f"{key}: {path} is not a world split (no manifest.json)")
+    return path
+
+
+def _user(text: str) -> list[dict]:
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "image", "text": None}, {"type": "text", "text": text}],
+        }
+    ]
+
+
+def _assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+
+def stage_records(cfg: StageConfig, split: Path) -> list[dict]:
+    """The raw records a stage trains on (captions, questions or preference pairs)."""
+    name = {
+        "align": "probes/captions.jsonl",
+        "full": "vqa.jsonl",
+        "post": "preferences.jsonl",
+    }[cfg.stage]
+    return read_jsonl(split / name)
+
+
+def keep_first(records: list[dict], limit: int | None, seed: int) -> list[dict]:
+    """The first ``limit`` records of a seeded shuffle (all of them, shuffled, if None);
+    the subset recipe of PIVOT's matched SFT / DPO files."""
+    order = np.random.default_rng(seed).permutation(len(records))
+    kept = [records[i] for i in order]
+    return kept if limit is None else kept[:limit]
+
+
+def schedule(n_records: int, n_samples: int, seed: int) -> list[int]:
+    """Record indices in training order: a fresh seeded permutation per epoch, cut at
+    ``n_samples`` (steps x global batch)."""
+    if n_records == 0:
+        raise ConfigError("the stage has no training records")
+    rng = np.random.default_rng([seed, 1])
+    order: list[int] = []
+    while len(order) < n_samples:
+        order += rng.permutation(n_records).tolist()
+    return order[:n_samples]
+
+
+def _row(stage: str, objective: str, record: dict, eos: str) -> dict:
+    if stage == "align":
+        return {"prompt": "<image>", "completion": record["caption"] + eos}
+    if stage == "full":
+        return {"messages": _user(record["question"]) + _assistant(record["answer"])}
+    if objective == "sft":
+        return {"prompt": _user(record["prompt"]), "completion": _assistant(record["chosen"])}
+    return {
+        "prompt": _user(record["prompt"]),
+        "chosen": _assistant(record["chosen"]),
+        "rejected": _assistant(record["rejected"]),
+    }
+
+
+def trl_dataset(
+    records: list[dict],
+    split: Path,
+    *,
+    stage: str,
+    objective: str = "dpo",
+    eos: str = "",
+    order: list[int] | None = None,
+) -> datasets.Dataset:
+    """Rows in the TRL format of the stage and objective, in ``order`` (record indices;
+    repeats allowed), each with the index of its record (``sample_index``) so a run can
+    log what it consumed."""
+    rows = [
+        dict(
+            _row(stage, objective, record, eos),
+            images=[str(split / record["image"])],
+            **{SAMPLE_INDEX: i},
+        )
+        for i, record in enumerate(records)
+    ]
+    data = datasets.Dataset.from_list(rows)
+    data = data.cast_column("images", datasets.List(datasets.Image()))
+    return data if order is None else data.select(order)

@@ -1,0 +1,442 @@
+"""Run one stage (align, full or post) on TRL and leave a complete run folder.
+
+    RUN/config.yaml        the resolved config (after overrides)
+    RUN/parts.txt, .json   the parts table at stage start (parameters, trainable, lr)
+    RUN/records.jsonl      post only: the preference records trained on (on-policy included)
+    RUN/samples.jsonl      record ids consumed per optimizer step (all processes, rank order)
+    RUN/metrics.jsonl      every logged number (loss, rewards/*, lr/<part>...) + held-out
+    RUN/tensorboard/       TensorBoard event files
+    RUN/checkpoint-N/      Trainer checkpoints (model, optimizer, scheduler, RNG, step)
+    RUN/final/             the model + processor, loadable by plain transformers, with
+                           pivotlab_stage.json (stage, parts, rates, config)
+    RUN/summary.json       steps, records, tokens, wall time, records/s, tokens/s, FLOPs
+
+Started again with the same config, a run resumes from its last checkpoint; a finished run
+is not retrained. A folder holding a different config is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import PartialState
+from PIL import Image
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from pivotlab import __version__
+from pivotlab.model import assemble, load, save
+from pivotlab.model.assemble import BUILD_FILE
+from pivotlab.model.generation import generate_replies
+from pivotlab.model.parts import check_trainable, format_parts_table, parts_table, set_trainable
+from pivotlab.train.config import PREFERENCE_LOSSES, ConfigError, StageConfig
+from pivotlab.train.data import (
+    SAMPLE_INDEX,
+    keep_first,
+    resolve_split,
+    schedule,
+    stage_records,
+    trl_dataset,
+)
+from pivotlab.train.trainers import MetricsFileCallback, StageDPOTrainer, StageSFTTrainer
+from pivotlab.world.jsonl import read_jsonl
+from pivotlab.world.onpolicy import on_policy_preferences
+
+STAGE_FILE = "pivotlab_stage.json"
+HELDOUT_SEED = 0  # every run of a study scores the same held-out records
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """Where a finished stage left its model and what it measured."""
+
+    out: Path
+    final: Path
+    summary: dict
+
+
+def _write_json(path: Path, value: object) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def _first_difference(old: dict, new: dict, prefix: str = "") -> str:
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = _first_difference(a, b, f"{prefix}{key}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{key}: {a!r} there, {b!r} now"
+    return ""
+
+
+def _prepare_folder(cfg: StageConfig, out: Path, overwrite: bool) -> bool:
+    """Create or reuse the run folder; True when the run there is already complete."""
+    saved = out / "config.yaml"
+    if out.exists() and any(out.iterdir()):
+        if not saved.is_file():
+            raise ConfigError(f"{out} is not empty and holds no run config.yaml; refusing to use it")
+        previous = yaml.safe_load(saved.read_text())
+        if previous != cfg.to_dict():
+            if not overwrite:
+                raise ConfigError(
+                    f"{out} holds a run with another config ({_first_difference(previous, cfg.to_dict())}); "
+                    "choose another --out or pass --overwrite"
+                )
+            shutil.rmtree(out)
+        elif _complete(out):
+            return True
+    out.mkdir(parents=True, exist_ok=True)
+    saved.write_text(cfg.to_yaml())
+    return False
+
+
+def _complete(out: Path) -> bool:
+    return (out / "summary.json").is_file() and (out / "final").is_dir()
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint a run resumes from."""
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def _resume_point(out: Path) -> str | None:
+    checkpoint = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if checkpoint is None:
+        for log in ("samples.jsonl", "metrics.jsonl"):
+            (out / log).unlink(missing_ok=True)
+        return None
+    step = int(Path(checkpoint).name.split("-")[-1])
+    for log in ("samples.jsonl", "metrics.jsonl"):
+        _truncate_after(out / log, step)
+    return checkpoint
+
+
+def initial_model(cfg: StageConfig):
+    """The stage's starting model and processor: loaded from ``model.init`` or assembled."""
+    m = cfg.model
+    if m.init is not None:
+        return load(m.init)
+    return assemble(
+        m.vision,
+        m.lm,
+        feature_layer=m.feature_layer,
+        image_size=m.image_size,
+        select_strategy=m.select_strategy,
+        seed=cfg.seed,
+    )
+
+
+def _write_parts(model, rates: dict[str, float], out: Path) -> str:
+    rows = parts_table(model, rates)
+    table = format_parts_table(rows)
+    (out / "parts.txt").write_text(table + "\n")
+    _write_json(out / "parts.json", [asdict(r) for r in rows])
+    return table
+
+
+def _sample_on_policy(cfg: StageConfig, model, processor, split: Path) -> list[dict]:
+    """Preference pairs whose rejected answer the starting model actually gave and the
+    world's ground truth marks wrong."""
+    settings = cfg.post.on_policy
+    questions = keep_first(read_jsonl(split / "vqa.jsonl"), settings.questions, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model.eval()
+    replies: dict[str, list[str]] = {}
+    for start in range(0, len(questions), cfg.train.per_device_batch_size):
+        batch = questions[start : start + cfg.train.per_device_batch_size]
+        images = [Image.open(split / r["image"]).convert("RGB") for r in batch]
+        sampled = generate_replies(
+            model,
+            processor,
+            images,
+            [r["question"] for r in batch],
+            max_new_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+            samples=settings.samples,
+        )
+        replies.update({r["id"]: s for r, s in zip(batch, sampled, strict=True)})
+    return on_policy_preferences(questions, lambda record: replies[record["id"]])
+
+
+def training_records(cfg: StageConfig, split: Path, model, processor, out: Path) -> list[dict]:
+    """The records the stage trains on, shuffled once from the seed and cut at the limit.
+
+    For ``post``, on-policy pairs are sampled once (on the main process) and kept in
+    ``RUN/records.jsonl``, which every later read and every other process reuses.
+    """
+    if cfg.stage != "post":
+        return keep_first(stage_records(cfg, split), cfg.data.limit, cfg.seed)
+    saved = out / "records.jsonl"
+    state = PartialState()
+    with state.main_process_first():
+        if not saved.is_file():
+            on_policy = cfg.post.on_policy
+            replace = on_policy.enabled and on_policy.mix == "replace"
+            records = [] if replace else stage_records(cfg, split)
+            if on_policy.enabled:
+                records += _sample_on_policy(cfg, model, processor, split)
+            records = keep_first(records, cfg.data.limit, cfg.seed)
+            if state.is_main_process:
+                saved.write_text("".join(json.dumps(r) + "\n" for r in records))
+        records = read_jsonl(saved)
+    if not records:
+        raise ConfigError(f"{out}: no preference records to train on (every sampled reply right?)")
+    return records
+
+
+def optimizer_steps(cfg: StageConfig, n_records: int) -> int:
+    """``train.steps``, else enough steps for ``train.epochs`` passes over the records."""
+    if cfg.train.steps is not None:
+        return cfg.train.steps
+    return max(1, math.ceil(cfg.train.epochs * n_records / cfg.train.batch_size))
+
+
+def accumulation(cfg: StageConfig, processes: int) -> int:
+    """Gradient accumulation that keeps the global batch for any number of processes."""
+    per_step = cfg.train.per_device_batch_size * processes
+    if cfg.train.batch_size % per_step:
+        raise ConfigError(
+            f"train.batch_size {cfg.train.batch_size} is not a multiple of "
+            f"train.per_device_batch_size x processes = {per_step}"
+        )
+    return cfg.train.batch_size // per_step
+
+
+def _common_args(cfg: StageConfig, out: Path, steps: int, accum: int) -> dict:
+    rates = cfg.learning_rates()
+    args = {
+        "output_dir": str(out),
+        "per_device_train_batch_size": cfg.train.per_device_batch_size,
+        "per_device_eval_batch_size": cfg.train.per_device_batch_size,
+        "gradient_accumulation_steps": accum,
+        "max_steps": steps,
+        "learning_rate": max(rates.values()),
+        "lr_scheduler_type": cfg.train.scheduler,
+        "warmup_steps": cfg.train.warmup_ratio,
+        "weight_decay": cfg.train.weight_decay,
+        "max_grad_norm": cfg.train.max_grad_norm,
+        "max_length": cfg.train.max_length,
+        "logging_steps": cfg.train.logging_steps,
+        "save_strategy": "steps" if cfg.train.save_steps else "no",
+        "save_steps": cfg.train.save_steps or 500,
+        "save_total_limit": cfg.train.save_total_limit,
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "bf16": cfg.train.precision == "bf16",
+        "fp16": cfg.train.precision == "fp16",
+        "activation_checkpointing": False,
+        "dataloader_pin_memory": torch.cuda.is_available(),
+        "dataloader_drop_last": True,
+        # With feature layer -2 the tower's last block never reaches the loss; DDP must
+        # not wait for its gradients.
+        "ddp_find_unused_parameters": "vision" in cfg.parts,
+        "report_to": [],
+        "disable_tqdm": True,
+    }
+    args.update(cfg.trainer)
+    return args
+
+
+def _trainer_for(cfg: StageConfig, model, processor, args: dict, train_data, record_ids, out):
+    """The TRL trainer of the stage's objective, with pivotlab's mixin."""
+    from trl import DPOConfig, SFTConfig
+
+    shared = {
+        "model": model,
+        "processing_class": processor,
+        "train_dataset": train_data,
+        "part_learning_rates": cfg.learning_rates(),
+        "samples_log": out / "samples.jsonl",
+        "record_ids": record_ids,
+    }
+    if cfg.stage == "post" and cfg.post.objective in PREFERENCE_LOSSES:
+        losses, weights = PREFERENCE_LOSSES[cfg.post.objective]
+        dpo_args = DPOConfig(
+            **args,
+            beta=cfg.post.beta,
+            loss_type=losses,
+            loss_weights=cfg.post.loss_weights or weights,
+        )
+        reference = copy.deepcopy(model)  # the frozen starting model, encoder included
+        set_trainable(reference, [])
+        reference.eval()
+        return StageDPOTrainer(args=dpo_args, ref_model=reference, **shared)
+    sft_args = SFTConfig(**args, assistant_only_loss=cfg.stage == "full")
+    return StageSFTTrainer(args=sft_args, **shared)
+
+
+def _tensorboard_callback(out: Path):
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out / "tensorboard")))
+
+
+def heldout_preferences(cfg: StageConfig, model, reference, processor, out: Path) -> dict:
+    """DPO's metrics (reward accuracy, margins, ...) on held-out pairs, the trained model
+    against the frozen starting model, computed the same way for every objective."""
+    from trl import DPOConfig, DPOTrainer
+
+    split = resolve_split(cfg.data.eval, "data.eval")
+    records = keep_first(read_jsonl(split / "preferences.jsonl"), cfg.data.eval_limit, HELDOUT_SEED)
+    data = trl_dataset(records, split, stage="post", objective="dpo").remove_columns(SAMPLE_INDEX)
+    args = DPOConfig(
+        output_dir=str(out / ".heldout"),
+        per_device_eval_batch_size=cfg.train.per_device_batch_size,
+        beta=cfg.post.beta,
+        max_length=cfg.train.max_length,
+        report_to=[],
+        bf16=cfg.train.precision == "bf16",
+        fp16=cfg.train.precision == "fp16",
+        activation_checkpointing=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=True,
+    )
+    evaluator = DPOTrainer(
+        model=model,
+        ref_model=reference,
+        args=args,
+        processing_class=processor,
+        train_dataset=data,  # required by TRL, never trained on
+        eval_dataset=data,
+    )
+    metrics = evaluator.evaluate(metric_key_prefix="heldout")
+    shutil.rmtree(out / ".heldout", ignore_errors=True)
+    return _measured(metrics)
+
+
+def _measured(metrics: dict) -> dict:
+    """Evaluation metrics without the prefixes and the timing entries."""
+    timing = {"runtime", "samples_per_second", "steps_per_second", "epoch"}
+    names = {k.removeprefix("heldout_").removeprefix("eval_"): v for k, v in metrics.items()}
+    return {k: v for k, v in names.items() if k not in timing}
+
+
+def heldout_loss(trainer, cfg: StageConfig, processor) -> dict:
+    """The stage's own loss on held-out records of its kind."""
+    split = resolve_split(cfg.data.eval, "data.eval")
+    records = keep_first(stage_records(cfg, split), cfg.data.eval_limit, HELDOUT_SEED)
+    data = trl_dataset(
+        records,
+        split,
+        stage=cfg.stage,
+        objective=cfg.post.objective,
+        eos=processor.tokenizer.eos_token,
+    )
+    return _measured(trainer.evaluate(eval_dataset=data, metric_key_prefix="heldout"))
+
+
+def _append_metrics(out: Path, cfg: StageConfig, step: int, metrics: dict) -> None:
+    base = {"run": cfg.run or out.name, "stage": cfg.stage, "seed": cfg.seed, "step": step}
+    with (out / "metrics.jsonl").open("a") as log:
+        for name, value in metrics.items():
+            if isinstance(value, int | float):
+                row = {**base, "split": "heldout", "metric": name, "value": float(value)}
+                log.write(json.dumps(row) + "\n")
+
+
+def _save_final(cfg: StageConfig, model, processor, out: Path, steps: int) -> Path:
+    final = out / "final"
+    save(model, processor, final)
+    if cfg.model.init and (Path(cfg.model.init) / BUILD_FILE).is_file():
+        shutil.copy(Path(cfg.model.init) / BUILD_FILE, final / BUILD_FILE)
+    record = {
+        "stage": cfg.stage,
+        "objective": cfg.post.objective if cfg.stage == "post" else None,
+        "parts": cfg.parts,
+        "learning_rates": cfg.learning_rates(),
+        "steps": steps,
+        "seed": cfg.seed,
+        "pivotlab_version": __version__,
+        "config": cfg.to_dict(),
+    }
+    _write_json(final / STAGE_FILE, record)
+    return final
+
+
+def run_stage(cfg: StageConfig, out: Path | str, overwrite: bool = False) -> StageResult:
+    """Train one stage into ``out`` (see the module docstring); returns where it ended."""
+    out = Path(out)
+    state = PartialState()
+    with state.main_process_first():
+        complete = _prepare_folder(cfg, out, overwrite) if state.is_main_process else _complete(out)
+    if complete:
+        summary = json.loads((out / "summary.json").read_text())
+        return StageResult(out, out / "final", summary)
+    set_seed(cfg.seed)
+    with state.main_process_first():
+        split = resolve_split(cfg.data.train, "data.train")
+        if cfg.data.eval is not None:
+            resolve_split(cfg.data.eval, "data.eval")
+    model, processor = initial_model(cfg)
+    set_trainable(model, cfg.parts)
+    check_trainable(model, cfg.parts)
+    table = _write_parts(model, cfg.learning_rates(), out) if state.is_main_process else ""
+    if state.is_main_process:
+        print(f"{cfg.stage}: parts table\n{table}", flush=True)
+    records = training_records(cfg, split, model, processor, out)
+    steps = optimizer_steps(cfg, len(records))
+    order = schedule(len(records), steps * cfg.train.batch_size, cfg.seed)
+    train_data = trl_dataset(
+        records,
+        split,
+        stage=cfg.stage,
+        objective=cfg.post.objective,
+        eos=processor.tokenizer.eos_token,
+        order=order,
+    )
+    args = _common_args(cfg, out, steps, accumulation(cfg, state.num_processes))
+    ids = [str(r.get("id", r.get("scene_id"))) for r in records]
+    trainer = _trainer_for(cfg, model, processor, args, train_data, ids, out)
+    run_name = cfg.run or out.name
+    trainer.add_callback(MetricsFileCallback(out / "metrics.jsonl", run_name, cfg.stage, cfg.seed))
+    if state.is_main_process:
+        trainer.add_callback(_tensorboard_callback(out))
+    checkpoint = _resume_point(out) if state.is_main_process else get_last_checkpoint(str(out))
+    state.wait_for_everyone()
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    wall = time.perf_counter() - start
+    final = _save_final(cfg, model, processor, out, steps) if state.is_main_process else out / "final"
+    if cfg.data.eval is None:
+        heldout = {}
+    elif cfg.stage == "post":
+        reference = getattr(trainer, "ref_model", None) or initial_model(cfg)[0]
+        heldout = heldout_preferences(cfg, trainer.model, reference, processor, out)
+    else:
+        heldout = heldout_loss(trainer, cfg, processor)
+    summary = {
+        "run": run_name,
+        "stage": cfg.stage,
+        "objective": cfg.post.objective if cfg.stage == "post" else None,
+        "seed": cfg.seed,
+        "processes": state.num_processes,
+        "steps": trainer.state.global_step,
+        "resumed_from": checkpoint,
+        "records": len(records),
+        "records_seen": trainer.records_seen,
+        "tokens_seen": trainer.tokens_seen,
+        "wall_s": wall,
+        "records_per_s": trainer.records_seen / wall,
+        "tokens_per_s": trainer.tokens_seen / wall,
+        "total_flos": trainer.state.total_flos,
+        "train_loss": result.training_loss,
+        "heldout": heldout,
+    }
+    if state.is_main_process:
+        _append_metrics(out, cfg, trainer.state.global_step, heldout)
+        _write_json(out / "summary.json", summary)
+    state.wait_for_everyone()
+    return StageResult(out, final, summary)

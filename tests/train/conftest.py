@@ -1,0 +1,56 @@
+"""The tests-sized preset: the shipped tiny configs with a 32-px world, a 2-block-tower
+MLLM and a handful of steps, so every stage runs in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from transformers.utils import logging as hf_logging
+
+from pivotlab.model import assemble, save
+from pivotlab.train import StageConfig, load_config
+from pivotlab.world import WorldConfig, generate
+
+hf_logging.disable_progress_bar()
+hf_logging.set_verbosity_error()
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.fixture(scope="session")
+def splits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("train-world")
+    generate(WorldConfig(split="train", n=24, seed=2, size=32, probe_n=0), root / "train")
+    generate(WorldConfig(split="val", n=12, seed=2, size=32, probe_n=0), root / "val")
+    return root / "train", root / "val"
+
+
+@pytest.fixture(scope="session")
+def stage1_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tests-sized 'Stage-1' model: tiny-siglip + tiny-qwen2 at 32 px."""
+    out = tmp_path_factory.mktemp("stage1") / "model"
+    model, processor = assemble("tiny-siglip", "tiny-qwen2", image_size=32, seed=1)
+    save(model, processor, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def preset(splits: tuple[Path, Path], stage1_dir: Path) -> list[str]:
+    """Overrides that shrink a shipped tiny config to the tests' size."""
+    train, val = splits
+    return [
+        f"data.train={train}",
+        f"data.eval={val}",
+        "data.limit=40",
+        "data.eval_limit=8",
+        "train.batch_size=4",
+        "train.per_device_batch_size=4",
+        "train.steps=3",
+        f"model.init={stage1_dir}",
+    ]
+
+
+def tiny_config(name: str, preset: list[str], *overrides: str) -> StageConfig:
+    """``configs/tiny/<name>.yaml`` at the tests' size, plus ``overrides``."""
+    return load_config(CONFIGS / "tiny" / f"{name}.yaml", [*preset, *overrides])
