@@ -398,6 +398,10 @@ def _train(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.overrides)
     result = run_stage(cfg, args.out, overwrite=args.overwrite)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return
     summary = result.summary
     heldout = ", ".join(
         f"{k} {v:.4g}" for k, v in summary["heldout"].items() if k in HELDOUT_HEADLINE

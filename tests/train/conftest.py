@@ -47,6 +47,7 @@ def preset(splits: tuple[Path, Path], stage1_dir: Path) -> list[str]:
         "train.batch_size=4",
         "train.per_device_batch_size=4",
         "train.steps=3",
+        "train.logging_steps=1",
         f"model.init={stage1_dir}",
     ]
 

@@ -71,7 +71,8 @@ def test_a_run_folder_holds_what_the_design_promises(sft_and_dpo) -> None:
         assert (out / name).is_file(), name
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     rows = read_jsonl(out / "metrics.jsonl")
-    assert all({"run", "stage", "seed", "step", "split", "metric", "value"} <= r.keys() for r in rows)
+    contract = {"run", "stage", "seed", "step", "split", "metric", "value"}
+    assert all(contract <= r.keys() for r in rows)
     train_metrics = {r["metric"] for r in rows if r["split"] == "train"}
     wanted = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"}
     assert wanted | {"lr/vision", "lr/lm"} <= train_metrics
@@ -138,12 +139,12 @@ def test_full_trains_every_part_at_its_own_rate(preset, tmp_path) -> None:
     rates = cfg.learning_rates()
     # Same schedule factor for every part: the ratios of the configured rates survive.
     assert math.isclose(first["lr/vision"] / first["lr/lm"], rates["vision"] / rates["lm"])
+    assert math.isclose(first["lr/vision"], first["learning_rate"])  # vision is group 0
+    assert 0 < first["lr/lm"] <= rates["lm"]
     assert result.summary["heldout"]["loss"] > 0
 
 
-def test_resume_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(
-    preset, tmp_path
-) -> None:
+def test_resume_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(preset, tmp_path) -> None:
     settings = ("train.steps=4", "train.save_steps=2", "train.lr=1e-3")
     cfg = tiny_config("post-dpo", preset, *settings)
     whole = run_stage(cfg, tmp_path / "whole")

@@ -90,7 +90,7 @@ class TrainSection:
     max_grad_norm: float = 1.0
     max_length: int | None = None
     precision: str = "fp32"
-    logging_steps: int = 1
+    logging_steps: int = 10
     save_steps: int | None = None
     save_total_limit: int | None = 2
 
@@ -251,7 +251,9 @@ def config_from_dict(tree: dict, source: str = "config") -> StageConfig:
     return cfg
 
 
-def load_config(path: Path | str | None, overrides: list[str] | tuple[str, ...] = ()) -> StageConfig:
+def load_config(
+    path: Path | str | None, overrides: list[str] | tuple[str, ...] = ()
+) -> StageConfig:
     """Read a YAML config (or start from defaults) and apply dotted overrides."""
     tree: dict = {}
     source = "command line"

@@ -84,12 +84,13 @@ def _prepare_folder(cfg: StageConfig, out: Path, overwrite: bool) -> bool:
     saved = out / "config.yaml"
     if out.exists() and any(out.iterdir()):
         if not saved.is_file():
-            raise ConfigError(f"{out} is not empty and holds no run config.yaml; refusing to use it")
+            raise ConfigError(f"{out} is not empty and holds no run config.yaml; refusing it")
         previous = yaml.safe_load(saved.read_text())
         if previous != cfg.to_dict():
             if not overwrite:
+                difference = _first_difference(previous, cfg.to_dict())
                 raise ConfigError(
-                    f"{out} holds a run with another config ({_first_difference(previous, cfg.to_dict())}); "
+                    f"{out} holds a run with another config ({difference}); "
                     "choose another --out or pass --overwrite"
                 )
             shutil.rmtree(out)
@@ -214,6 +215,12 @@ def accumulation(cfg: StageConfig, processes: int) -> int:
     return cfg.train.batch_size // per_step
 
 
+def on_cpu(cfg: StageConfig) -> bool:
+    """Train on the CPU when asked (``trainer.use_cpu``) or when there is no GPU; several
+    CPU processes then talk over gloo."""
+    return bool(cfg.trainer.get("use_cpu", not torch.cuda.is_available()))
+
+
 def _common_args(cfg: StageConfig, out: Path, steps: int, accum: int) -> dict:
     rates = cfg.learning_rates()
     args = {
@@ -244,6 +251,10 @@ def _common_args(cfg: StageConfig, out: Path, steps: int, accum: int) -> dict:
         "ddp_find_unused_parameters": "vision" in cfg.parts,
         "report_to": [],
         "disable_tqdm": True,
+        "use_cpu": on_cpu(cfg),
+        # run_stage sets up the processes once (CPU or not); TrainingArguments would
+        # otherwise reset that state for every config it builds.
+        "accelerator_config": {"use_configured_state": True},
     }
     args.update(cfg.trainer)
     return args
@@ -303,6 +314,8 @@ def heldout_preferences(cfg: StageConfig, model, reference, processor, out: Path
         activation_checkpointing=False,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=True,
+        use_cpu=on_cpu(cfg),
+        accelerator_config={"use_configured_state": True},
     )
     evaluator = DPOTrainer(
         model=model,
@@ -369,7 +382,7 @@ def _save_final(cfg: StageConfig, model, processor, out: Path, steps: int) -> Pa
 def run_stage(cfg: StageConfig, out: Path | str, overwrite: bool = False) -> StageResult:
     """Train one stage into ``out`` (see the module docstring); returns where it ended."""
     out = Path(out)
-    state = PartialState()
+    state = PartialState(cpu=on_cpu(cfg))
     with state.main_process_first():
         complete = _prepare_folder(cfg, out, overwrite) if state.is_main_process else _complete(out)
     if complete:
@@ -409,7 +422,9 @@ def run_stage(cfg: StageConfig, out: Path | str, overwrite: bool = False) -> Sta
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.perf_counter() - start
-    final = _save_final(cfg, model, processor, out, steps) if state.is_main_process else out / "final"
+    final = out / "final"
+    if state.is_main_process:
+        _save_final(cfg, model, processor, out, steps)
     if cfg.data.eval is None:
         heldout = {}
     elif cfg.stage == "post":

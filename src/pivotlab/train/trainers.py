@@ -94,8 +94,8 @@ class StageTrainerMixin:
             names = {id(p): n for n, p in opt_model.named_parameters()}
             decay_names = set(self.get_decay_parameter_names(opt_model))
             groups = split_weight_decay(groups, decay_names, names)
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = optimizer_cls(groups, **kwargs)
         return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -132,10 +132,12 @@ class StageTrainerMixin:
         return None
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        if self.optimizer is not None and self.model.training:
-            for group in self.optimizer.param_groups:
-                if "name" in group:
-                    logs[f"lr/{group['name']}"] = group["lr"]
+        if "learning_rate" in logs and self.optimizer is not None:
+            # Trainer logs the first group's rate for the step just taken; one schedule
+            # scales every group, so its factor gives each part's rate.
+            factor = logs["learning_rate"] / self.optimizer.param_groups[0]["initial_lr"]
+            for part, rate in self.part_learning_rates.items():
+                logs[f"lr/{part}"] = rate * factor
         super().log(logs, *args, **kwargs)
 
 

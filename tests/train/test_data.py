@@ -1,0 +1,43 @@
+"""Stage data: the schedule every objective shares, and TRL's formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pivotlab.train.data import SAMPLE_INDEX, keep_first, schedule, trl_dataset
+from pivotlab.world.jsonl import read_jsonl
+
+
+def test_schedule_is_a_fresh_permutation_per_epoch_and_repeatable() -> None:
+    order = schedule(5, 12, seed=7)
+    assert order == schedule(5, 12, seed=7) != schedule(5, 12, seed=8)
+    assert sorted(order[:5]) == sorted(order[5:10]) == list(range(5))
+    assert order[:5] != order[5:10]
+    assert len(order) == 12
+
+
+def test_keep_first_is_a_seeded_subset() -> None:
+    records = [{"id": i} for i in range(10)]
+    assert keep_first(records, 4, 0) == keep_first(records, 4, 0)
+    assert keep_first(records, 4, 0) == keep_first(records, None, 0)[:4]
+
+
+def test_formats_per_stage_and_objective(splits: tuple[Path, Path]) -> None:
+    train, _ = splits
+    pairs = read_jsonl(train / "preferences.jsonl")[:3]
+    dpo = trl_dataset(pairs, train, stage="post", objective="dpo", order=[2, 0])
+    sft = trl_dataset(pairs, train, stage="post", objective="sft", order=[2, 0])
+    assert dpo[SAMPLE_INDEX] == sft[SAMPLE_INDEX] == [2, 0]
+    assert {"prompt", "chosen", "rejected", "images"} <= set(dpo.column_names)
+    assert {"prompt", "completion", "images"} <= set(sft.column_names)
+    assert sft[0]["prompt"] == dpo[0]["prompt"]
+    assert sft[0]["completion"] == dpo[0]["chosen"]
+    assert dpo[0]["chosen"][0]["content"][0]["text"] == pairs[2]["chosen"]
+    captions = read_jsonl(train / "probes/captions.jsonl")[:2]
+    align = trl_dataset(captions, train, stage="align", eos="<|im_end|>")
+    assert align[0]["prompt"] == "<image>"
+    assert align[0]["completion"] == captions[0]["caption"] + "<|im_end|>"
+    questions = read_jsonl(train / "vqa.jsonl")[:2]
+    full = trl_dataset(questions, train, stage="full")
+    assert [m["role"] for m in full[0]["messages"]] == ["user", "assistant"]
+    assert full[0]["images"][0].size == (32, 32)
