@@ -70,6 +70,7 @@ def test_a_run_folder_holds_what_the_design_promises(sft_and_dpo) -> None:
     for name in ("config.yaml", "parts.txt", "parts.json", "records.jsonl", "summary.json"):
         assert (out / name).is_file(), name
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert not (out / "runs").exists()
     rows = read_jsonl(out / "metrics.jsonl")
     contract = {"run", "stage", "seed", "step", "split", "metric", "value"}
     assert all(contract <= r.keys() for r in rows)
@@ -129,6 +130,9 @@ def test_align_trains_the_projector_only_on_captions(preset, tmp_path) -> None:
     table = json.loads((tmp_path / "align" / "parts.json").read_text())
     assert [r["part"] for r in table if r["trainable"]] == ["projector"]
     assert weights  # saved and loadable
+    # The held-out evaluation after training logs into the same TensorBoard folder.
+    assert not (tmp_path / "align" / "runs").exists()
+    assert list((tmp_path / "align" / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_full_trains_every_part_at_its_own_rate(preset, tmp_path) -> None:

@@ -289,10 +289,12 @@ def _trainer_for(cfg: StageConfig, model, processor, args: dict, train_data, rec
 
 
 def _tensorboard_callback(out: Path):
-    from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
 
-    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out / "tensorboard")))
+    callback = TensorBoardCallback()
+    # Every writer it opens (training, then the held-out evaluation) goes to one folder.
+    callback.logging_dir = str(out / "tensorboard")
+    return callback
 
 
 def heldout_preferences(cfg: StageConfig, model, reference, processor, out: Path) -> dict:
