@@ -26,7 +26,7 @@ def test_dotted_overrides_reach_nested_keys_with_yaml_types() -> None:
     )
     assert (cfg.post.beta, cfg.seed, cfg.parts) == (0.2, 3, ["projector", "lm"])
     assert cfg.post.on_policy.enabled is True
-    assert cfg.learning_rates() == {"projector": 1e-5, "lm": 1e-5}
+    assert cfg.learning_rates() == {"projector": 1e-4, "lm": 1e-4}
 
 
 def test_per_part_rates_and_stage_defaults() -> None:
