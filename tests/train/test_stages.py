@@ -13,8 +13,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+from pivotlab.model.parts import set_trainable
 from pivotlab.train import ConfigError, run_stage
-from pivotlab.train.stages import STAGE_FILE
+from pivotlab.train.data import stage_records, trl_dataset
+from pivotlab.train.stages import STAGE_FILE, initial_model, stage_trainer, trl_arguments
 from pivotlab.world.answers import is_correct
 from pivotlab.world.jsonl import read_jsonl
 from tests.train.conftest import tiny_config
@@ -187,3 +189,39 @@ def test_on_policy_pairs_keep_only_verified_wrong_answers(preset, splits, tmp_pa
         question = questions[pair["vqa_id"]]
         assert pair["chosen"] == question["answer"]
         assert not is_correct(question, pair["rejected"])
+
+
+def _post_trainer(cfg, splits, folder: str):
+    model, processor = initial_model(cfg)
+    set_trainable(model, cfg.parts)
+    records = stage_records(cfg, splits[0])[:8]
+    data = trl_dataset(records, splits[0], stage="post", order=list(range(8)))
+    out = splits[0].parent / folder
+    return stage_trainer(cfg, model, processor, trl_arguments(cfg, out, 2, 1), data, None, out)
+
+
+@pytest.mark.parametrize(
+    ("objective", "losses", "weights"),
+    [("ipo", ["ipo"], [1.0]), ("mpo", ["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0])],
+)
+def test_ipo_and_mpo_reach_trl_as_its_loss_lists(
+    objective, losses, weights, preset, splits
+) -> None:
+    trainer = _post_trainer(tiny_config(f"post-{objective}", preset), splits, objective)
+    assert (trainer.args.loss_type, trainer.args.loss_weights) == (losses, weights)
+    result = trainer.train()
+    assert math.isfinite(result.training_loss)
+
+
+def test_the_reference_is_the_frozen_starting_model_encoder_included(
+    preset, stage1_dir, splits
+) -> None:
+    trainer = _post_trainer(tiny_config("post-dpo", preset, "train.lr=1e-3"), splits, "ref")
+    trainer.train()
+    start = _weights(stage1_dir)
+    reference = trainer.ref_model.state_dict()
+    policy = trainer.model.state_dict()
+    tower = [k for k in reference if k.startswith("model.vision_tower.")]
+    assert tower and not any(p.requires_grad for p in trainer.ref_model.parameters())
+    assert all(torch.equal(reference[k], start[k.removeprefix("model.")]) for k in tower)
+    assert any(not torch.equal(policy[k], reference[k]) for k in tower)

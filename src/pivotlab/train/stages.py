@@ -221,7 +221,13 @@ def on_cpu(cfg: StageConfig) -> bool:
     return bool(cfg.trainer.get("use_cpu", not torch.cuda.is_available()))
 
 
-def _common_args(cfg: StageConfig, out: Path, steps: int, accum: int) -> dict:
+def trl_arguments(cfg: StageConfig, out: Path, steps: int, accum: int) -> dict:
+    """Keyword arguments for TRL's SFTConfig / DPOConfig of a stage (``trainer:`` last).
+
+    Sets the processes up first (``PartialState``, on the CPU when ``on_cpu``): the
+    arguments ask TrainingArguments to use that state rather than reset it.
+    """
+    PartialState(cpu=on_cpu(cfg))
     rates = cfg.learning_rates()
     args = {
         "output_dir": str(out),
@@ -260,7 +266,7 @@ def _common_args(cfg: StageConfig, out: Path, steps: int, accum: int) -> dict:
     return args
 
 
-def _trainer_for(cfg: StageConfig, model, processor, args: dict, train_data, record_ids, out):
+def stage_trainer(cfg: StageConfig, model, processor, args: dict, train_data, record_ids, out):
     """The TRL trainer of the stage's objective, with pivotlab's mixin."""
     from trl import DPOConfig, SFTConfig
 
@@ -412,9 +418,9 @@ def run_stage(cfg: StageConfig, out: Path | str, overwrite: bool = False) -> Sta
         eos=processor.tokenizer.eos_token,
         order=order,
     )
-    args = _common_args(cfg, out, steps, accumulation(cfg, state.num_processes))
+    args = trl_arguments(cfg, out, steps, accumulation(cfg, state.num_processes))
     ids = [str(r.get("id", r.get("scene_id"))) for r in records]
-    trainer = _trainer_for(cfg, model, processor, args, train_data, ids, out)
+    trainer = stage_trainer(cfg, model, processor, args, train_data, ids, out)
     run_name = cfg.run or out.name
     trainer.add_callback(MetricsFileCallback(out / "metrics.jsonl", run_name, cfg.stage, cfg.seed))
     if state.is_main_process:
