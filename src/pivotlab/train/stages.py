@@ -359,6 +359,16 @@ def heldout_loss(trainer, cfg: StageConfig, processor) -> dict:
     return _measured(trainer.evaluate(eval_dataset=data, metric_key_prefix="heldout"))
 
 
+def _heldout(cfg: StageConfig, trainer, processor, out: Path) -> dict:
+    """The stage's held-out measures (none without ``data.eval``)."""
+    if cfg.data.eval is None:
+        return {}
+    if cfg.stage != "post":
+        return heldout_loss(trainer, cfg, processor)
+    reference = getattr(trainer, "ref_model", None) or initial_model(cfg)[0]
+    return heldout_preferences(cfg, trainer.model, reference, processor, out)
+
+
 def _append_metrics(out: Path, cfg: StageConfig, step: int, metrics: dict) -> None:
     base = {"run": cfg.run or out.name, "stage": cfg.stage, "seed": cfg.seed, "step": step}
     with (out / "metrics.jsonl").open("a") as log:
@@ -368,7 +378,7 @@ def _append_metrics(out: Path, cfg: StageConfig, step: int, metrics: dict) -> No
                 log.write(json.dumps(row) + "\n")
 
 
-def _save_final(cfg: StageConfig, model, processor, out: Path, steps: int) -> Path:
+def _save_final(cfg: StageConfig, model, processor, out: Path, steps: int) -> None:
     final = out / "final"
     save(model, processor, final)
     if cfg.model.init and (Path(cfg.model.init) / BUILD_FILE).is_file():
@@ -384,7 +394,6 @@ def _save_final(cfg: StageConfig, model, processor, out: Path, steps: int) -> Pa
         "config": cfg.to_dict(),
     }
     _write_json(final / STAGE_FILE, record)
-    return final
 
 
 def run_stage(cfg: StageConfig, out: Path | str, overwrite: bool = False) -> StageResult:
@@ -433,13 +442,7 @@ def run_stage(cfg: StageConfig, out: Path | str, overwrite: bool = False) -> Sta
     final = out / "final"
     if state.is_main_process:
         _save_final(cfg, model, processor, out, steps)
-    if cfg.data.eval is None:
-        heldout = {}
-    elif cfg.stage == "post":
-        reference = getattr(trainer, "ref_model", None) or initial_model(cfg)[0]
-        heldout = heldout_preferences(cfg, trainer.model, reference, processor, out)
-    else:
-        heldout = heldout_loss(trainer, cfg, processor)
+    heldout = _heldout(cfg, trainer, processor, out)
     summary = {
         "run": run_name,
         "stage": cfg.stage,
