@@ -26,6 +26,7 @@ import numpy as np
 from pivotlab.train.config import ConfigError, StageConfig
 from pivotlab.world.cache import cached_split
 from pivotlab.world.generate import WorldConfig, WorldConfigError
+from pivotlab.world.hf import assistant_turn, user_turn
 from pivotlab.world.jsonl import read_jsonl
 
 SAMPLE_INDEX = "sample_index"
@@ -48,19 +49,6 @@ def resolve_split(spec: str | dict[str, Any], key: str) -> Path:
     if not (path / "manifest.json").is_file():
         raise ConfigError(f"{key}: {path} is not a world split (no manifest.json)")
     return path
-
-
-def _user(text: str) -> list[dict]:
-    return [
-        {
-            "role": "user",
-            "content": [{"type": "image", "text": None}, {"type": "text", "text": text}],
-        }
-    ]
-
-
-def _assistant(text: str) -> list[dict]:
-    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
 
 
 def stage_records(cfg: StageConfig, split: Path) -> list[dict]:
@@ -97,13 +85,16 @@ def _row(stage: str, objective: str, record: dict, eos: str) -> dict:
     if stage == "align":
         return {"prompt": "<image>", "completion": record["caption"] + eos}
     if stage == "full":
-        return {"messages": _user(record["question"]) + _assistant(record["answer"])}
+        return {"messages": user_turn(record["question"]) + assistant_turn(record["answer"])}
     if objective == "sft":
-        return {"prompt": _user(record["prompt"]), "completion": _assistant(record["chosen"])}
+        return {
+            "prompt": user_turn(record["prompt"]),
+            "completion": assistant_turn(record["chosen"]),
+        }
     return {
-        "prompt": _user(record["prompt"]),
-        "chosen": _assistant(record["chosen"]),
-        "rejected": _assistant(record["rejected"]),
+        "prompt": user_turn(record["prompt"]),
+        "chosen": assistant_turn(record["chosen"]),
+        "rejected": assistant_turn(record["rejected"]),
     }
 
 

@@ -27,7 +27,8 @@ def _split_file(split_dir: Path | str, name: str) -> tuple[Path, list[dict]]:
     return root, read_jsonl(path)
 
 
-def _user(text: str) -> list[dict]:
+def user_turn(text: str) -> list[dict]:
+    """A user turn: one image, then ``text`` (TRL's conversational content items)."""
     return [
         {
             "role": "user",
@@ -36,7 +37,8 @@ def _user(text: str) -> list[dict]:
     ]
 
 
-def _assistant(text: str) -> list[dict]:
+def assistant_turn(text: str) -> list[dict]:
+    """An assistant turn holding ``text``."""
     return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
 
 
@@ -53,7 +55,7 @@ def vqa_dataset(split_dir: Path | str) -> datasets.Dataset:
     return _dataset(
         split_dir,
         "vqa.jsonl",
-        lambda r: {"messages": _user(r["question"]) + _assistant(r["answer"])},
+        lambda r: {"messages": user_turn(r["question"]) + assistant_turn(r["answer"])},
     )
 
 
@@ -63,9 +65,9 @@ def preference_dataset(split_dir: Path | str) -> datasets.Dataset:
         split_dir,
         "preferences.jsonl",
         lambda r: {
-            "prompt": _user(r["prompt"]),
-            "chosen": _assistant(r["chosen"]),
-            "rejected": _assistant(r["rejected"]),
+            "prompt": user_turn(r["prompt"]),
+            "chosen": assistant_turn(r["chosen"]),
+            "rejected": assistant_turn(r["rejected"]),
         },
     )
 
