@@ -15,6 +15,17 @@ TEST_SIZE = 32
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny-siglip + tiny-qwen2 at 32 px (2-block towers), saved."""
+    from pivotlab.model import assemble, save
+
+    out = tmp_path_factory.mktemp("models") / "siglip-qwen2"
+    model, processor = assemble("tiny-siglip", "tiny-qwen2", image_size=TEST_SIZE, seed=1)
+    save(model, processor, out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def small_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """120 train scenes with 20 classification-probe images."""
     out = tmp_path_factory.mktemp("world") / "train"

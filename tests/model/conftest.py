@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from PIL import Image
 from transformers.utils import logging as hf_logging
 
-from pivotlab.model import assemble, save
-
 hf_logging.disable_progress_bar()
 hf_logging.set_verbosity_error()
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tiny-siglip + tiny-qwen2, saved."""
-    out = tmp_path_factory.mktemp("models") / "siglip-qwen2"
-    model, processor = assemble("tiny-siglip", "tiny-qwen2", image_size=32, seed=1)
-    save(model, processor, out)
-    return out
 
 
 @pytest.fixture(scope="session")

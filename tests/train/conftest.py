@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from transformers.utils import logging as hf_logging
 
-from pivotlab.model import assemble, save
 from pivotlab.train import StageConfig, load_config
 from pivotlab.world import WorldConfig, generate
 
@@ -27,12 +26,9 @@ def splits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
-def stage1_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tests-sized 'Stage-1' model: tiny-siglip + tiny-qwen2 at 32 px."""
-    out = tmp_path_factory.mktemp("stage1") / "model"
-    model, processor = assemble("tiny-siglip", "tiny-qwen2", image_size=32, seed=1)
-    save(model, processor, out)
-    return out
+def stage1_dir(tiny_model_dir: Path) -> Path:
+    """The tests' 'Stage-1' model: the suite's saved tiny MLLM."""
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+from pivotlab.model import save
 from pivotlab.model.parts import set_trainable
 from pivotlab.train import ConfigError, run_stage
 from pivotlab.train.data import stage_records, trl_dataset
@@ -125,13 +126,16 @@ def test_align_trains_the_projector_only_on_captions(preset, tmp_path) -> None:
         "model.image_size=32",
     )
     result = run_stage(cfg, tmp_path / "align")
-    weights = _weights(result.final)
+    start, _ = initial_model(cfg)  # the same assembly, before training
+    save(start, AutoProcessor.from_pretrained(result.final), tmp_path / "start")
+    before, after = _weights(tmp_path / "start"), _weights(result.final)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("multi_modal_projector.") for k in changed)
     assert result.summary["heldout"]["loss"] > 0
     ids = [i for row in read_jsonl(tmp_path / "align" / "samples.jsonl") for i in row["ids"]]
     assert all(i.startswith("train-") and i.count("-") == 1 for i in ids)  # scene ids: captions
     table = json.loads((tmp_path / "align" / "parts.json").read_text())
     assert [r["part"] for r in table if r["trainable"]] == ["projector"]
-    assert weights  # saved and loadable
     # The held-out evaluation after training logs into the same TensorBoard folder.
     assert not (tmp_path / "align" / "runs").exists()
     assert list((tmp_path / "align" / "tensorboard").glob("events.out.tfevents.*"))
@@ -225,3 +229,10 @@ def test_the_reference_is_the_frozen_starting_model_encoder_included(
     assert tower and not any(p.requires_grad for p in trainer.ref_model.parameters())
     assert all(torch.equal(reference[k], start[k.removeprefix("model.")]) for k in tower)
     assert any(not torch.equal(policy[k], reference[k]) for k in tower)
+
+
+def test_a_missing_starting_model_fails_before_any_work(preset, tmp_path) -> None:
+    cfg = tiny_config("post-dpo", preset, f"model.init={tmp_path / 'runs/tiny/full/final'}")
+    with pytest.raises(ConfigError, match=r"model\.init: .* holds no saved model"):
+        run_stage(cfg, tmp_path / "post")
+    assert not (tmp_path / "post").exists()

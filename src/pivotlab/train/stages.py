@@ -124,6 +124,17 @@ def _resume_point(out: Path) -> str | None:
     return checkpoint
 
 
+def check_init(cfg: StageConfig) -> None:
+    """Fail before any folder or data work when ``model.init`` is not a saved model (the
+    previous stage not run yet, a typo)."""
+    init = cfg.model.init
+    if init is not None and not (Path(init) / "config.json").is_file():
+        raise ConfigError(
+            f"model.init: {init} holds no saved model (config.json); run the stage that "
+            "writes it first, or point model.init at a model folder"
+        )
+
+
 def initial_model(cfg: StageConfig):
     """The stage's starting model and processor: loaded from ``model.init`` or assembled."""
     m = cfg.model
@@ -164,6 +175,7 @@ def _sample_on_policy(cfg: StageConfig, model, processor, split: Path) -> list[d
             images,
             [r["question"] for r in batch],
             max_new_tokens=settings.max_new_tokens,
+            batch_size=len(batch),
             temperature=settings.temperature,
             samples=settings.samples,
         )
@@ -399,6 +411,7 @@ def _save_final(cfg: StageConfig, model, processor, out: Path, steps: int) -> No
 def run_stage(cfg: StageConfig, out: Path | str, overwrite: bool = False) -> StageResult:
     """Train one stage into ``out`` (see the module docstring); returns where it ended."""
     out = Path(out)
+    check_init(cfg)
     state = PartialState(cpu=on_cpu(cfg))
     with state.main_process_first():
         complete = _prepare_folder(cfg, out, overwrite) if state.is_main_process else _complete(out)
