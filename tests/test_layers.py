@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pivotlab
 
-LAYERS = ("world", "zoo", "model", "train", "analysis", "evaluate", "study")
+LAYERS = ("world", "zoo", "model", "train", "evaluate", "analysis", "study")
 SRC = Path(pivotlab.__file__).parent
 
 

@@ -6,6 +6,8 @@
     pivotlab model build --vision tiny-siglip --lm tiny-qwen2 --out runs/models/tiny
     pivotlab train --config configs/tiny/full.yaml --out runs/tiny/full train.steps=100
     pivotlab evaluate --model runs/models/tiny --data runs/world/test --out runs/eval/tiny
+    pivotlab analyze all --model sft=runs/sft/final --model dpo=runs/dpo/final \
+        --data runs/world/train --eval-data runs/world/test --out runs/analysis
 
 Heavy libraries (torch, transformers) are imported inside the verbs that need them, so
 ``pivotlab --help`` and the world verbs start fast.
@@ -413,6 +415,91 @@ def _train(args: argparse.Namespace) -> None:
     print(f"wrote {result.out} (model: {result.final})")
 
 
+def _add_analyze(verbs: argparse._SubParsersAction) -> None:
+    from pivotlab.analysis import ANALYSES
+
+    run = verbs.add_parser(
+        "analyze", help="probe, saliency and alignment analyses of encoders and MLLMs"
+    )
+    run.add_argument(
+        "analysis", choices=(*ANALYSES, "all"), help="which analysis ('all': every one)"
+    )
+    run.add_argument(
+        "--encoder",
+        action="append",
+        default=[],
+        metavar="[NAME=]SOURCE",
+        help="an encoder: exported folder, MLLM folder, zoo:enc-s, random:<source>; repeatable",
+    )
+    run.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="[NAME=]DIR",
+        help="a saved MLLM (its encoder is probed too); repeatable",
+    )
+    run.add_argument(
+        "--data", type=Path, required=True, help="world split the probes are fitted on"
+    )
+    run.add_argument(
+        "--eval-data", type=Path, default=None, help="world split everything is measured on"
+    )
+    run.add_argument(
+        "--out", type=Path, required=True, help="run folder (metrics, table, pictures)"
+    )
+    run.add_argument(
+        "--layer",
+        type=int,
+        default=-1,
+        help="encoder hidden state (default: -1, the layer an MLLM feeds its projector)",
+    )
+    run.add_argument("--pooling", choices=("mean", "cls"), default="mean", help="probe pooling")
+    run.add_argument("--projector", action="store_true", help="probe features after the projector")
+    run.add_argument(
+        "--labels",
+        type=_csv,
+        default=("shape", "color", "shape_color"),
+        help="classification labels to probe",
+    )
+    run.add_argument("--epochs", type=int, default=5, help="segmentation probe epochs")
+    run.add_argument("--limit", type=int, default=None, help="items per model analysis")
+    run.add_argument("--teacher", default=None, help="encoder for the layer-wise curve (zoo:vfm)")
+    run.add_argument("--lm", default=None, help="MLLM whose LM aligns with every --encoder")
+    run.add_argument("--cache", type=Path, default=None, help="feature cache folder")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    run.set_defaults(handler=_analyze)
+
+
+def _analyze(args: argparse.Namespace) -> None:
+    from pivotlab.analysis import ANALYSES
+    from pivotlab.analysis.suite import AnalyzeConfig, named_source, run_analyses
+
+    if (args.out / "metrics.jsonl").exists() and not args.overwrite:
+        raise UsageError(f"{PROG}: {args.out} already holds an analysis; pass --overwrite")
+    cfg = AnalyzeConfig(
+        analyses=ANALYSES if args.analysis == "all" else (args.analysis,),
+        data=args.data,
+        eval_data=args.eval_data,
+        out=args.out,
+        encoders=[named_source(e) for e in args.encoder],
+        models=[named_source(m) for m in args.model],
+        layer=args.layer,
+        pooling=args.pooling,
+        projector=args.projector,
+        labels=args.labels,
+        epochs=args.epochs,
+        limit=args.limit,
+        seed=args.seed,
+        teacher=args.teacher,
+        lm=args.lm,
+        cache=args.cache,
+    )
+    run_analyses(cfg, log=lambda line: print(line, file=sys.stderr))
+    print((args.out / "table.md").read_text(), end="")
+    print(f"wrote {args.out}")
+
+
 HELDOUT_HEADLINE = ("loss", "rewards/accuracies", "rewards/margins", "mean_token_accuracy")
 
 
@@ -426,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(verbs)
     _add_train(verbs)
     _add_evaluate(verbs)
+    _add_analyze(verbs)
     return parser
 
 

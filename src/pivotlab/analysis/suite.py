@@ -1,0 +1,207 @@
+"""``pivotlab analyze``: run analyses on several encoders or MLLMs and put them in one table.
+
+Encoder analyses (probes, vision-language alignment against a fixed LM) run on every
+``--encoder`` and on the encoder of every ``--model``; model analyses (saliency, the
+layer-wise curve, token permutation, the PCA view, alignment with the model's own LM) run on
+every ``--model``. Probes are fitted on ``data`` and scored on ``eval_data``; everything else
+is measured on ``eval_data``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pivotlab.analysis import ANALYSES, ENCODER_ANALYSES, MODEL_ANALYSES
+from pivotlab.analysis.features import AnalysisError, Encoder, FeatureSpec, load_encoder
+
+
+@dataclass
+class AnalyzeConfig:
+    """One ``pivotlab analyze`` run; ``encoders`` and ``models`` are (name, source) pairs."""
+
+    analyses: tuple[str, ...]
+    data: Path
+    out: Path
+    encoders: list[tuple[str, str]] = field(default_factory=list)
+    models: list[tuple[str, str]] = field(default_factory=list)
+    eval_data: Path | None = None
+    layer: int = -1
+    pooling: str = "mean"
+    projector: bool = False
+    labels: tuple[str, ...] = ("shape", "color", "shape_color")
+    head: tuple[str, ...] = ("mlp", "linear")
+    epochs: int = 5
+    limit: int | None = None
+    seed: int = 0
+    teacher: str | None = None
+    lm: str | None = None
+    cache: Path | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.analyses if a not in ANALYSES]
+        if unknown:
+            raise AnalysisError(
+                f"unknown analysis {unknown[0]!r}; expected one of {', '.join(ANALYSES)} or all"
+            )
+        if not self.encoders and not self.models:
+            raise AnalysisError("nothing to analyse: give --encoder or --model")
+        names = [name for name, _ in self.encoders + self.models]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise AnalysisError(f"name {repeated[0]!r} is given twice; name each one NAME=PATH")
+        if not self.models and not set(self.analyses) & set(ENCODER_ANALYSES):
+            raise AnalysisError(
+                f"{', '.join(self.analyses)} need(s) an MLLM: give --model (an encoder has no LM)"
+            )
+
+        probes_asked = set(self.analyses) & set(ENCODER_ANALYSES)
+        if probes_asked and (self.eval_data is None or self.eval_data == self.data):
+            raise AnalysisError(
+                "probes are fitted on --data and scored on --eval-data: give a different split "
+                "(e.g. the test split) as --eval-data"
+            )
+
+    @property
+    def measured_on(self) -> Path:
+        """The split every analysis reports on."""
+        return self.eval_data or self.data
+
+
+def named_source(text: str) -> tuple[str, str]:
+    """``NAME=PATH`` -> (NAME, PATH); a bare path is named after itself."""
+    name, sep, source = text.partition("=")
+    return (name, source) if sep and name and "/" not in name else (text, text)
+
+
+def _renamed(rows: list[dict], name: str) -> list[dict]:
+    return [{**row, "encoder": name} for row in rows]
+
+
+def _encoder_rows(cfg: AnalyzeConfig, analysis: str, name: str, encoder: Encoder) -> list[dict]:
+    from pivotlab.analysis import probes, segmentation
+
+    if analysis == "linear-probe":
+        spec = FeatureSpec(layer=cfg.layer, pooling=cfg.pooling, projector=cfg.projector)
+        return probes.linear_probe(
+            encoder, cfg.data, cfg.measured_on, spec, labels=cfg.labels, cache_dir=cfg.cache
+        )
+    return [
+        row
+        for head in cfg.head
+        for row in segmentation.segmentation_probe(
+            encoder,
+            cfg.data,
+            cfg.measured_on,
+            head=head,
+            layer=cfg.layer,
+            epochs=cfg.epochs,
+            seed=cfg.seed,
+            cache_dir=cfg.cache,
+        )
+    ]
+
+
+def _model_rows(cfg: AnalyzeConfig, analysis: str, name: str, model_dir: str) -> list[dict]:
+    from pivotlab.analysis import alignment, saliency, tokens
+
+    data, pictures = cfg.measured_on, cfg.out / _folder_name(name)
+    if analysis == "saliency":
+        return saliency.saliency(
+            model_dir, data, limit=cfg.limit or 200, seed=cfg.seed, out=pictures
+        )
+    if analysis == "vl-alignment":
+        encoder = load_encoder(model_dir)
+        return alignment.vision_language_alignment(encoder, model_dir, data, limit=cfg.limit)
+    if analysis == "layerwise":
+        teacher = load_encoder(cfg.teacher) if cfg.teacher else None
+        return alignment.layerwise_curve(model_dir, data, teacher=teacher, limit=cfg.limit or 64)
+    if analysis == "permutation":
+        return tokens.permutation_sensitivity(model_dir, data, limit=cfg.limit, out=pictures)
+    tokens.pca_view(model_dir, data, pictures)
+    return []  # pictures only
+
+
+def _folder_name(name: str) -> str:
+    """A folder name for an encoder or model name (which may be a path)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "model"
+
+
+def run_analyses(cfg: AnalyzeConfig, log: Callable[[str], None] = print) -> list[dict]:
+    """Every requested analysis on every encoder and model; rows also go to
+    ``out/metrics.jsonl`` as they are made, and the comparison to ``out/table.md``."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str) + "\n")
+    base = {"run": cfg.out.name, "stage": "analyze", "seed": cfg.seed}
+    rows: list[dict] = []
+    with (cfg.out / "metrics.jsonl").open("w") as sink:
+
+        def keep(new: list[dict], name: str) -> None:
+            for row in _renamed(new, name):
+                rows.append({**base, **row})
+                sink.write(json.dumps(rows[-1]) + "\n")
+            sink.flush()
+
+        encoders = cfg.encoders + cfg.models
+        for analysis in cfg.analyses:
+            if analysis in ENCODER_ANALYSES:
+                for name, source in encoders:
+                    log(f"{analysis}: {name}")
+                    keep(_encoder_rows(cfg, analysis, name, load_encoder(source, cfg.seed)), name)
+            elif analysis == "vl-alignment" and cfg.lm:
+                for name, source in cfg.encoders:
+                    log(f"{analysis}: {name} against {cfg.lm}")
+                    keep(_fixed_lm_alignment(cfg, load_encoder(source, cfg.seed)), name)
+            for name, model_dir in cfg.models if analysis in MODEL_ANALYSES else []:
+                log(f"{analysis}: {name}")
+                keep(_model_rows(cfg, analysis, name, model_dir), name)
+    (cfg.out / "table.md").write_text(comparison_table(rows))
+    return rows
+
+
+def _fixed_lm_alignment(cfg: AnalyzeConfig, encoder: Encoder) -> list[dict]:
+    from pivotlab.analysis import alignment
+
+    return alignment.vision_language_alignment(encoder, cfg.lm, cfg.measured_on, limit=cfg.limit)
+
+
+# What names a measurement; every other field of a row is a result or run bookkeeping.
+MEASUREMENT_KEYS = (
+    "analysis", "label", "method", "head", "target", "category", "condition", "layer", "metric"
+)  # fmt: skip
+
+
+def _row_key(row: dict) -> tuple[str, ...]:
+    """The measurement a row reports; a best-over-layers row is one measurement whatever
+    layer won (the cell names the layer)."""
+    named = {**row, "layer": "best"} if row.get("best") else row
+    return tuple(str(named[k]) for k in MEASUREMENT_KEYS if k in named)
+
+
+def _cell(row: dict) -> str:
+    value = row["value"]
+    text = f"{value:.3f}" if isinstance(value, float) else str(value)
+    if row.get("ci_low") is not None:
+        text += f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+    if row.get("best"):
+        text += f" (layer {row['layer']})"
+    return text
+
+
+def comparison_table(rows: list[dict]) -> str:
+    """A markdown table: one line per measurement, one column per encoder or model."""
+    names = list(dict.fromkeys(row["encoder"] for row in rows))
+    cells: dict[tuple[str, ...], dict[str, str]] = {}
+    for row in rows:
+        cells.setdefault(_row_key(row), {})[row["encoder"]] = _cell(row)
+    lines = [
+        "| measurement | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for key, by_name in cells.items():
+        lines.append(
+            f"| {', '.join(key)} | " + " | ".join(by_name.get(n, "") for n in names) + " |"
+        )
+    return "\n".join(lines) + "\n"

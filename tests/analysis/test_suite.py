@@ -1,0 +1,106 @@
+"""`pivotlab analyze`: options checked up front, one table comparing every encoder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pivotlab.analysis.features import AnalysisError
+from pivotlab.analysis.suite import MEASUREMENT_KEYS, AnalyzeConfig, comparison_table, named_source
+from pivotlab.cli import main
+
+
+def test_named_sources() -> None:
+    assert named_source("dpo=runs/dpo/final") == ("dpo", "runs/dpo/final")
+    assert named_source("runs/dpo/final") == ("runs/dpo/final", "runs/dpo/final")
+    assert named_source("random:zoo:enc-s") == ("random:zoo:enc-s", "random:zoo:enc-s")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"analyses": ("probe",), "encoders": [("a", "x")]}, "unknown analysis 'probe'"),
+        ({"analyses": ("linear-probe",)}, "nothing to analyse"),
+        ({"analyses": ("saliency",), "encoders": [("a", "x")]}, "need.* an MLLM"),
+        ({"analyses": ("segmentation",), "encoders": [("a", "x")]}, "--eval-data"),
+        (
+            {"analyses": ("linear-probe",), "encoders": [("a", "x")], "models": [("a", "y")]},
+            "'a' is given twice",
+        ),
+    ],
+)
+def test_bad_configs_are_one_line_errors(kwargs: dict, message: str, tmp_path: Path) -> None:
+    with pytest.raises(AnalysisError, match=message):
+        AnalyzeConfig(data=tmp_path, out=tmp_path / "out", **kwargs)
+
+
+def test_table_puts_encoders_side_by_side() -> None:
+    rows = [
+        {"encoder": "sft", "analysis": "linear_probe", "label": "shape", "method": "logistic",
+         "metric": "top1", "value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 10, "C": 1.0},
+        {"encoder": "dpo", "analysis": "linear_probe", "label": "shape", "method": "logistic",
+         "metric": "top1", "value": 0.7, "ci_low": 0.6, "ci_high": 0.8, "n": 10, "C": 0.1},
+    ]  # fmt: skip
+    lines = comparison_table(rows).splitlines()
+    assert lines[0] == "| measurement | sft | dpo |"
+    assert lines[2] == (
+        "| linear_probe, shape, logistic, top1 | 0.500 [0.400, 0.600] | 0.700 [0.600, 0.800] |"
+    )
+
+
+def test_probes_refuse_to_score_on_the_split_they_fit(
+    tiny_model_dir: Path, probe_splits: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    train, _ = probe_splits
+    status = main(
+        ["analyze", "linear-probe", "--model", str(tiny_model_dir), "--data", str(train),
+         "--out", str(tmp_path / "run")]
+    )  # fmt: skip
+    assert status == 2
+    assert "--eval-data" in capsys.readouterr().err
+
+
+def test_cli_compares_encoders_in_one_run(
+    tiny_model_dir: Path, probe_splits: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    train, test = probe_splits
+    out = tmp_path / "run"
+    args = ["analyze", "linear-probe", "--model", f"trained={tiny_model_dir}",
+            "--encoder", f"random=random:{tiny_model_dir}", "--data", str(train),
+            "--eval-data", str(test), "--out", str(out), "--cache", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0] == "| measurement | random | trained |"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["encoder"] for r in rows} == {"random", "trained"}
+    assert all(r["stage"] == "analyze" and r["run"] == "run" for r in rows)
+    assert main(args) == 2  # a finished analysis is not overwritten silently
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_all_analyses_run_from_one_command(
+    tiny_model_dir: Path, probe_splits: tuple[Path, Path], tmp_path: Path
+) -> None:
+    train, test = probe_splits
+    out = tmp_path / "all"
+    args = ["analyze", "all", "--model", f"stage1={tiny_model_dir}", "--encoder",
+            f"floor=random:{tiny_model_dir}", "--data", str(train), "--eval-data", str(test),
+            "--out", str(out), "--limit", "12", "--epochs", "1", "--teacher",
+            f"random:{tiny_model_dir}", "--lm", str(tiny_model_dir),
+            "--cache", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    made = {(r["encoder"], r["analysis"]) for r in rows}
+    for analysis in ("linear_probe", "segmentation_probe", "vl_alignment"):
+        assert {("stage1", analysis), ("floor", analysis)} <= made
+    for analysis in ("saliency", "layerwise_alignment", "token_permutation"):
+        assert ("stage1", analysis) in made and ("floor", analysis) not in made
+    assert any(r.get("target") == "teacher" for r in rows)
+    assert list((out / "stage1" / "saliency").glob("*.png"))
+    assert list((out / "stage1" / "pca").glob("*.png"))
+    table = (out / "table.md").read_text().splitlines()
+    assert table[0] == "| measurement | floor | stage1 |"
+    measurements = {tuple(str(r.get(k)) for k in MEASUREMENT_KEYS) for r in rows}
+    assert len(table) == 2 + len(measurements)
