@@ -173,7 +173,7 @@ MEASUREMENT_KEYS = (
 )  # fmt: skip
 
 
-def _row_key(row: dict) -> tuple[str, ...]:
+def measurement(row: dict) -> tuple[str, ...]:
     """The measurement a row reports; a best-over-layers row is one measurement whatever
     layer won (the cell names the layer)."""
     named = {**row, "layer": "best"} if row.get("best") else row
@@ -195,7 +195,7 @@ def comparison_table(rows: list[dict]) -> str:
     names = list(dict.fromkeys(row["encoder"] for row in rows))
     cells: dict[tuple[str, ...], dict[str, str]] = {}
     for row in rows:
-        cells.setdefault(_row_key(row), {})[row["encoder"]] = _cell(row)
+        cells.setdefault(measurement(row), {})[row["encoder"]] = _cell(row)
     lines = [
         "| measurement | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
