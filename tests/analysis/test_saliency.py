@@ -20,6 +20,7 @@ from pivotlab.analysis.saliency import (
     centre_prior,
     energy,
     gradient_maps,
+    objects_map,
     pointing_hit,
     pointing_tolerance,
     random_map,
@@ -321,21 +322,30 @@ def test_saliency_scores_every_method_and_draws_overlays(
     assert set(by_key) == {
         (method, metric) for method in METHODS for metric in ("energy", "pointing")
     } | {
-        (method, f"{metric}_minus_centre")
+        (method, f"{metric}_minus_{baseline}")
         for method in ("projector_grad", "gradcam")
         for metric in ("energy", "pointing")
+        for baseline in ("centre", "objects")
     }
     for row in metrics:
         assert row["analysis"] == "saliency" and row["encoder"] == str(tiny_model_dir)
         assert (row["n"], row["skipped"]) == (11, 1)
         assert row["ci_low"] <= row["value"] <= row["ci_high"]
-        low = -1.0 if row["metric"].endswith("_minus_centre") else 0.0
+        low = -1.0 if "_minus_" in row["metric"] else 0.0
         assert low <= row["value"] <= 1.0
     for method in ("projector_grad", "gradcam"):
-        difference = by_key[method, "energy_minus_centre"]["value"]
-        expected = by_key[method, "energy"]["value"] - by_key["centre_prior", "energy"]["value"]
-        assert difference == pytest.approx(expected)
-        assert by_key[method, "energy_minus_centre"]["baseline"] == "centre_prior"
+        for short, baseline in (("centre", "centre_prior"), ("objects", "all_objects")):
+            difference = by_key[method, f"energy_minus_{short}"]["value"]
+            expected = by_key[method, "energy"]["value"] - by_key[baseline, "energy"]["value"]
+            assert difference == pytest.approx(expected)
+            assert by_key[method, f"energy_minus_{short}"]["baseline"] == baseline
     pngs = sorted((tmp_path / "out" / "saliency").iterdir())
     assert len(pngs) == 2
     assert all(p.suffix == ".png" and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_all_objects_baseline_is_the_object_share_of_each_patch() -> None:
+    objects = np.zeros((8, 8), dtype=bool)
+    objects[0:4, 0:4] = True  # the top-left patch of a 2x2 grid is all object
+    objects[4:6, 4:8] = True  # the bottom-right one is half object
+    torch.testing.assert_close(objects_map(objects, 2), torch.tensor([[1.0, 0.0], [0.0, 0.5]]))

@@ -103,3 +103,6 @@ def test_all_analyses_run_from_one_command(
     table = (out / "table.md").read_text().splitlines()
     assert table[0] == "| measurement | floor | stage1 |"
     assert len(table) == 2 + len({measurement(r) for r in rows})  # one line per measurement
+    for name in ("stage1", "floor"):  # and no two rows of one column on the same line
+        own = [measurement(r) for r in rows if r["encoder"] == name]
+        assert len(set(own)) == len(own)

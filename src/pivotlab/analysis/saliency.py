@@ -27,7 +27,9 @@ flatten); a CLS token, where the projector receives one, is dropped. The grid co
 image: world images are square, so resizing keeps the alignment (a centre crop would not).
 
 Baselines: ``centre_prior``, an isotropic Gaussian centred on the image with sigma
-``CENTRE_SIGMA`` x the shorter side; ``random``, uniform noise on the grid, seeded per item.
+``CENTRE_SIGMA`` x the shorter side; ``random``, uniform noise on the grid, seeded per item;
+``all_objects``, the share of object pixels in each patch (where every object is, not which
+one the question names). Gradient maps are paired with the centre prior and with it.
 
 Scores against the target mask (the union of the instance masks of ``target_objects``) at
 image resolution, each map upsampled bilinearly (``align_corners=False``) and non-negative:
@@ -65,8 +67,9 @@ from pivotlab.model.generation import chat_prompt
 from pivotlab.model.presets import vision_family
 
 NORMS = ("l1", "l2")
-METHODS = ("projector_grad", "gradcam", "centre_prior", "random")
+METHODS = ("projector_grad", "gradcam", "centre_prior", "random", "all_objects")
 GRADIENT_METHODS = ("projector_grad", "gradcam")
+PAIRED_BASELINES = {"centre_prior": "centre", "all_objects": "objects"}
 CENTRE_SIGMA = 0.25  # of the image's shorter side
 TORCHRAY_TOLERANCE_PX = 15
 TORCHRAY_IMAGE_PX = 224
@@ -274,6 +277,14 @@ def random_map(grid: int, seed: int, item: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------- scores
 
 
+def objects_map(objects: np.ndarray, grid: int) -> torch.Tensor:
+    """(grid, grid) share of object pixels per patch: a map that knows where every object is
+    but not which one the question names, so a gradient map beating it localises the named
+    object rather than objects against background."""
+    shares = torch.as_tensor(objects, dtype=torch.float32)[None, None]
+    return nn.functional.adaptive_avg_pool2d(shares, grid)[0, 0]
+
+
 def upsample(grid_map: torch.Tensor, height: int, width: int) -> np.ndarray:
     """A (grid, grid) map at image size: bilinear, ``align_corners=False``, clipped at 0."""
     image_map = F.interpolate(
@@ -316,6 +327,7 @@ class _Item:
     row: dict
     image: Image.Image
     mask: np.ndarray
+    objects: np.ndarray  # every object's pixels, the named ones or not
 
 
 def _sample(count: int, limit: int | None, seed: int) -> list[int]:
@@ -338,14 +350,15 @@ def _read_items(data: Path, rows: list[dict], positions: list[int]) -> tuple[lis
             raise AnalysisError(f"{where}: missing field {missing[0]!r}")
         image = open_image(data, row["image"], where)
         try:
-            with Image.open(data / row["instances"]) as instances:
-                mask = target_mask(np.asarray(instances), row["target_objects"])
+            with Image.open(data / row["instances"]) as opened:
+                instances = np.asarray(opened)
+            mask = target_mask(instances, row["target_objects"])
         except (OSError, ValueError) as error:
             raise AnalysisError(f"{where}: cannot read instance mask ({error})") from None
         if mask.shape != (image.height, image.width):
             raise AnalysisError(f"{where}: instance mask {mask.shape} is not the image's size")
         if mask.any():
-            items.append(_Item(position, row, image, mask))
+            items.append(_Item(position, row, image, mask, instances > 0))
         else:
             skipped += 1
     return items, skipped
@@ -374,6 +387,7 @@ def _image_maps(
         "gradcam": upsample(maps.gradcam[index], height, width),
         "centre_prior": centre_prior(height, width),
         "random": upsample(random_map(grid, seed, item.position), height, width),
+        "all_objects": upsample(objects_map(item.objects, grid), height, width),
     }
 
 
@@ -414,12 +428,14 @@ def _rows(
             extra = qualifiers.get(method, {})
             rows.append(_metric_row(encoder, method, metric, outcomes, skipped=skipped, **extra))
     for method in GRADIENT_METHODS:
-        for metric, outcomes in scores[method].items():
-            centre = scores["centre_prior"][metric]
-            differences = [a - b for a, b in zip(outcomes, centre, strict=True)]
-            extra = dict(qualifiers.get(method, {}), baseline="centre_prior", skipped=skipped)
-            metric_name = f"{metric}_minus_centre"
-            rows.append(_metric_row(encoder, method, metric_name, differences, **extra))
+        for baseline, short in PAIRED_BASELINES.items():
+            for metric, outcomes in scores[method].items():
+                reference = scores[baseline][metric]
+                differences = [a - b for a, b in zip(outcomes, reference, strict=True)]
+                extra = dict(qualifiers.get(method, {}), baseline=baseline, skipped=skipped)
+                rows.append(
+                    _metric_row(encoder, method, f"{metric}_minus_{short}", differences, **extra)
+                )
     return rows
 
 
@@ -440,10 +456,11 @@ def saliency(
     Items are a seeded sample of ``limit`` rows of ``probes/localisation.jsonl`` (kept in file
     order; all rows when ``limit`` is None or larger). Rows: per method, ``energy`` and
     ``pointing`` (means with bootstrap intervals), and per gradient method the paired
-    differences ``energy_minus_centre`` / ``pointing_minus_centre`` against the centre prior;
-    each row counts the ``skipped`` (fully occluded) items. With ``out``, the first
-    ``overlays`` items are drawn to ``out/saliency/*.png``. ``border`` applies PIVOT's border
-    fill to the projector-gradient map.
+    differences ``<metric>_minus_centre`` (against the centre prior) and
+    ``<metric>_minus_objects`` (against the all-objects map); each row counts the ``skipped``
+    (fully occluded) items. With ``out``, the first ``overlays`` items are drawn to
+    ``out/saliency/*.png``. ``border`` applies PIVOT's border fill to the projector-gradient
+    map.
     """
     if batch_size < 1:
         raise AnalysisError(f"batch_size must be at least 1, got {batch_size}")

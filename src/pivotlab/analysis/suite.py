@@ -169,7 +169,8 @@ def _fixed_lm_alignment(cfg: AnalyzeConfig, encoder: Encoder) -> list[dict]:
 
 # What names a measurement; every other field of a row is a result or run bookkeeping.
 MEASUREMENT_KEYS = (
-    "analysis", "label", "method", "head", "target", "category", "condition", "layer", "metric"
+    "analysis", "label", "method", "head", "target", "category", "condition", "seed_permutation",
+    "layer", "metric",
 )  # fmt: skip
 
 
