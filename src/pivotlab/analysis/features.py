@@ -60,7 +60,6 @@ class Encoder:
     name: str
     tower: PreTrainedModel
     image_processor: object
-    drop_cls: bool  # the first token is a CLS token the MLLM does not feed its projector
     projector: nn.Module | None
     fingerprint: str
 
@@ -126,7 +125,6 @@ def _from_mllm(folder: Path, name: str) -> Encoder:
         name=name,
         tower=tower,
         image_processor=processor.image_processor,
-        drop_cls=model.config.vision_feature_select_strategy == "default",
         projector=projector,
         fingerprint=weights_fingerprint(tower, projector),
     )
@@ -138,7 +136,7 @@ def _from_vision_folder(folder: Path, name: str) -> Encoder:
     tower = AutoModel.from_pretrained(folder, config=config)
     info_path = folder / ENCODER_FILE
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    has_cls = vision_family(tower.config).has_cls
+    vision_family(tower.config)  # refuses, in one line, a family pivotlab has not registered
     projector = None
     if info.get("projector"):
         projector = _projector_from_file(tower, folder / info["projector"])
@@ -146,7 +144,6 @@ def _from_vision_folder(folder: Path, name: str) -> Encoder:
         name=name,
         tower=tower,
         image_processor=AutoImageProcessor.from_pretrained(folder),
-        drop_cls=info.get("drop_cls", has_cls),
         projector=projector,
         fingerprint=weights_fingerprint(tower, projector),
     )
@@ -166,7 +163,6 @@ def random_init(encoder: Encoder, seed: int = 0) -> Encoder:
         name=f"{RANDOM_PREFIX}{encoder.name}",
         tower=tower,
         image_processor=encoder.image_processor,
-        drop_cls=encoder.drop_cls,
         projector=projector,
         fingerprint=weights_fingerprint(tower, projector),
     )
