@@ -20,7 +20,6 @@ from pivotlab.analysis.alignment import (
     layerwise_curve,
     linear_cka,
     mutual_knn,
-    resize_patch_grid,
     vision_language_alignment,
 )
 from pivotlab.analysis.features import (
@@ -240,14 +239,6 @@ def test_layerwise_curve_with_a_random_teacher(
     encoder_cka = [r["value"] for r in _by_target(rows, "encoder", "debiased_cka")]
     teacher_cka = [r["value"] for r in _by_target(rows, "teacher", "debiased_cka")]
     assert encoder_cka != teacher_cka
-
-
-def test_resize_patch_grid_halves_a_raster_grid_by_block_means():
-    tokens = _random((2, 64, 3), 0)  # 8x8 grid
-    resized = resize_patch_grid(tokens, 4)
-    blocks = tokens.reshape(2, 4, 2, 4, 2, 3).mean((2, 4)).reshape(2, 16, 3)
-    torch.testing.assert_close(resized, blocks)
-    assert resize_patch_grid(tokens, 8) is tokens
 
 
 def test_layerwise_curve_resizes_a_teacher_with_another_grid(

@@ -43,6 +43,7 @@ from pivotlab.analysis.features import (
 )
 from pivotlab.model import load
 from pivotlab.model.generation import chat_prompt
+from pivotlab.train.viral import resize_patch_grid
 
 # The world's caption question (docs/world.md, task `caption`).
 CAPTION_QUESTION = "Describe the image in one short sentence."
@@ -260,19 +261,6 @@ def vision_language_alignment(
 
 
 # ---------------------------------------------------------------------------- VIRAL curves
-
-
-def resize_patch_grid(tokens: torch.Tensor, side: int) -> torch.Tensor:
-    """(N, s*s, D) raster-order patch tokens resized bilinearly to (N, side*side, D)."""
-    count, patches, width = tokens.shape
-    source = round(patches**0.5)
-    if source * source != patches:
-        raise AnalysisError(f"{patches} patch tokens do not form a square grid")
-    if source == side:
-        return tokens
-    maps = tokens.transpose(1, 2).reshape(count, width, source, source)
-    maps = F.interpolate(maps, size=(side, side), mode="bilinear", align_corners=False)
-    return maps.flatten(2).transpose(1, 2)
 
 
 def _token_subsample(total: int, max_tokens: int, seed: int) -> torch.Tensor:

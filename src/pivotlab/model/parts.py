@@ -17,6 +17,9 @@ from transformers import LlavaForConditionalGeneration
 from pivotlab.errors import PivotlabError
 
 PARTS: tuple[str, ...] = ("vision", "projector", "lm")
+# A training-only part some stages add (VIRAL's alignment head, ``model.align_head``); it is
+# removed before a model is saved for use.
+ALIGN_HEAD = "align_head"
 
 
 class PartsError(PivotlabError):
@@ -25,11 +28,14 @@ class PartsError(PivotlabError):
 
 def part_modules(model: LlavaForConditionalGeneration) -> dict[str, list[nn.Module]]:
     """The modules of each named part (the LM part includes its output head)."""
-    return {
+    parts = {
         "vision": [model.model.vision_tower],
         "projector": [model.model.multi_modal_projector],
         "lm": [model.model.language_model, model.lm_head],
     }
+    if hasattr(model, ALIGN_HEAD):
+        parts[ALIGN_HEAD] = [getattr(model, ALIGN_HEAD)]
+    return parts
 
 
 def _parameters(modules: list[nn.Module]) -> list[nn.Parameter]:

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from pivotlab.errors import PivotlabError
-from pivotlab.model.parts import PARTS
+from pivotlab.model.parts import ALIGN_HEAD, PARTS
 
 STAGES: tuple[str, ...] = ("align", "full", "post")
 OBJECTIVES: tuple[str, ...] = ("sft", "dpo", "ipo", "mpo")
@@ -122,6 +122,23 @@ class PostSection:
 
 
 @dataclass
+class ViralSection:
+    """VIRAL (``docs/train.md``): align the LM's visual tokens at ``layer`` (an index 1..depth,
+    or a fraction of depth: 0.5 is the middle) through an MLP head of width ``head_width`` to
+    ``teacher``'s patch features (a zoo part, an HF id or folder, or ``self``); the loss is
+    added with ``weight``. The head trains at ``lr`` (default: the LM's rate, else the
+    stage's largest). ``cache_teacher`` keeps each image's teacher features in memory."""
+
+    enabled: bool = False
+    teacher: str = "zoo:vfm"
+    layer: float = 0.5
+    weight: float = 0.5
+    head_width: int = 2048
+    lr: float | None = None
+    cache_teacher: bool = True
+
+
+@dataclass
 class StageConfig:
     """One training stage: what to train, on what, and how."""
 
@@ -132,19 +149,25 @@ class StageConfig:
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     post: PostSection = field(default_factory=PostSection)
+    viral: ViralSection = field(default_factory=ViralSection)
     trainer: dict[str, Any] = field(default_factory=dict)
 
     @property
     def parts(self) -> list[str]:
-        """The parts this stage trains."""
+        """The parts this stage trains (the model's; VIRAL's head comes on top)."""
         return list(self.train.parts or DEFAULT_PARTS[self.stage])
 
     def learning_rates(self) -> dict[str, float]:
-        """A learning rate for every trained part."""
+        """A learning rate for every trained part, VIRAL's head included when it is on."""
         rates = self.train.lr
         if isinstance(rates, dict):
-            return {part: float(rates[part]) for part in self.parts}
-        return dict.fromkeys(self.parts, float(rates))
+            chosen = {part: float(rates[part]) for part in self.parts}
+        else:
+            chosen = dict.fromkeys(self.parts, float(rates))
+        if self.viral.enabled:
+            default = chosen.get("lm", max(chosen.values()))
+            chosen[ALIGN_HEAD] = self.viral.lr if self.viral.lr is not None else default
+        return chosen
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -304,6 +327,8 @@ def validate(cfg: StageConfig, source: str = "config") -> None:
     _check_positive(cfg.train.save_steps, "train.save_steps", source)
     _check_positive(cfg.data.limit, "data.limit", source)
     _check_positive(cfg.post.beta, "post.beta", source)
+    for key in ("layer", "weight", "head_width", "lr"):
+        _check_positive(getattr(cfg.viral, key), f"viral.{key}", source)
     if cfg.train.batch_size % cfg.train.per_device_batch_size:
         raise ConfigError(
             f"{source}: train.batch_size {cfg.train.batch_size} is not a multiple of "

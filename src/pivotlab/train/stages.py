@@ -36,7 +36,13 @@ from pivotlab import __version__
 from pivotlab.model import assemble, load, save
 from pivotlab.model.assemble import BUILD_FILE
 from pivotlab.model.generation import generate_replies
-from pivotlab.model.parts import check_trainable, format_parts_table, parts_table, set_trainable
+from pivotlab.model.parts import (
+    ALIGN_HEAD,
+    check_trainable,
+    format_parts_table,
+    parts_table,
+    set_trainable,
+)
 from pivotlab.train.config import PREFERENCE_LOSSES, ConfigError, StageConfig
 from pivotlab.train.data import (
     SAMPLE_INDEX,
@@ -47,6 +53,13 @@ from pivotlab.train.data import (
     trl_dataset,
 )
 from pivotlab.train.trainers import MetricsFileCallback, StageDPOTrainer, StageSFTTrainer
+from pivotlab.train.viral import (
+    VisualAlignment,
+    attach_head,
+    detach_head,
+    load_teacher,
+    resolve_layer,
+)
 from pivotlab.world.jsonl import read_jsonl
 from pivotlab.world.onpolicy import on_policy_preferences
 
@@ -278,7 +291,16 @@ def trl_arguments(cfg: StageConfig, out: Path, steps: int, accum: int) -> dict:
     return args
 
 
-def stage_trainer(cfg: StageConfig, model, processor, args: dict, train_data, record_ids, out):
+def stage_trainer(
+    cfg: StageConfig,
+    model,
+    processor,
+    args: dict,
+    train_data,
+    record_ids,
+    out,
+    alignment: VisualAlignment | None = None,
+):
     """The TRL trainer of the stage's objective, with pivotlab's mixin."""
     from trl import DPOConfig, SFTConfig
 
@@ -289,6 +311,7 @@ def stage_trainer(cfg: StageConfig, model, processor, args: dict, train_data, re
         "part_learning_rates": cfg.learning_rates(),
         "samples_log": out / "samples.jsonl",
         "record_ids": record_ids,
+        "alignment": alignment,
     }
     if cfg.stage == "post" and cfg.post.objective in PREFERENCE_LOSSES:
         losses, weights = PREFERENCE_LOSSES[cfg.post.objective]
@@ -299,11 +322,27 @@ def stage_trainer(cfg: StageConfig, model, processor, args: dict, train_data, re
             loss_weights=cfg.post.loss_weights or weights,
         )
         reference = copy.deepcopy(model)  # the frozen starting model, encoder included
+        detach_head(reference)  # the reference is the Stage-1 model: no VIRAL head
         set_trainable(reference, [])
         reference.eval()
         return StageDPOTrainer(args=dpo_args, ref_model=reference, **shared)
     sft_args = SFTConfig(**args, assistant_only_loss=cfg.stage == "full")
     return StageSFTTrainer(args=sft_args, **shared)
+
+
+def prepare_viral(cfg: StageConfig, model, processor, processes: int) -> tuple | None:
+    """With ``viral.enabled``: load the teacher, resolve the layer, attach a fresh head to
+    ``model``; returns (teacher, layer) for ``VisualAlignment``, else None."""
+    if not cfg.viral.enabled:
+        return None
+    if processes > 1:
+        # The head's gradient arrives outside the model's forward, which DDP's unused-
+        # parameter search does not expect; untested, so refused rather than risked.
+        raise ConfigError("viral: runs on one process for now (drop accelerate launch)")
+    teacher = load_teacher(cfg.viral.teacher, model, processor, cfg.viral.cache_teacher)
+    layer = resolve_layer(cfg.viral.layer, model.config.text_config.num_hidden_layers)
+    attach_head(model, teacher, cfg.viral.head_width, cfg.seed)
+    return teacher, layer
 
 
 def _tensorboard_callback(out: Path):
@@ -424,8 +463,10 @@ def run_stage(cfg: StageConfig, out: Path | str, overwrite: bool = False) -> Sta
         if cfg.data.eval is not None:
             resolve_split(cfg.data.eval, "data.eval")
     model, processor = initial_model(cfg)
-    set_trainable(model, cfg.parts)
-    check_trainable(model, cfg.parts)
+    viral = prepare_viral(cfg, model, processor, state.num_processes)
+    trained = [*cfg.parts, *([ALIGN_HEAD] if viral else [])]
+    set_trainable(model, trained)
+    check_trainable(model, trained)
     table = _write_parts(model, cfg.learning_rates(), out) if state.is_main_process else ""
     if state.is_main_process:
         print(f"{cfg.stage}: parts table\n{table}", flush=True)
@@ -442,7 +483,8 @@ def run_stage(cfg: StageConfig, out: Path | str, overwrite: bool = False) -> Sta
     )
     args = trl_arguments(cfg, out, steps, accumulation(cfg, state.num_processes))
     ids = [str(r.get("id", r.get("scene_id"))) for r in records]
-    trainer = stage_trainer(cfg, model, processor, args, train_data, ids, out)
+    alignment = VisualAlignment(model, processor, *viral, cfg.viral.weight) if viral else None
+    trainer = stage_trainer(cfg, model, processor, args, train_data, ids, out, alignment)
     run_name = cfg.run or out.name
     trainer.add_callback(MetricsFileCallback(out / "metrics.jsonl", run_name, cfg.stage, cfg.seed))
     if state.is_main_process:
@@ -453,6 +495,9 @@ def run_stage(cfg: StageConfig, out: Path | str, overwrite: bool = False) -> Sta
     result = trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.perf_counter() - start
     final = out / "final"
+    if alignment is not None:  # the saved model is a plain MLLM: no hooks, no head
+        alignment.remove()
+        detach_head(model)
     if state.is_main_process:
         _save_final(cfg, model, processor, out, steps)
     heldout = _heldout(cfg, trainer, processor, out)

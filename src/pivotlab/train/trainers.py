@@ -12,6 +12,8 @@
    counting tokens on the way for the run summary.
 
 4. **Resume that restores the weights** (see ``_load_from_checkpoint``).
+5. **VIRAL, when switched on**: the alignment term of ``train.viral`` is added to the loss
+   TRL computed, and logged beside it (``alignment_loss``, ``objective_loss``).
 
 Everything else (losses, reference model, logging, checkpoints, resume, accelerate) is
 TRL's and ``transformers``'.
@@ -24,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch.utils.data import SequentialSampler
 from transformers import TrainerCallback
 from trl import DPOTrainer, SFTTrainer
 
-from pivotlab.model.parts import parameter_groups
+from pivotlab.model.parts import ALIGN_HEAD, parameter_groups
 from pivotlab.train.data import SAMPLE_INDEX
+from pivotlab.train.viral import VisualAlignment
 
 
 class IndexedCollator:
@@ -60,6 +64,14 @@ def split_weight_decay(
     return split
 
 
+def _prefixed_weights(folder: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """Every tensor under ``prefix`` in a checkpoint's safetensors files."""
+    weights = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        weights.update({k: v for k, v in load_file(path).items() if k.startswith(prefix)})
+    return weights
+
+
 class StageTrainerMixin:
     """Mixed into TRL's trainers; see the module docstring."""
 
@@ -69,9 +81,12 @@ class StageTrainerMixin:
         part_learning_rates: dict[str, float],
         samples_log: Path | None = None,
         record_ids: list[str] | None = None,
+        alignment: VisualAlignment | None = None,
         **kwargs: Any,
     ) -> None:
         self.part_learning_rates = part_learning_rates
+        self.alignment = alignment
+        self._alignment_terms: list[float] = []
         self.samples_log = samples_log
         self.record_ids = record_ids
         self.tokens_seen = 0
@@ -102,9 +117,31 @@ class StageTrainerMixin:
         indices = inputs.pop(SAMPLE_INDEX, None)
         if indices is not None and self.model.training:
             self._record(indices, inputs["attention_mask"])
-        return super().compute_loss(
+        aligning = self.alignment is not None and self.model.training
+        if aligning:
+            self.alignment.clear()
+        result = super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
+        if not aligning:
+            return result
+        loss = self._with_alignment(result[0] if return_outputs else result, num_items_in_batch)
+        return (loss, result[1]) if return_outputs else loss
+
+    def _with_alignment(self, loss: torch.Tensor, num_items_in_batch) -> torch.Tensor:
+        term, _ = self.alignment.loss()
+        self._alignment_terms.append(term.detach().item())
+        # Trainer divides the returned loss by the accumulation steps unless the objective
+        # already normalised it over the whole accumulated batch; the term, a mean over this
+        # micro-batch, must then be divided here to weigh the same.
+        scaled = self.loss_is_scaled_for_ga
+        if scaled is None:
+            scaled = (
+                self.model_accepts_loss_kwargs and num_items_in_batch is not None
+            ) or self.compute_loss_func is not None
+        if scaled:
+            term = term / self.current_gradient_accumulation_steps
+        return loss + self.alignment.weight * term
 
     def _record(self, indices: torch.Tensor, attention_mask: torch.Tensor) -> None:
         gathered = self.accelerator.gather(indices.to(self.accelerator.device)).tolist()
@@ -128,7 +165,10 @@ class StageTrainerMixin:
         # on every key.
         parameter = next(target.parameters())
         saved = type(target).from_pretrained(resume_from_checkpoint, dtype=parameter.dtype)
-        target.load_state_dict(saved.state_dict(), strict=True)
+        state = saved.state_dict()
+        if hasattr(target, ALIGN_HEAD):  # VIRAL's head: not a Llava key, saved as it is
+            state.update(_prefixed_weights(Path(resume_from_checkpoint), f"{ALIGN_HEAD}."))
+        target.load_state_dict(state, strict=True)
         return None
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
@@ -138,6 +178,11 @@ class StageTrainerMixin:
             factor = logs["learning_rate"] / self.optimizer.param_groups[0]["initial_lr"]
             for part, rate in self.part_learning_rates.items():
                 logs[f"lr/{part}"] = rate * factor
+        if "loss" in logs and self._alignment_terms:
+            alignment = sum(self._alignment_terms) / len(self._alignment_terms)
+            logs["alignment_loss"] = alignment
+            logs["objective_loss"] = logs["loss"] - self.alignment.weight * alignment
+            self._alignment_terms.clear()
         super().log(logs, *args, **kwargs)
 
 
