@@ -19,7 +19,7 @@ from tests.train.conftest import CONFIGS
 LOSS_TOLERANCE = 1e-4
 
 
-def _train(out: Path, preset: list[str], processes: int) -> None:
+def _train(out: Path, preset: list[str], processes: int, config: str, *extra: str) -> None:
     # `--multi_gpu` is accelerate's switch for one process per rank (torchrun); on a
     # machine without GPUs pivotlab's stages then train on the CPU over gloo.
     launch = [sys.executable]
@@ -34,13 +34,14 @@ def _train(out: Path, preset: list[str], processes: int) -> None:
         "pivotlab",
         "train",
         "--config",
-        str(CONFIGS / "tiny" / "post-dpo.yaml"),
+        str(CONFIGS / "tiny" / f"{config}.yaml"),
         "--out",
         str(out),
         *preset,
         "train.steps=4",
         "train.lr=1e-3",
         f"train.per_device_batch_size={per_device}",
+        *extra,
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
@@ -53,12 +54,27 @@ def _curve(out: Path, metric: str) -> list[float]:
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process_with_the_same_global_batch(preset, tmp_path) -> None:
-    _train(tmp_path / "one", preset, 1)
-    _train(tmp_path / "two", preset, 2)
+@pytest.mark.parametrize(
+    ("config", "extra", "metrics"),
+    [
+        ("post-dpo", (), ("loss", "rewards/margins")),
+        # VIRAL's head gets its gradient outside the model's forward: DDP must still
+        # average it, or the processes' heads drift apart.
+        (
+            "post-dpo-viral",
+            ("viral.teacher=self", "viral.head_width=32"),
+            ("loss", "alignment_loss"),
+        ),
+    ],
+)
+def test_two_processes_match_one_process_with_the_same_global_batch(
+    preset, tmp_path, config, extra, metrics
+) -> None:
+    _train(tmp_path / "one", preset, 1, config, *extra)
+    _train(tmp_path / "two", preset, 2, config, *extra)
     one, two = tmp_path / "one", tmp_path / "two"
     assert read_jsonl(one / "samples.jsonl") == read_jsonl(two / "samples.jsonl")
     assert len(_curve(one, "loss")) == 4
     assert json.loads((two / "summary.json").read_text())["processes"] == 2
-    for metric in ("loss", "rewards/margins"):
+    for metric in metrics:
         assert _curve(one, metric) == pytest.approx(_curve(two, metric), abs=LOSS_TOLERANCE)

@@ -154,7 +154,7 @@ def test_teacher_is_frozen_outside_the_model_and_exactly_as_saved(
 
     cfg = tiny_config("full", preset, *viral(teacher_dir))
     model, processor = initial_model(cfg)
-    teacher, layer = prepare_viral(cfg, model, processor, processes=1)
+    teacher, layer = prepare_viral(cfg, model, processor)
     assert layer == 1  # half of the tiny LM's 2 blocks
     saved = AutoModel.from_pretrained(teacher_dir).state_dict()
     for name, tensor in teacher.model.state_dict().items():

@@ -278,8 +278,11 @@ def trl_arguments(cfg: StageConfig, out: Path, steps: int, accum: int) -> dict:
         "dataloader_pin_memory": torch.cuda.is_available(),
         "dataloader_drop_last": True,
         # With feature layer -2 the tower's last block never reaches the loss; DDP must
-        # not wait for its gradients.
-        "ddp_find_unused_parameters": "vision" in cfg.parts,
+        # not wait for its gradients. VIRAL's head gets its gradient outside the model's
+        # forward, which the unused-parameter search takes for a second use; a static graph
+        # (the same parameters every step, recorded on the first) handles both.
+        "ddp_find_unused_parameters": "vision" in cfg.parts and not cfg.viral.enabled,
+        "ddp_static_graph": cfg.viral.enabled,
         "report_to": [],
         "disable_tqdm": True,
         "use_cpu": on_cpu(cfg),
@@ -330,15 +333,11 @@ def stage_trainer(
     return StageSFTTrainer(args=sft_args, **shared)
 
 
-def prepare_viral(cfg: StageConfig, model, processor, processes: int) -> tuple | None:
+def prepare_viral(cfg: StageConfig, model, processor) -> tuple | None:
     """With ``viral.enabled``: load the teacher, resolve the layer, attach a fresh head to
     ``model``; returns (teacher, layer) for ``VisualAlignment``, else None."""
     if not cfg.viral.enabled:
         return None
-    if processes > 1:
-        # The head's gradient arrives outside the model's forward, which DDP's unused-
-        # parameter search does not expect; untested, so refused rather than risked.
-        raise ConfigError("viral: runs on one process for now (drop accelerate launch)")
     teacher = load_teacher(cfg.viral.teacher, model, processor, cfg.viral.cache_teacher)
     layer = resolve_layer(cfg.viral.layer, model.config.text_config.num_hidden_layers)
     attach_head(model, teacher, cfg.viral.head_width, cfg.seed)
@@ -463,7 +462,7 @@ def run_stage(cfg: StageConfig, out: Path | str, overwrite: bool = False) -> Sta
         if cfg.data.eval is not None:
             resolve_split(cfg.data.eval, "data.eval")
     model, processor = initial_model(cfg)
-    viral = prepare_viral(cfg, model, processor, state.num_processes)
+    viral = prepare_viral(cfg, model, processor)
     trained = [*cfg.parts, *([ALIGN_HEAD] if viral else [])]
     set_trainable(model, trained)
     check_trainable(model, trained)

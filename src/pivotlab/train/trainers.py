@@ -179,7 +179,9 @@ class StageTrainerMixin:
             for part, rate in self.part_learning_rates.items():
                 logs[f"lr/{part}"] = rate * factor
         if "loss" in logs and self._alignment_terms:
-            alignment = sum(self._alignment_terms) / len(self._alignment_terms)
+            # Every process logs at the same steps; "loss" is averaged over them, so is this.
+            local = torch.tensor([sum(self._alignment_terms) / len(self._alignment_terms)])
+            alignment = self.accelerator.gather(local.to(self.accelerator.device)).mean().item()
             logs["alignment_loss"] = alignment
             logs["objective_loss"] = logs["loss"] - self.alignment.weight * alignment
             self._alignment_terms.clear()
