@@ -41,6 +41,7 @@ from pivotlab.analysis.features import (
     probe_images,
     probe_rows,
 )
+from pivotlab.analysis.tokens import projector_inputs
 from pivotlab.model import load
 from pivotlab.model.generation import chat_prompt
 from pivotlab.train.viral import resize_patch_grid
@@ -278,13 +279,9 @@ def _visual_states(
     """(layers+1, kept, D) LM hidden states at the kept visual patch tokens and (kept, width)
     the tokens the projector consumed there; tokens are numbered image-major, raster order."""
     prompt = chat_prompt(processor, CAPTION_QUESTION)
-    consumed: list[torch.Tensor] = []
-    hook = model.model.multi_modal_projector.register_forward_pre_hook(
-        lambda module, args: consumed.append(args[0])
-    )
     patches = side * side
     states, inputs_kept = [], []
-    try:
+    with projector_inputs(model) as consumed:
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
             inputs = processor(
@@ -300,8 +297,6 @@ def _visual_states(
             states.append(visual[:, local].float().cpu())
             projected = consumed[0][:, -patches:].flatten(0, 1)
             inputs_kept.append(projected[local].float().cpu())
-    finally:
-        hook.remove()
     return torch.cat(states, dim=1), torch.cat(inputs_kept)
 
 

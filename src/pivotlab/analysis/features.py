@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, LlavaConfig, PreTrainedModel
@@ -102,9 +103,8 @@ def weights_fingerprint(*modules: nn.Module | None) -> str:
 def _projector_from_file(tower: PreTrainedModel, path: Path) -> nn.Module:
     """Rebuild a Llava projector from the weights ``export-encoder --with-projector`` wrote."""
     weights = load_file(path)
-    with open(path, "rb") as handle:  # safetensors keeps the activation in its header metadata
-        header_size = int.from_bytes(handle.read(8), "little")
-        metadata = json.loads(handle.read(header_size)).get("__metadata__", {})
+    with safe_open(path, framework="pt") as handle:  # the activation is in the file's metadata
+        metadata = handle.metadata() or {}
     config = LlavaConfig(
         vision_config=tower.config.to_dict(),
         text_config={"model_type": "qwen2", "hidden_size": weights["linear_2.weight"].shape[0]},

@@ -209,8 +209,9 @@ def pca_rgb(tokens: torch.Tensor | np.ndarray, grid: int) -> np.ndarray:
 
 
 @contextmanager
-def _projector_input(model) -> Iterator[list[torch.Tensor]]:
-    """A list that receives what the projector is given during the block."""
+def projector_inputs(model) -> Iterator[list[torch.Tensor]]:
+    """A list that receives what the projector is given (the tower features it consumes),
+    one entry per forward, during the block."""
     captured: list[torch.Tensor] = []
 
     def keep(_module, args):
@@ -239,7 +240,7 @@ def _panel_layers(model, layers: Sequence[int | str] | None) -> list[int | str]:
 
 def _panels(model, processor, image: Image.Image, layers: list[int | str]) -> list[np.ndarray]:
     """The PCA grid of ``image`` at each of ``layers``, patch tokens only."""
-    with _projector_input(model) as encoder:
+    with projector_inputs(model) as encoder:
         states = visual_hidden_states(model, processor, [image])
     leading, grid = _leading_tokens(model), patch_grid(model)
     panels = []
