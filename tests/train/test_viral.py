@@ -165,12 +165,28 @@ def test_teacher_is_frozen_outside_the_model_and_exactly_as_saved(
     assert all(p.requires_grad for p in model.align_head.parameters())
 
 
-def test_dpo_with_viral_runs_and_its_reference_has_no_head(preset, teacher_dir, tmp_path) -> None:
+def test_dpo_with_viral_logs_both_terms(preset, teacher_dir, tmp_path) -> None:
     cfg = tiny_config("post-dpo", preset, *viral(teacher_dir, "viral.teacher=self"))
     result = run_stage(cfg, tmp_path / "dpo")
     metrics = {r["metric"] for r in read_jsonl(tmp_path / "dpo" / "metrics.jsonl")}
     assert {"alignment_loss", "objective_loss", "rewards/accuracies"} <= metrics
     assert result.summary["steps"] == 3
+
+
+def test_the_dpo_reference_has_no_head(preset, teacher_dir, splits) -> None:
+    from pivotlab.train.data import stage_records, trl_dataset
+    from pivotlab.train.stages import initial_model, prepare_viral, stage_trainer, trl_arguments
+
+    cfg = tiny_config("post-dpo", preset, *viral(teacher_dir))
+    model, processor = initial_model(cfg)
+    prepare_viral(cfg, model, processor)
+    records = stage_records(cfg, splits[0])[:4]
+    data = trl_dataset(records, splits[0], stage="post", order=list(range(4)))
+    out = splits[0].parent / "viral-ref"
+    args = trl_arguments(cfg, out, 1, 1)
+    trainer = stage_trainer(cfg, model, processor, args, data, None, out)
+    assert hasattr(trainer.model, "align_head")
+    assert not hasattr(trainer.ref_model, "align_head")
 
 
 def test_resume_restores_the_head(viral_full, preset, teacher_dir, tmp_path) -> None:
