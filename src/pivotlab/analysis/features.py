@@ -130,10 +130,11 @@ def _from_mllm(folder: Path, name: str) -> Encoder:
     )
 
 
-def _from_vision_folder(folder: Path, name: str) -> Encoder:
-    config = AutoConfig.from_pretrained(folder)
+def _from_vision_folder(folder: Path, name: str, trust_remote_code: bool) -> Encoder:
+    trust = {"trust_remote_code": trust_remote_code}
+    config = AutoConfig.from_pretrained(folder, **trust)
     config = getattr(config, "vision_config", None) or config
-    tower = AutoModel.from_pretrained(folder, config=config)
+    tower = AutoModel.from_pretrained(folder, config=config, **trust)
     info_path = folder / ENCODER_FILE
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     vision_family(tower.config)  # refuses, in one line, a family pivotlab has not registered
@@ -143,7 +144,7 @@ def _from_vision_folder(folder: Path, name: str) -> Encoder:
     return Encoder(
         name=name,
         tower=tower,
-        image_processor=AutoImageProcessor.from_pretrained(folder),
+        image_processor=AutoImageProcessor.from_pretrained(folder, **trust),
         projector=projector,
         fingerprint=weights_fingerprint(tower, projector),
     )
@@ -168,17 +169,18 @@ def random_init(encoder: Encoder, seed: int = 0) -> Encoder:
     )
 
 
-def load_encoder(source: str | Path, seed: int = 0) -> Encoder:
-    """An encoder from an MLLM folder, an exported encoder, a zoo part or a vision folder."""
+def load_encoder(source: str | Path, seed: int = 0, trust_remote_code: bool = False) -> Encoder:
+    """An encoder from an MLLM folder, an exported encoder, a zoo part or a vision folder
+    (whose own code runs only with ``trust_remote_code``)."""
     name = str(source)
     if name.startswith(RANDOM_PREFIX):
-        return random_init(load_encoder(name[len(RANDOM_PREFIX) :]), seed)
+        return random_init(load_encoder(name[len(RANDOM_PREFIX) :], 0, trust_remote_code), seed)
     folder = Path(resolve_zoo(name))
     if not (folder / "config.json").is_file():
         raise AnalysisError(f"encoder {name!r}: {folder} holds no config.json")
     if (folder / BUILD_FILE).is_file() or _model_type(folder) == "llava":
         return _from_mllm(folder, name)
-    return _from_vision_folder(folder, name)
+    return _from_vision_folder(folder, name, trust_remote_code)
 
 
 def _model_type(folder: Path) -> str | None:

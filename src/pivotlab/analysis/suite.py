@@ -9,13 +9,13 @@ is measured on ``eval_data``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pivotlab.analysis import ANALYSES, ENCODER_ANALYSES, MODEL_ANALYSES
 from pivotlab.analysis.features import AnalysisError, Encoder, FeatureSpec, load_encoder
+from pivotlab.io import MiB, append_jsonl, check_output, write_json_atomic, write_text_atomic
 
 
 @dataclass
@@ -132,32 +132,32 @@ def _folder_name(name: str) -> str:
 def run_analyses(cfg: AnalyzeConfig, log: Callable[[str], None] = print) -> list[dict]:
     """Every requested analysis on every encoder and model; rows also go to
     ``out/metrics.jsonl`` as they are made, and the comparison to ``out/table.md``."""
+    check_output(cfg.out, 64 * MiB, "a fixed 64 MiB for tables and pictures")
     cfg.out.mkdir(parents=True, exist_ok=True)
-    (cfg.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str) + "\n")
+    write_json_atomic(cfg.out / "config.json", asdict(cfg), default=str)
     base = {"run": cfg.out.name, "stage": "analyze", "seed": cfg.seed}
     rows: list[dict] = []
-    with (cfg.out / "metrics.jsonl").open("w") as sink:
+    write_text_atomic(cfg.out / "metrics.jsonl", "")
 
-        def keep(new: list[dict], name: str) -> None:
-            for row in _renamed(new, name):
-                rows.append({**base, **row})
-                sink.write(json.dumps(rows[-1]) + "\n")
-            sink.flush()
+    def keep(new: list[dict], name: str) -> None:
+        made = [{**base, **row} for row in _renamed(new, name)]
+        rows.extend(made)
+        append_jsonl(cfg.out / "metrics.jsonl", made)
 
-        encoders = cfg.encoders + cfg.models
-        for analysis in cfg.analyses:
-            if analysis in ENCODER_ANALYSES:
-                for name, source in encoders:
-                    log(f"{analysis}: {name}")
-                    keep(_encoder_rows(cfg, analysis, name, load_encoder(source, cfg.seed)), name)
-            elif analysis == "vl-alignment" and cfg.lm:
-                for name, source in cfg.encoders:
-                    log(f"{analysis}: {name} against {cfg.lm}")
-                    keep(_fixed_lm_alignment(cfg, load_encoder(source, cfg.seed)), name)
-            for name, model_dir in cfg.models if analysis in MODEL_ANALYSES else []:
+    encoders = cfg.encoders + cfg.models
+    for analysis in cfg.analyses:
+        if analysis in ENCODER_ANALYSES:
+            for name, source in encoders:
                 log(f"{analysis}: {name}")
-                keep(_model_rows(cfg, analysis, name, model_dir), name)
-    (cfg.out / "table.md").write_text(comparison_table(rows))
+                keep(_encoder_rows(cfg, analysis, name, load_encoder(source, cfg.seed)), name)
+        elif analysis == "vl-alignment" and cfg.lm:
+            for name, source in cfg.encoders:
+                log(f"{analysis}: {name} against {cfg.lm}")
+                keep(_fixed_lm_alignment(cfg, load_encoder(source, cfg.seed)), name)
+        for name, model_dir in cfg.models if analysis in MODEL_ANALYSES else []:
+            log(f"{analysis}: {name}")
+            keep(_model_rows(cfg, analysis, name, model_dir), name)
+    write_text_atomic(cfg.out / "table.md", comparison_table(rows))
     return rows
 
 

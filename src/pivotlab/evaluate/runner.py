@@ -11,7 +11,6 @@ question-only baseline. Writes ``config.json``, ``predictions.jsonl`` and ``metr
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from PIL import Image
 from pivotlab import __version__
 from pivotlab.errors import PivotlabError
 from pivotlab.evaluate.metrics import accuracy_rows
+from pivotlab.io import MiB, check_output, write_json_atomic, write_jsonl_atomic
 from pivotlab.model import load
 from pivotlab.model.generation import chat_prompt, generate_replies
 from pivotlab.world.answers import LETTERS, score_reply
@@ -162,6 +162,7 @@ def evaluate(cfg: EvalConfig, model=None, processor=None) -> EvalReport:
     """
     data, out = Path(cfg.data), Path(cfg.out)
     items = load_items(data, cfg.categories, cfg.limit)
+    check_output(out, 4096 * len(items) + 16 * MiB, "4 KiB per prediction + 16 MiB")
     if model is None or processor is None:
         model, processor = load(cfg.model)
     model.eval()
@@ -184,7 +185,7 @@ def evaluate(cfg: EvalConfig, model=None, processor=None) -> EvalReport:
     metrics = accuracy_rows(predictions, base)
     out.mkdir(parents=True, exist_ok=True)
     resolved = {**asdict(cfg), "categories": list(cfg.categories), "pivotlab_version": __version__}
-    (out / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    write_json_atomic(out / "config.json", resolved)
     _write_jsonl(out / "predictions.jsonl", predictions)
     _write_jsonl(out / "metrics.jsonl", metrics)
     return EvalReport(out, predictions, metrics, seconds)
@@ -207,4 +208,4 @@ def _prediction(record: dict, reply: str) -> dict:
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_jsonl_atomic(path, records, ensure_ascii=False)

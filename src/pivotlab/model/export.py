@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import LlavaForConditionalGeneration, PreTrainedModel
 
+from pivotlab.io import write_json_atomic
 from pivotlab.model.assemble import AssemblyError, assemble, load, save
 from pivotlab.model.presets import vision_family
 
@@ -116,7 +117,7 @@ def export_from_model(
         drop_cls=model.config.vision_feature_select_strategy == "default",
         projector=projector_file,
     )
-    (out / ENCODER_FILE).write_text(json.dumps(asdict(info), indent=2) + "\n")
+    write_json_atomic(out / ENCODER_FILE, asdict(info))
     return info
 
 

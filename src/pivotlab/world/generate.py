@@ -27,6 +27,7 @@ import numpy as np
 
 from pivotlab import __version__
 from pivotlab.errors import PivotlabError
+from pivotlab.io import MiB, check_output, write_json_atomic
 from pivotlab.world import vocab
 from pivotlab.world.pairs import pair_items, plan_pair
 from pivotlab.world.png import encode_png
@@ -573,6 +574,8 @@ def generate(
     if workers < 1:
         raise WorldConfigError(f"workers must be at least 1, got {workers}")
     start = time.perf_counter()
+    pixels = (5 * cfg.n + 4 * cfg.classification_n) * cfg.size**2  # PNGs, uncompressed
+    check_output(out, pixels + 2048 * cfg.n + 16 * MiB, "raw PNG pixels + 2 KiB per scene")
     staging = _prepare_output(out, overwrite)
     try:
         jobs = [("scenes", cfg, str(staging), unit) for unit in range((cfg.n + 1) // 2)]
@@ -592,7 +595,7 @@ def generate(
         for file, lines in merged.lines.items():
             _write(staging, file, "".join(line + "\n" for line in lines).encode(), hashes)
         manifest = _manifest(cfg, merged, hashes)
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        write_json_atomic(staging / "manifest.json", manifest)
         _publish(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -42,6 +42,18 @@ def assistant_turn(text: str) -> list[dict]:
     return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
 
 
+def conversation(turns: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> list[dict]:
+    """Question-answer turns about one image as alternating messages; only the first user
+    turn carries the image (LLaVA's multi-turn form)."""
+    messages = []
+    for number, (question, answer) in enumerate(turns):
+        user = user_turn(question)
+        if number:
+            user[0]["content"] = user[0]["content"][1:]
+        messages += user + assistant_turn(answer)
+    return messages
+
+
 def _dataset(split_dir: Path | str, name: str, to_row: Callable[[dict], dict]) -> datasets.Dataset:
     root, records = _split_file(split_dir, name)
     rows = [

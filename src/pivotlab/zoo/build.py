@@ -47,6 +47,7 @@ from transformers import (
 from pivotlab import __version__
 from pivotlab.cache import cache_root
 from pivotlab.errors import PivotlabError
+from pivotlab.io import write_json_atomic
 from pivotlab.world.generate import GENERATOR_VERSION
 from pivotlab.zoo import data as zoo_data
 from pivotlab.zoo import quality
@@ -488,7 +489,7 @@ def _write_entry(zoo: ZooConfig, part: str, entry: Path, data: _Data, seed: int)
         "zoo_version": ZOO_VERSION,
         "files": files,
     }
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json_atomic(staging / MANIFEST, manifest)
     if entry.exists():
         shutil.rmtree(entry)
     entry.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,165 @@
+"""Result files that a crash never leaves half-written, and the checks that an output folder
+can take a run before the run starts.
+
+- ``write_text_atomic`` / ``write_json_atomic`` / ``write_jsonl_atomic`` write a sibling
+  temporary file, flush and fsync it, and ``os.replace`` it over the target: a reader sees
+  the old file or the new one, never a mixture (POSIX rename is atomic within a folder).
+- ``append_jsonl`` appends whole lines in one ``write`` call on an ``O_APPEND`` descriptor.
+  A line cut short by a kill lacks its closing brace and newline, so it never parses as a
+  valid JSON object; the next append drops such a tail before it writes, and
+  ``complete_lines`` reads a log without it.
+- ``check_output`` fails in one line when a folder cannot be created or written, or when its
+  disk has less free space than the caller's estimate.
+
+Appends are not fsynced (one per logged step would cost more than the log is worth): they
+survive the process being killed, not the machine losing power. Whole-file writes are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from pivotlab.errors import PivotlabError
+
+MiB = 1024**2
+GiB = 1024**3
+
+
+class OutputError(PivotlabError):
+    """An output folder that cannot be written, or a disk without room for the run."""
+
+
+TEMPORARY_SUFFIX = ".tmp"  # ".<name>.<random>.tmp" beside the file being replaced
+
+
+def write_text_atomic(path: Path | str, text: str) -> None:
+    """Replace ``path`` with ``text`` (UTF-8) in one step: the old file stays until the new
+    one is complete on disk."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path | str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` in one step (temporary sibling, fsync, rename)."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent
+    )
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def remove_temporaries(folder: Path | str) -> list[Path]:
+    """Delete the temporary files a killed atomic write left in ``folder`` (one writer per
+    folder: another process's write in progress would lose its file); returns them."""
+    stale = [p for p in Path(folder).glob(f".*{TEMPORARY_SUFFIX}") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def write_json_atomic(path: Path | str, value: object, **dumps: object) -> None:
+    """``value`` as indented JSON (``dumps`` go to ``json.dumps``), written atomically."""
+    write_text_atomic(path, json.dumps(value, **{"indent": 2, **dumps}) + "\n")
+
+
+def jsonl_text(rows: Iterable[dict], ensure_ascii: bool = True) -> str:
+    """One JSON object per line, each line ending in a newline."""
+    return "".join(json.dumps(row, ensure_ascii=ensure_ascii) + "\n" for row in rows)
+
+
+def write_jsonl_atomic(path: Path | str, rows: Iterable[dict], ensure_ascii: bool = True) -> None:
+    """A whole JSON-lines file, written atomically."""
+    write_text_atomic(path, jsonl_text(rows, ensure_ascii))
+
+
+def _drop_partial_tail(descriptor: int) -> None:
+    """Cut a last line that has no newline (a writer killed mid-line) off the file."""
+    size = os.fstat(descriptor).st_size
+    if size == 0 or os.pread(descriptor, 1, size - 1) == b"\n":
+        return
+    end = size
+    while end > 0:
+        start = max(0, end - 64 * 1024)
+        chunk = os.pread(descriptor, end - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            os.ftruncate(descriptor, start + newline + 1)
+            return
+        end = start
+    os.ftruncate(descriptor, 0)
+
+
+def append_jsonl(path: Path | str, rows: Iterable[dict], ensure_ascii: bool = True) -> None:
+    """Append ``rows`` as complete lines in one write; a partial line left by an earlier,
+    killed writer is dropped first so the new lines never fuse with it."""
+    data = jsonl_text(rows, ensure_ascii).encode("utf-8")
+    if not data:
+        return
+    descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        _drop_partial_tail(descriptor)
+        written = os.write(descriptor, data)
+        # A regular file takes the whole buffer unless the disk is full; report that
+        # rather than leave a line cut short without saying so.
+        if written != len(data):
+            raise OutputError(f"{path}: disk full while appending ({written} of {len(data)} bytes)")
+    finally:
+        os.close(descriptor)
+
+
+def complete_lines(path: Path | str) -> list[str]:
+    """The lines of a log that ended in a newline: a last line a kill cut short is left out."""
+    text = Path(path).read_text(encoding="utf-8")
+    lines = text.split("\n")
+    return [line for line in lines[:-1] if line.strip()]
+
+
+def _existing_ancestor(folder: Path) -> Path:
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            return candidate
+    return Path(folder.anchor or ".")
+
+
+def _size(n: float) -> str:
+    return f"{n / GiB:.2f} GiB" if n >= GiB else f"{n / MiB:.1f} MiB"
+
+
+def check_output(folder: Path | str, need_bytes: int = 0, what: str = "output") -> None:
+    """Fail early, in one line, when ``folder`` cannot be created or written, or when its
+    disk has fewer than ``need_bytes`` free (``what`` says how the estimate was made).
+
+    Writability is tested by creating and removing a file in the nearest existing folder:
+    ``os.access`` says yes to root on read-only mounts and knows nothing of quotas.
+    """
+    folder = Path(folder)
+    base = _existing_ancestor(folder.absolute())
+    if not base.is_dir():
+        raise OutputError(f"{folder}: cannot create it, {base} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".pivotlab-write-test-", dir=base)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise OutputError(f"{folder}: cannot write in {base} ({reason})") from None
+    free = shutil.disk_usage(base).free
+    if free < need_bytes:
+        raise OutputError(
+            f"{folder}: {_size(free)} free on its disk, {_size(need_bytes)} needed ({what}); "
+            "free some space or choose another output folder"
+        )
