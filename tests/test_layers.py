@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pivotlab
 
-LAYERS = ("world", "zoo", "model", "train", "evaluate", "analysis", "study")
+LAYERS = ("world", "zoo", "model", "data", "train", "evaluate", "analysis", "plan", "study")
 SRC = Path(pivotlab.__file__).parent
 
 

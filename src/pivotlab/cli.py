@@ -6,6 +6,7 @@
     pivotlab model build --vision tiny-siglip --lm tiny-qwen2 --out runs/models/tiny
     pivotlab train --config configs/tiny/full.yaml --out runs/tiny/full train.steps=100
     pivotlab evaluate --model runs/models/tiny --data runs/world/test --out runs/eval/tiny
+    pivotlab plan --config configs/paper/post-dpo.yaml --gpus 8 --gpu h100
     pivotlab analyze all --model sft=runs/sft/final --model dpo=runs/dpo/final \
         --data runs/world/train --eval-data runs/world/test --out runs/analysis
 
@@ -180,6 +181,7 @@ def _add_model(verbs: argparse._SubParsersAction) -> None:
         help="tower hidden state fed to the projector (default: -2, penultimate)",
     )
     build.add_argument("--seed", type=int, default=0, help="seed of the new weights (default: 0)")
+    _add_trust_remote_code(build)
     build.set_defaults(handler=_model_build)
 
     export = model_verbs.add_parser(
@@ -206,6 +208,14 @@ def _add_model(verbs: argparse._SubParsersAction) -> None:
     parts.set_defaults(handler=_model_parts)
 
 
+def _add_trust_remote_code(verb: argparse.ArgumentParser) -> None:
+    verb.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let hub or folder models run Python code they ship (default: off)",
+    )
+
+
 def _refuse_non_empty(out: Path) -> None:
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{PROG}: {out} is not empty; choose a new folder")
@@ -221,6 +231,7 @@ def _model_build(args: argparse.Namespace) -> None:
         feature_layer=args.feature_layer,
         image_size=args.image_size,
         seed=args.seed,
+        trust_remote_code=args.trust_remote_code,
     )
     save(model, processor, args.out)
     print(format_parts_table(parts_table(model)))
@@ -389,6 +400,7 @@ def _add_train(verbs: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--overwrite", action="store_true", help="replace a run with another config in --out"
     )
+    _add_trust_remote_code(train)
     train.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. post.beta=0.2"
     )
@@ -399,7 +411,9 @@ def _train(args: argparse.Namespace) -> None:
     from pivotlab.train import load_config, run_stage
 
     cfg = load_config(args.config, args.overrides)
-    result = run_stage(cfg, args.out, overwrite=args.overwrite)
+    result = run_stage(
+        cfg, args.out, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code
+    )
     from accelerate import PartialState
 
     if not PartialState().is_main_process:
@@ -500,6 +514,218 @@ def _analyze(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def _add_study(verbs: argparse._SubParsersAction) -> None:
+    study = verbs.add_parser(
+        "study",
+        help="the PIVOT study end to end: Stage 1, SFT vs DPO, analyses, transplant, report",
+    )
+    study.add_argument(
+        "--preset", default="quick", help="configs/study/NAME.yaml (quick, full, paper) or a path"
+    )
+    study.add_argument("--out", type=Path, required=True, help="study run folder (re-run resumes)")
+    study.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate every step's config and plan each training step's compute; run nothing",
+    )
+    study.add_argument("--gpus", type=int, default=8, help="dry run: GPUs (default 8)")
+    study.add_argument("--gpu", default="h100", help="dry run: GPU kind (default h100)")
+    study.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. seeds=[0,1]"
+    )
+    study.set_defaults(handler=_study)
+
+
+def _study(args: argparse.Namespace) -> None:
+    from pivotlab.study.config import load_study
+    from pivotlab.study.run import run_study
+
+    study = load_study(args.preset, args.overrides)
+    if args.dry_run:
+        from pivotlab.plan.estimate import PlanOptions
+        from pivotlab.study.dryrun import dry_run
+
+        dry_run(study, args.out, PlanOptions(gpus=args.gpus, gpu=args.gpu))
+        return
+    command = " ".join([PROG, "study", "--preset", args.preset, "--out", str(args.out)])
+    markdown, html = run_study(study, args.out, command + "".join(f" {o}" for o in args.overrides))
+    print(f"wrote {markdown} and {html}")
+
+
+def _add_data(verbs: argparse._SubParsersAction) -> None:
+    data = verbs.add_parser(
+        "data", help="check real datasets (LLaVA, MMPR, world) and make PIVOT's SFT/DPO subset"
+    )
+    data_verbs = data.add_subparsers(dest="data_verb", required=True, parser_class=_Parser)
+    check = data_verbs.add_parser(
+        "check",
+        help="validate a dataset and print a summary",
+        description="Validate every row (JSON, fields, images, placeholders, answers, token "
+        "lengths) and print rows, valid rows, images, categories, the length distribution "
+        "and the problems by kind (docs/data.md).",
+        epilog="exit status: 0 no problems, 1 problems found, 2 unusable arguments",
+    )
+    _data_source_arguments(check)
+    check.add_argument(
+        "--template",
+        choices=("chat", "plain"),
+        default="chat",
+        help="how token lengths are counted: the chat template, or the align stage's "
+        "<image> + caption (default: chat)",
+    )
+    check.add_argument("--out", type=Path, help="folder to write skipped.jsonl (every problem)")
+    check.set_defaults(handler=_data_check)
+
+    subset = data_verbs.add_parser(
+        "subset",
+        help="PIVOT's matched subset: the same N preference records as SFT and DPO files",
+        description="Seeded shuffle, every check of 'data check', single image only, token "
+        "limit, first N: writes the SFT file (LLaVA format, chosen answer) and the DPO file "
+        "(MMPR format) with the same records in the same order, and a manifest.",
+    )
+    _data_source_arguments(subset, formats=("mmpr",))
+    subset.add_argument("--n", type=_positive, required=True, help="records to keep")
+    subset.add_argument("--seed", type=int, required=True, help="seed of the shuffle")
+    subset.add_argument("--sft-out", type=Path, required=True, help="SFT file (.json or .jsonl)")
+    subset.add_argument("--dpo-out", type=Path, required=True, help="DPO file (.json or .jsonl)")
+    subset.add_argument(
+        "--manifest", type=Path, help="manifest file (default: beside --sft-out, .manifest.json)"
+    )
+    subset.set_defaults(handler=_data_subset)
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def _data_source_arguments(
+    verb: argparse.ArgumentParser, formats: tuple[str, ...] = ("llava", "mmpr", "world")
+) -> None:
+    verb.add_argument("--format", choices=formats, required=True, help="the dataset's format")
+    verb.add_argument(
+        "--path", type=Path, required=True, help="data file (world: the split folder)"
+    )
+    verb.add_argument(
+        "--images", type=Path, help="folder image paths are relative to (world: the split)"
+    )
+    verb.add_argument("--processor", type=Path, help="model folder whose processor counts tokens")
+    verb.add_argument(
+        "--max-length", type=_positive, help="token limit to check (needs --processor)"
+    )
+    verb.add_argument(
+        "--max-chars", type=_positive, default=8000, help="characters per text (default: 8000)"
+    )
+    verb.add_argument(
+        "--workers", type=_positive, default=4, help="threads reading images (default: 4)"
+    )
+
+
+def _data_validator(args: argparse.Namespace, source, template: str = "chat"):
+    from pivotlab.data import Limits, TokenCounter, Validator, load_processor
+
+    if args.max_length is not None and args.processor is None:
+        raise UsageError(f"{PROG}: --max-length needs --processor to count tokens")
+    counter = None
+    if args.processor is not None:
+        counter = TokenCounter(load_processor(args.processor), template)
+    limits = Limits(max_chars=args.max_chars)
+    return Validator(source.images, limits, counter, args.max_length, args.workers)
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from pivotlab.data import Source
+    from pivotlab.data.load import screen
+    from pivotlab.data.records import write_skipped
+    from pivotlab.data.summary import summary, summary_text
+
+    source = Source(args.format, args.path, args.images)
+    source.check()
+    validator = _data_validator(args, source, args.template)
+    loaded = screen(source.rows(), validator, on_bad_record="skip")
+    if loaded.rows == 0:
+        raise UsageError(f"{PROG}: {args.path} holds no rows")
+    title = f"{args.format} {args.path} (images {source.images})"
+    print(summary_text(summary(loaded), title))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        print(f"wrote {write_skipped([p.to_json() for p in loaded.problems], args.out)}")
+    return 1 if loaded.problems else 0
+
+
+def _data_subset(args: argparse.Namespace) -> None:
+    from pivotlab.data import Source, write_subset
+
+    source = Source(args.format, args.path, args.images)
+    validator = _data_validator(args, source)
+    manifest_out = args.manifest or args.sft_out.with_suffix(".manifest.json")
+    processor = str(args.processor) if args.processor else None
+    manifest = write_subset(
+        source, args.n, args.seed, validator, args.sft_out, args.dpo_out, manifest_out, processor
+    )
+    excluded = ", ".join(f"{k} {n}" for k, n in manifest["excluded"].items()) or "none"
+    print(
+        f"kept {args.n} of {manifest['visited']} rows visited ({manifest['rows']} read); "
+        f"excluded: {excluded}"
+    )
+    print(f"wrote {args.sft_out} (LLaVA), {args.dpo_out} (MMPR), {manifest_out}")
+
+
+def _fraction(value: str) -> float:
+    number = float(value)
+    if not 0 < number <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return number
+
+
+def _add_plan(verbs: argparse._SubParsersAction) -> None:
+    plan = verbs.add_parser(
+        "plan",
+        help="parameters, memory per GPU, FLOPs and GPU-hours of a stage config, no weights",
+        description="Estimate what a stage config needs on a cluster: parameters per part, "
+        "memory per GPU under DDP, ZeRO-2, ZeRO-3 and FSDP2 (activation checkpointing off and "
+        "on), FLOPs per step and per run, GPU-hours (docs/scale.md).",
+    )
+    plan.add_argument("--config", type=Path, required=True, help="stage config (YAML)")
+    plan.add_argument("--gpus", type=_positive, default=8, help="processes (default: 8)")
+    plan.add_argument("--gpu", default="h100", help="h100, h200 or a100 (default: h100)")
+    plan.add_argument("--gpu-memory", type=float, help="GiB per GPU (default: the GPU's)")
+    plan.add_argument(
+        "--utilisation",
+        type=_fraction,
+        default=0.4,
+        help="model-FLOPs utilisation assumed (default: 0.4)",
+    )
+    plan.add_argument("--records", type=_positive, help="records in the training data")
+    plan.add_argument("--prompt-tokens", type=int, help="text tokens before the answer")
+    plan.add_argument("--completion-tokens", type=_positive, help="supervised answer tokens")
+    plan.add_argument("--vision", help="vision tower, when model.init holds no model yet")
+    plan.add_argument("--lm", help="language model, when model.init holds no model yet")
+    plan.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    plan.set_defaults(handler=_plan)
+
+
+def _plan(args: argparse.Namespace) -> None:
+    from pivotlab.plan import PlanOptions, estimate, format_plan
+    from pivotlab.train import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    options = PlanOptions(
+        gpus=args.gpus,
+        gpu=args.gpu,
+        gpu_memory=args.gpu_memory,
+        utilisation=args.utilisation,
+        records=args.records,
+        prompt_tokens=args.prompt_tokens,
+        completion_tokens=args.completion_tokens,
+        vision=args.vision,
+        lm=args.lm,
+    )
+    print(format_plan(estimate(cfg, options), str(args.config)))
+
+
 HELDOUT_HEADLINE = ("loss", "rewards/accuracies", "rewards/margins", "mean_token_accuracy")
 
 
@@ -511,9 +737,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_world(verbs)
     _add_zoo(verbs)
     _add_model(verbs)
+    _add_data(verbs)
     _add_train(verbs)
     _add_evaluate(verbs)
     _add_analyze(verbs)
+    _add_plan(verbs)
+    _add_study(verbs)
     return parser
 
 
@@ -521,14 +750,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pivotlab`` console script; returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
-        args.handler(args)
+        status = args.handler(args)  # None, or a verb's own status (data check: 1)
     except (UsageError, PivotlabError) as error:
         message = str(error)
         if not message.startswith(PROG):
             message = f"{PROG}: error: {message}"
         print(message, file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

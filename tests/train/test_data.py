@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pivotlab.train.data import SAMPLE_INDEX, keep_first, schedule, trl_dataset
+from pivotlab.train.data import SAMPLE_INDEX, conversations, keep_first, schedule, trl_dataset
 from pivotlab.world.jsonl import read_jsonl
 
 
@@ -41,3 +41,26 @@ def test_formats_per_stage_and_objective(splits: tuple[Path, Path]) -> None:
     full = trl_dataset(questions, train, stage="full")
     assert [m["role"] for m in full[0]["messages"]] == ["user", "assistant"]
     assert full[0]["images"][0].size == (32, 32)
+
+
+def test_turns_join_an_images_questions_into_one_conversation(
+    splits: tuple[Path, Path], tiny_model_dir: Path
+) -> None:
+    from pivotlab.model import load
+
+    records = read_jsonl(splits[0] / "vqa.jsonl")
+    joined = conversations(records, turns=3)
+    assert sum(len(r["turns"]) for r in joined) == len(records)
+    assert max(len(r["turns"]) for r in joined) == 3
+    assert {q for r in joined for q in r["id"].split("+")} == {r["id"] for r in records}
+    by_image = {r["image"] for r in records if r["id"] in joined[0]["id"].split("+")}
+    assert by_image == {joined[0]["image"]}
+    row = trl_dataset(joined[:1], splits[0], stage="full")[0]
+    images = [c for m in row["messages"] for c in m["content"] if c["type"] == "image"]
+    assert len(images) == 1 and len(row["messages"]) == 2 * len(joined[0]["turns"])
+    _, processor = load(tiny_model_dir)
+    text = processor.apply_chat_template(row["messages"], tokenize=False)
+    assert text.count("<image>") == 1
+    assert [a for _, a in joined[0]["turns"]] == [
+        m["content"][0]["text"] for m in row["messages"] if m["role"] == "assistant"
+    ]

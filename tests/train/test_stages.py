@@ -220,7 +220,9 @@ def test_ipo_and_mpo_reach_trl_as_its_loss_lists(
 def test_the_reference_is_the_frozen_starting_model_encoder_included(
     preset, stage1_dir, splits
 ) -> None:
-    trainer = _post_trainer(tiny_config("post-dpo", preset, "train.lr=1e-3"), splits, "ref")
+    # The live reference (the cached one is dropped once its log-probs are computed).
+    cfg = tiny_config("post-dpo", preset, "train.lr=1e-3", "post.reference_cache=false")
+    trainer = _post_trainer(cfg, splits, "ref")
     trainer.train()
     start = _weights(stage1_dir)
     reference = trainer.ref_model.state_dict()

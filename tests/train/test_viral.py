@@ -177,7 +177,7 @@ def test_the_dpo_reference_has_no_head(preset, teacher_dir, splits) -> None:
     from pivotlab.train.data import stage_records, trl_dataset
     from pivotlab.train.stages import initial_model, prepare_viral, stage_trainer, trl_arguments
 
-    cfg = tiny_config("post-dpo", preset, *viral(teacher_dir))
+    cfg = tiny_config("post-dpo", preset, *viral(teacher_dir), "post.reference_cache=false")
     model, processor = initial_model(cfg)
     prepare_viral(cfg, model, processor)
     records = stage_records(cfg, splits[0])[:4]

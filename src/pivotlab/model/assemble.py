@@ -15,7 +15,6 @@ config, checked against ``LlavaConfig.image_seq_length``).
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from transformers import (
 )
 
 from pivotlab.errors import PivotlabError
+from pivotlab.io import write_json_atomic
 from pivotlab.model.presets import LM_PRESETS, VISION_PRESETS, VisionFamily, vision_family
 from pivotlab.zoo.build import part_path
 from pivotlab.zoo.tokenizer import CHAT_TEMPLATE, IMAGE_TOKEN, world_tokenizer
@@ -86,6 +86,12 @@ def _from_pretrained(auto_class, source: str, trust_remote_code: bool, **kwargs)
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise AssemblyError(
             f"{source!r} is not a preset, and loading it as a folder or hub id failed: {reason}"
+        ) from None
+    except ValueError as error:
+        if "trust_remote_code" not in str(error):
+            raise
+        raise AssemblyError(
+            f"{source!r} ships its own Python code; pass --trust-remote-code to run it"
         ) from None
 
 
@@ -214,14 +220,20 @@ def _check_feature_layer(config: PretrainedConfig, feature_layer: int) -> None:
         )
 
 
-def save(model: LlavaForConditionalGeneration, processor: LlavaProcessor, out: Path | str) -> Path:
-    """``save_pretrained`` the model (safetensors) and processor, plus how it was built."""
+def save(
+    model: LlavaForConditionalGeneration,
+    processor: LlavaProcessor,
+    out: Path | str,
+    state_dict: dict | None = None,
+) -> Path:
+    """``save_pretrained`` the model (safetensors) and processor, plus how it was built;
+    ``state_dict`` when the weights were gathered elsewhere (sharded training)."""
     out = Path(out)
-    model.save_pretrained(out)
+    model.save_pretrained(out, state_dict=state_dict)
     processor.save_pretrained(out)
     build = getattr(model, "pivotlab_build", None)
     if build is not None:
-        (out / BUILD_FILE).write_text(json.dumps(asdict(build), indent=2) + "\n")
+        write_json_atomic(out / BUILD_FILE, asdict(build))
     return out
 
 
@@ -230,7 +242,7 @@ def load(path: Path | str) -> tuple[LlavaForConditionalGeneration, LlavaProcesso
     path = Path(path)
     if not (path / "config.json").is_file():
         raise AssemblyError(f"{path} holds no config.json: not a saved model folder")
-    model = LlavaForConditionalGeneration.from_pretrained(path)
+    model = LlavaForConditionalGeneration.from_pretrained(path, use_safetensors=True)
     processor = LlavaProcessor.from_pretrained(path)
     check_geometry(model, source=str(path))
     return model, processor

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from pivotlab.data.formats import DEFAULT_MAX_CHARS, FORMATS
+from pivotlab.data.records import POLICIES
 from pivotlab.errors import PivotlabError
 from pivotlab.model.parts import ALIGN_HEAD, PARTS
 
@@ -64,12 +66,40 @@ class DataSection:
     """Training and held-out data. A split is a folder, or a mapping of ``WorldConfig``
     fields (``{split: train, n: 2000, size: 64, seed: 0}``) generated into the cache on
     first use. ``limit`` keeps the first N records of a seeded shuffle (the same N for
-    every objective)."""
+    every objective). ``turns`` (``full`` only) asks up to that many questions about one
+    image in one conversation, as LLaVA's instruction data does.
+
+    A split may also name a dataset, ``{format: llava|mmpr|world, path: ..., images:
+    ...}`` (``DatasetSpec``, ``docs/data.md``), checked row by row before training;
+    ``on_bad_record`` says what a bad row does: ``fail`` stops the run naming it, ``skip``
+    trains without it and lists it in ``RUN/skipped.jsonl``."""
 
     train: str | dict[str, Any] | None = None
     eval: str | dict[str, Any] | None = None
     limit: int | None = None
     eval_limit: int | None = 200
+    turns: int = 1
+    on_bad_record: str = "fail"
+
+
+@dataclass
+class DatasetSpec:
+    """A dataset outside the world as a stage's data: its ``format``, the data file (or
+    world split folder) at ``path``, the folder ``images`` are relative to (a world
+    split's own folder when omitted), and the character limit per text field."""
+
+    format: str
+    path: str
+    images: str | None = None
+    max_chars: int = DEFAULT_MAX_CHARS
+
+
+# The formats each stage can read: align needs captions, post needs preference pairs.
+STAGE_FORMATS: dict[str, tuple[str, ...]] = {
+    "align": ("llava", "world"),
+    "full": ("llava", "mmpr", "world"),
+    "post": ("mmpr", "world"),
+}
 
 
 @dataclass
@@ -113,12 +143,17 @@ class OnPolicySection:
 @dataclass
 class PostSection:
     """Stage-2 objective. ``beta`` for the preference objectives; ``loss_weights``
-    overrides the objective's default weights (MPO: 0.8 / 0.2 / 1.0)."""
+    overrides the objective's default weights (MPO: 0.8 / 0.2 / 1.0). The preference
+    objectives compute each pair's image and prompt once (``prefix_sharing``) and read
+    the frozen reference's log-probs from a cache made in one pass (``reference_cache``);
+    both give the stock path's numbers (``train/prefix.py``, ``docs/performance.md``)."""
 
     objective: str = "dpo"
     beta: float = 0.1
     loss_weights: list[float] | None = None
     on_policy: OnPolicySection = field(default_factory=OnPolicySection)
+    prefix_sharing: bool = True
+    reference_cache: bool = True
 
 
 @dataclass
@@ -242,6 +277,53 @@ def _build(cls: type, values: dict, where: str) -> Any:
     return cls(**kwargs)
 
 
+def build_dataclass(cls: type, values: dict, where: str = "") -> Any:
+    """A config dataclass tree from a nested mapping: unknown keys and wrong types raise
+    ``ConfigError`` naming the dotted key (shared by stage and study configs)."""
+    return _build(cls, values, where)
+
+
+def dataset_spec(value: object, key: str) -> DatasetSpec | None:
+    """The ``DatasetSpec`` a data entry names (a mapping with ``format``), else None."""
+    if not isinstance(value, dict) or "format" not in value:
+        return None
+    spec = _build(DatasetSpec, value, key)
+    if spec.format not in FORMATS:
+        raise ConfigError(f"{key}.format is {spec.format!r}; expected one of {', '.join(FORMATS)}")
+    if spec.images is None and spec.format != "world":
+        raise ConfigError(f"{key}.images is required for {spec.format} data")
+    if spec.max_chars <= 0:
+        raise ConfigError(f"{key}.max_chars must be positive, got {spec.max_chars}")
+    return spec
+
+
+def _check_datasets(cfg: StageConfig, source: str) -> None:
+    """Dataset specs that this stage can read, with settings that apply to them."""
+    _check_choice(cfg.data.on_bad_record, POLICIES, "data.on_bad_record", source)
+    for name in ("train", "eval"):
+        key = f"data.{name}"
+        try:
+            spec = dataset_spec(getattr(cfg.data, name), key)
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}") from None
+        if spec is None:
+            continue
+        if spec.format not in STAGE_FORMATS[cfg.stage]:
+            raise ConfigError(
+                f"{source}: {key} is {spec.format} data; the {cfg.stage} stage reads "
+                f"{' or '.join(STAGE_FORMATS[cfg.stage])}"
+            )
+        if name == "train" and cfg.stage == "post" and cfg.post.on_policy.enabled:
+            raise ConfigError(
+                f"{source}: post.on_policy samples questions of a world split; name {key} "
+                "by folder or world fields, not as a dataset"
+            )
+        if spec.format == "llava" and cfg.data.turns > 1:
+            raise ConfigError(
+                f"{source}: data.turns joins world questions; llava rows carry their own turns"
+            )
+
+
 def apply_override(tree: dict, assignment: str) -> None:
     """Set ``a.b.c=value`` in a nested mapping; the value is parsed as YAML."""
     if "=" not in assignment:
@@ -326,6 +408,9 @@ def validate(cfg: StageConfig, source: str = "config") -> None:
         _check_positive(getattr(cfg.train, key), f"train.{key}", source)
     _check_positive(cfg.train.save_steps, "train.save_steps", source)
     _check_positive(cfg.data.limit, "data.limit", source)
+    _check_positive(cfg.data.turns, "data.turns", source)
+    if cfg.data.turns > 1 and cfg.stage != "full":
+        raise ConfigError(f"{source}: data.turns applies to the full stage only")
     _check_positive(cfg.post.beta, "post.beta", source)
     for key in ("layer", "weight", "head_width", "lr"):
         _check_positive(getattr(cfg.viral, key), f"viral.{key}", source)
@@ -340,6 +425,7 @@ def validate(cfg: StageConfig, source: str = "config") -> None:
         raise ConfigError(f"{source}: model.init excludes model.vision and model.lm")
     if cfg.data.train is None:
         raise ConfigError(f"{source}: data.train is required (a split folder or world fields)")
+    _check_datasets(cfg, source)
     weights = cfg.post.loss_weights
     if weights is not None and cfg.post.objective in PREFERENCE_LOSSES:
         expected = len(PREFERENCE_LOSSES[cfg.post.objective][0])

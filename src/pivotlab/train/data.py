@@ -23,17 +23,21 @@ from typing import Any
 import datasets
 import numpy as np
 
-from pivotlab.train.config import ConfigError, StageConfig
+from pivotlab.train.config import ConfigError, StageConfig, dataset_spec
+from pivotlab.train.external import dataset_records, dataset_split, is_dataset_split
 from pivotlab.world.cache import cached_split
 from pivotlab.world.generate import WorldConfig, WorldConfigError
-from pivotlab.world.hf import assistant_turn, user_turn
+from pivotlab.world.hf import assistant_turn, conversation, user_turn
 from pivotlab.world.jsonl import read_jsonl
 
 SAMPLE_INDEX = "sample_index"
 
 
 def resolve_split(spec: str | dict[str, Any], key: str) -> Path:
-    """A split folder from a config value: a path, or ``WorldConfig`` fields (cached)."""
+    """A split folder from a config value: a path, ``WorldConfig`` fields (cached), or a
+    dataset (``{format, path, images}``: checked into the cache, ``train/external.py``)."""
+    if dataset_spec(spec, key) is not None:
+        return dataset_split(spec, key)  # type: ignore[arg-type]
     if isinstance(spec, dict):
         fields = dict(spec)
         for name in ("tasks", "kind_weights"):
@@ -53,6 +57,8 @@ def resolve_split(spec: str | dict[str, Any], key: str) -> Path:
 
 def stage_records(cfg: StageConfig, split: Path) -> list[dict]:
     """The raw records a stage trains on (captions, questions or preference pairs)."""
+    if is_dataset_split(split):
+        return dataset_records(cfg, split)
     name = {
         "align": "probes/captions.jsonl",
         "full": "vqa.jsonl",
@@ -67,6 +73,29 @@ def keep_first(records: list[dict], limit: int | None, seed: int) -> list[dict]:
     order = np.random.default_rng(seed).permutation(len(records))
     kept = [records[i] for i in order]
     return kept if limit is None else kept[:limit]
+
+
+def conversations(records: list[dict], turns: int) -> list[dict]:
+    """Questions about the same image joined into conversations of at most ``turns``
+    question-answer pairs, in the order the images first appear; one record per
+    conversation, its ``id`` the joined question ids."""
+    if turns == 1:
+        return records
+    by_image: dict[str, list[dict]] = {}
+    for record in records:
+        by_image.setdefault(record["image"], []).append(record)
+    joined = []
+    for image, questions in by_image.items():
+        for start in range(0, len(questions), turns):
+            chunk = questions[start : start + turns]
+            joined.append(
+                {
+                    "id": "+".join(str(q["id"]) for q in chunk),
+                    "image": image,
+                    "turns": [(q["question"], q["answer"]) for q in chunk],
+                }
+            )
+    return joined
 
 
 def schedule(n_records: int, n_samples: int, seed: int) -> list[int]:
@@ -85,7 +114,8 @@ def _row(stage: str, objective: str, record: dict, eos: str) -> dict:
     if stage == "align":
         return {"prompt": "<image>", "completion": record["caption"] + eos}
     if stage == "full":
-        return {"messages": user_turn(record["question"]) + assistant_turn(record["answer"])}
+        turns = record.get("turns") or [(record["question"], record["answer"])]
+        return {"messages": conversation(turns)}
     if objective == "sft":
         return {
             "prompt": user_turn(record["prompt"]),

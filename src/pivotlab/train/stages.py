@@ -11,8 +11,11 @@
                            pivotlab_stage.json (stage, parts, rates, config)
     RUN/summary.json       steps, records, tokens, wall time, records/s, tokens/s, FLOPs
 
-Started again with the same config, a run resumes from its last checkpoint; a finished run
-is not retrained. A folder holding a different config is refused.
+Started again with the same config, a run resumes from its last complete checkpoint (a
+checkpoint a kill left half-written is removed, saying so); a finished run is not retrained.
+A folder holding a different config is refused. Before anything is written, the folder must
+be writable and its disk must have room for the checkpoints (``space_needed``); every result
+file is written atomically and every log line appended whole (``pivotlab.io``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import copy
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,9 +34,18 @@ import yaml
 from accelerate import PartialState
 from PIL import Image
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from pivotlab import __version__
+from pivotlab.io import (
+    MiB,
+    append_jsonl,
+    check_output,
+    complete_lines,
+    remove_temporaries,
+    write_json_atomic,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
 from pivotlab.model import assemble, load, save
 from pivotlab.model.assemble import BUILD_FILE
 from pivotlab.model.generation import generate_replies
@@ -46,13 +59,24 @@ from pivotlab.model.parts import (
 from pivotlab.train.config import PREFERENCE_LOSSES, ConfigError, StageConfig
 from pivotlab.train.data import (
     SAMPLE_INDEX,
+    conversations,
     keep_first,
     resolve_split,
     schedule,
     stage_records,
     trl_dataset,
 )
-from pivotlab.train.trainers import MetricsFileCallback, StageDPOTrainer, StageSFTTrainer
+from pivotlab.train.external import screen_data
+from pivotlab.train.trainers import (
+    MetricsFileCallback,
+    StageDPOTrainer,
+    StageSFTTrainer,
+    checkpoint_complete,
+    checkpoints,
+    last_complete_checkpoint,
+    loss_so_far,
+    run_mean_loss,
+)
 from pivotlab.train.viral import (
     VisualAlignment,
     attach_head,
@@ -65,6 +89,7 @@ from pivotlab.world.onpolicy import on_policy_preferences
 
 STAGE_FILE = "pivotlab_stage.json"
 HELDOUT_SEED = 0  # every run of a study scores the same held-out records
+SPACE_MARGIN = 256 * MiB  # logs, TensorBoard, processor files, records
 
 
 @dataclass(frozen=True)
@@ -74,10 +99,6 @@ class StageResult:
     out: Path
     final: Path
     summary: dict
-
-
-def _write_json(path: Path, value: object) -> None:
-    path.write_text(json.dumps(value, indent=2) + "\n")
 
 
 def _first_difference(old: dict, new: dict, prefix: str = "") -> str:
@@ -95,6 +116,7 @@ def _first_difference(old: dict, new: dict, prefix: str = "") -> str:
 def _prepare_folder(cfg: StageConfig, out: Path, overwrite: bool) -> bool:
     """Create or reuse the run folder; True when the run there is already complete."""
     saved = out / "config.yaml"
+    remove_temporaries(out)
     if out.exists() and any(out.iterdir()):
         if not saved.is_file():
             raise ConfigError(f"{out} is not empty and holds no run config.yaml; refusing it")
@@ -110,7 +132,7 @@ def _prepare_folder(cfg: StageConfig, out: Path, overwrite: bool) -> bool:
         elif _complete(out):
             return True
     out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(cfg.to_yaml())
+    write_text_atomic(saved, cfg.to_yaml())
     return False
 
 
@@ -119,22 +141,51 @@ def _complete(out: Path) -> bool:
 
 
 def _truncate_after(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint a run resumes from."""
+    """Drop log lines written after the checkpoint a run resumes from, and a last line a
+    kill cut short."""
     if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+        kept = [line for line in complete_lines(path) if json.loads(line)["step"] <= step]
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def _resume_point(out: Path) -> str | None:
-    checkpoint = get_last_checkpoint(str(out)) if out.is_dir() else None
+    """Main process: the checkpoint to resume from, after removing checkpoints a kill left
+    half-written and the log lines written after it."""
+    for folder in checkpoints(out):
+        if not checkpoint_complete(folder):
+            shutil.rmtree(folder)
+            print(f"{folder}: incomplete (the run died writing it), removed", file=sys.stderr)
+    checkpoint = last_complete_checkpoint(out)
     if checkpoint is None:
         for log in ("samples.jsonl", "metrics.jsonl"):
             (out / log).unlink(missing_ok=True)
         return None
-    step = int(Path(checkpoint).name.split("-")[-1])
+    step = int(checkpoint.name.split("-")[-1])
     for log in ("samples.jsonl", "metrics.jsonl"):
         _truncate_after(out / log, step)
-    return checkpoint
+    print(f"resuming from {checkpoint} (step {step})", file=sys.stderr)
+    return str(checkpoint)
+
+
+def space_needed(cfg: StageConfig, model, steps: int, out: Path) -> tuple[int, str]:
+    """Bytes the rest of the run may write, and how that was estimated.
+
+    A checkpoint holds the weights and Adam's two fp32 moments per trainable parameter;
+    the run keeps ``save_total_limit`` of them (else every one), one more exists while the
+    next is written and before the oldest is rotated out (or when a non-finite step saves
+    one), and ``final/`` holds the weights again. Checkpoints already on disk count as kept.
+    """
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    moments = 2 * 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+    saves = steps // cfg.train.save_steps if cfg.train.save_steps else 0
+    kept = min(saves, cfg.train.save_total_limit or saves)
+    new = max(0, kept - len(checkpoints(out))) + 1
+    need = weights + new * (weights + moments) + SPACE_MARGIN
+    how = (
+        f"{new} checkpoint(s) of {weights / MiB:.1f} MiB weights + {moments / MiB:.1f} MiB "
+        f"optimizer state, final/, {SPACE_MARGIN // MiB} MiB margin"
+    )
+    return need, how
 
 
 def check_init(cfg: StageConfig) -> None:
@@ -148,8 +199,9 @@ def check_init(cfg: StageConfig) -> None:
         )
 
 
-def initial_model(cfg: StageConfig):
-    """The stage's starting model and processor: loaded from ``model.init`` or assembled."""
+def initial_model(cfg: StageConfig, trust_remote_code: bool = False):
+    """The stage's starting model and processor: loaded from ``model.init`` or assembled
+    (``trust_remote_code`` lets hub or folder parts run their own code)."""
     m = cfg.model
     if m.init is not None:
         return load(m.init)
@@ -160,14 +212,15 @@ def initial_model(cfg: StageConfig):
         image_size=m.image_size,
         select_strategy=m.select_strategy,
         seed=cfg.seed,
+        trust_remote_code=trust_remote_code,
     )
 
 
 def _write_parts(model, rates: dict[str, float], out: Path) -> str:
     rows = parts_table(model, rates)
     table = format_parts_table(rows)
-    (out / "parts.txt").write_text(table + "\n")
-    _write_json(out / "parts.json", [asdict(r) for r in rows])
+    write_text_atomic(out / "parts.txt", table + "\n")
+    write_json_atomic(out / "parts.json", [asdict(r) for r in rows])
     return table
 
 
@@ -203,7 +256,8 @@ def training_records(cfg: StageConfig, split: Path, model, processor, out: Path)
     ``RUN/records.jsonl``, which every later read and every other process reuses.
     """
     if cfg.stage != "post":
-        return keep_first(stage_records(cfg, split), cfg.data.limit, cfg.seed)
+        kept = keep_first(stage_records(cfg, split), cfg.data.limit, cfg.seed)
+        return conversations(kept, cfg.data.turns)
     saved = out / "records.jsonl"
     state = PartialState()
     with state.main_process_first():
@@ -215,7 +269,7 @@ def training_records(cfg: StageConfig, split: Path, model, processor, out: Path)
                 records += _sample_on_policy(cfg, model, processor, split)
             records = keep_first(records, cfg.data.limit, cfg.seed)
             if state.is_main_process:
-                saved.write_text("".join(json.dumps(r) + "\n" for r in records))
+                write_jsonl_atomic(saved, records)
         records = read_jsonl(saved)
     if not records:
         raise ConfigError(f"{out}: no preference records to train on (every sampled reply right?)")
@@ -328,17 +382,27 @@ def stage_trainer(
         detach_head(reference)  # the reference is the Stage-1 model: no VIRAL head
         set_trainable(reference, [])
         reference.eval()
-        return StageDPOTrainer(args=dpo_args, ref_model=reference, **shared)
+        return StageDPOTrainer(
+            args=dpo_args,
+            ref_model=reference,
+            prefix_sharing=cfg.post.prefix_sharing,
+            reference_cache=cfg.post.reference_cache,
+            **shared,
+        )
     sft_args = SFTConfig(**args, assistant_only_loss=cfg.stage == "full")
     return StageSFTTrainer(args=sft_args, **shared)
 
 
-def prepare_viral(cfg: StageConfig, model, processor) -> tuple | None:
+def prepare_viral(
+    cfg: StageConfig, model, processor, trust_remote_code: bool = False
+) -> tuple | None:
     """With ``viral.enabled``: load the teacher, resolve the layer, attach a fresh head to
     ``model``; returns (teacher, layer) for ``VisualAlignment``, else None."""
     if not cfg.viral.enabled:
         return None
-    teacher = load_teacher(cfg.viral.teacher, model, processor, cfg.viral.cache_teacher)
+    teacher = load_teacher(
+        cfg.viral.teacher, model, processor, cfg.viral.cache_teacher, trust_remote_code
+    )
     layer = resolve_layer(cfg.viral.layer, model.config.text_config.num_hidden_layers)
     attach_head(model, teacher, cfg.viral.head_width, cfg.seed)
     return teacher, layer
@@ -359,7 +423,9 @@ def heldout_preferences(cfg: StageConfig, model, reference, processor, out: Path
     from trl import DPOConfig, DPOTrainer
 
     split = resolve_split(cfg.data.eval, "data.eval")
-    records = keep_first(read_jsonl(split / "preferences.jsonl"), cfg.data.eval_limit, HELDOUT_SEED)
+    # Through the stage's own reader, so a dataset's held-out pairs are screened the same
+    # way as its training pairs (token limits, skipped rows).
+    records = keep_first(stage_records(cfg, split), cfg.data.eval_limit, HELDOUT_SEED)
     data = trl_dataset(records, split, stage="post", objective="dpo").remove_columns(SAMPLE_INDEX)
     args = DPOConfig(
         output_dir=str(out / ".heldout"),
@@ -409,28 +475,31 @@ def heldout_loss(trainer, cfg: StageConfig, processor) -> dict:
     return _measured(trainer.evaluate(eval_dataset=data, metric_key_prefix="heldout"))
 
 
-def _heldout(cfg: StageConfig, trainer, processor, out: Path) -> dict:
+def _heldout(cfg: StageConfig, trainer, processor, out: Path, trust_remote_code: bool) -> dict:
     """The stage's held-out measures (none without ``data.eval``)."""
     if cfg.data.eval is None:
         return {}
     if cfg.stage != "post":
         return heldout_loss(trainer, cfg, processor)
-    reference = getattr(trainer, "ref_model", None) or initial_model(cfg)[0]
+    reference = getattr(trainer, "ref_model", None) or initial_model(cfg, trust_remote_code)[0]
     return heldout_preferences(cfg, trainer.model, reference, processor, out)
 
 
 def _append_metrics(out: Path, cfg: StageConfig, step: int, metrics: dict) -> None:
     base = {"run": cfg.run or out.name, "stage": cfg.stage, "seed": cfg.seed, "step": step}
-    with (out / "metrics.jsonl").open("a") as log:
-        for name, value in metrics.items():
-            if isinstance(value, int | float):
-                row = {**base, "split": "heldout", "metric": name, "value": float(value)}
-                log.write(json.dumps(row) + "\n")
+    rows = [
+        {**base, "split": "heldout", "metric": name, "value": float(value)}
+        for name, value in metrics.items()
+        if isinstance(value, int | float)
+    ]
+    append_jsonl(out / "metrics.jsonl", rows)
 
 
-def _save_final(cfg: StageConfig, model, processor, out: Path, steps: int) -> None:
+def _save_final(
+    cfg: StageConfig, model, processor, out: Path, steps: int, weights: dict | None
+) -> None:
     final = out / "final"
-    save(model, processor, final)
+    save(model, processor, final, state_dict=weights)
     if cfg.model.init and (Path(cfg.model.init) / BUILD_FILE).is_file():
         shutil.copy(Path(cfg.model.init) / BUILD_FILE, final / BUILD_FILE)
     record = {
@@ -443,14 +512,26 @@ def _save_final(cfg: StageConfig, model, processor, out: Path, steps: int) -> No
         "pivotlab_version": __version__,
         "config": cfg.to_dict(),
     }
-    _write_json(final / STAGE_FILE, record)
+    write_json_atomic(final / STAGE_FILE, record)
 
 
-def run_stage(cfg: StageConfig, out: Path | str, overwrite: bool = False) -> StageResult:
-    """Train one stage into ``out`` (see the module docstring); returns where it ended."""
+def run_stage(
+    cfg: StageConfig, out: Path | str, overwrite: bool = False, trust_remote_code: bool = False
+) -> StageResult:
+    """Train one stage into ``out`` (see the module docstring); returns where it ended.
+
+    ``trust_remote_code`` lets hub or folder models (``model.vision``/``lm``, a VIRAL
+    teacher) run code they ship; off unless asked for.
+    """
     out = Path(out)
     check_init(cfg)
     state = PartialState(cpu=on_cpu(cfg))
+    if state.is_main_process:
+        check_output(out)
+        if cfg.data.on_bad_record == "fail":
+            # Before the folder records this config: a refused dataset leaves nothing that
+            # would make the same command with ``skip`` look like another run.
+            screen_data(cfg, out)
     with state.main_process_first():
         complete = _prepare_folder(cfg, out, overwrite) if state.is_main_process else _complete(out)
     if complete:
@@ -461,8 +542,9 @@ def run_stage(cfg: StageConfig, out: Path | str, overwrite: bool = False) -> Sta
         split = resolve_split(cfg.data.train, "data.train")
         if cfg.data.eval is not None:
             resolve_split(cfg.data.eval, "data.eval")
-    model, processor = initial_model(cfg)
-    viral = prepare_viral(cfg, model, processor)
+        screen_data(cfg, out)  # datasets: fail at a bad row, or list skipped rows
+    model, processor = initial_model(cfg, trust_remote_code)
+    viral = prepare_viral(cfg, model, processor, trust_remote_code)
     trained = [*cfg.parts, *([ALIGN_HEAD] if viral else [])]
     set_trainable(model, trained)
     check_trainable(model, trained)
@@ -471,6 +553,8 @@ def run_stage(cfg: StageConfig, out: Path | str, overwrite: bool = False) -> Sta
         print(f"{cfg.stage}: parts table\n{table}", flush=True)
     records = training_records(cfg, split, model, processor, out)
     steps = optimizer_steps(cfg, len(records))
+    if state.is_main_process:
+        check_output(out, *space_needed(cfg, model, steps, out))
     order = schedule(len(records), steps * cfg.train.batch_size, cfg.seed)
     train_data = trl_dataset(
         records,
@@ -488,8 +572,12 @@ def run_stage(cfg: StageConfig, out: Path | str, overwrite: bool = False) -> Sta
     trainer.add_callback(MetricsFileCallback(out / "metrics.jsonl", run_name, cfg.stage, cfg.seed))
     if state.is_main_process:
         trainer.add_callback(_tensorboard_callback(out))
-    checkpoint = _resume_point(out) if state.is_main_process else get_last_checkpoint(str(out))
+    if state.is_main_process:
+        _resume_point(out)
     state.wait_for_everyone()
+    found = last_complete_checkpoint(out)
+    checkpoint = str(found) if found is not None else None
+    before = loss_so_far(checkpoint)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.perf_counter() - start
@@ -497,9 +585,11 @@ def run_stage(cfg: StageConfig, out: Path | str, overwrite: bool = False) -> Sta
     if alignment is not None:  # the saved model is a plain MLLM: no hooks, no head
         alignment.remove()
         detach_head(model)
+    # Every process takes part: under ZeRO-3 or FSDP the whole weights exist only gathered.
+    weights = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if state.is_main_process:
-        _save_final(cfg, model, processor, out, steps)
-    heldout = _heldout(cfg, trainer, processor, out)
+        _save_final(cfg, model, processor, out, steps, weights)
+    heldout = _heldout(cfg, trainer, processor, out, trust_remote_code)
     summary = {
         "run": run_name,
         "stage": cfg.stage,
@@ -515,11 +605,11 @@ def run_stage(cfg: StageConfig, out: Path | str, overwrite: bool = False) -> Sta
         "records_per_s": trainer.records_seen / wall,
         "tokens_per_s": trainer.tokens_seen / wall,
         "total_flos": trainer.state.total_flos,
-        "train_loss": result.training_loss,
+        "train_loss": run_mean_loss(result.training_loss, trainer.state.global_step, before),
         "heldout": heldout,
     }
     if state.is_main_process:
         _append_metrics(out, cfg, trainer.state.global_step, heldout)
-        _write_json(out / "summary.json", summary)
+        write_json_atomic(out / "summary.json", summary)
     state.wait_for_everyone()
     return StageResult(out, final, summary)

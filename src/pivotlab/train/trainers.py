@@ -11,9 +11,15 @@
    appends ``{"step", "ids"}`` to ``samples.jsonl`` (gathered over processes, rank order),
    counting tokens on the way for the run summary.
 
-4. **Resume that restores the weights** (see ``_load_from_checkpoint``).
+4. **Resume that restores the weights** (see ``_load_from_checkpoint``), from safetensors
+   only, and the running loss sum kept in each checkpoint, so a resumed run reports the mean
+   loss of the whole run (``run_mean_loss``).
 5. **VIRAL, when switched on**: the alignment term of ``train.viral`` is added to the loss
    TRL computed, and logged beside it (``alignment_loss``, ``objective_loss``).
+6. **A stop on non-finite numbers**: after the gradients of a step are reduced and before
+   the optimizer applies them, a non-finite loss (any micro-batch, any process) or gradient
+   norm saves the state before that update as ``checkpoint-N`` (N the last good step) and
+   raises ``NonFiniteError`` naming the step and its records.
 
 Everything else (losses, reference model, logging, checkpoints, resume, accelerate) is
 TRL's and ``transformers``'.
@@ -22,6 +28,8 @@ TRL's and ``transformers``'.
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +37,75 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import SequentialSampler
 from transformers import TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from trl import DPOTrainer, SFTTrainer
 
+from pivotlab.errors import PivotlabError
+from pivotlab.io import append_jsonl, write_json_atomic, write_text_atomic
 from pivotlab.model.parts import ALIGN_HEAD, parameter_groups
 from pivotlab.train.data import SAMPLE_INDEX
+from pivotlab.train.prefix import speed_up_preferences
 from pivotlab.train.viral import VisualAlignment
+
+LOSS_FILE = "pivotlab_loss.json"  # in each checkpoint: the sum of step losses so far
+ARGS_FILE = "training_args.json"  # in each checkpoint, instead of Trainer's pickle
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+SHOWN_IDS = 8  # record ids a non-finite message names; samples.jsonl has them all
+
+
+class NonFiniteError(PivotlabError):
+    """A step's loss or gradient norm was NaN or infinite; training stopped before using it."""
+
+
+def checkpoint_complete(folder: Path) -> bool:
+    """True when ``folder`` is a checkpoint Trainer finished writing.
+
+    ``Trainer._save_checkpoint`` writes ``trainer_state.json`` last (after the weights, the
+    optimizer, the scheduler and the RNG state), in place: a folder whose state file is
+    missing, cut short, or for another step was being written when the run died.
+    """
+    match = CHECKPOINT.match(folder.name)
+    try:
+        state = json.loads((folder / TRAINER_STATE_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return match is not None and state.get("global_step") == int(match.group(1))
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """The ``checkpoint-N`` folders in ``out`` (none if it does not exist), oldest first."""
+    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and CHECKPOINT.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
+
+
+def last_complete_checkpoint(out: Path) -> Path | None:
+    """The newest checkpoint Trainer finished writing, or None."""
+    complete = [p for p in checkpoints(out) if checkpoint_complete(p)]
+    return complete[-1] if complete else None
+
+
+def loss_so_far(checkpoint: str | None) -> tuple[int, float] | None:
+    """(step, sum of step losses) kept in ``checkpoint``; (0, 0.0) without one; None for a
+    checkpoint written without it. Read before training: rotation may delete it."""
+    if checkpoint is None:
+        return 0, 0.0
+    path = Path(checkpoint) / LOSS_FILE
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["step"], saved["loss_sum"]
+
+
+def run_mean_loss(
+    training_loss: float, global_step: int, so_far: tuple[int, float] | None
+) -> float:
+    """The mean step loss of the whole run. Trainer's ``training_loss`` averages only the
+    steps of this ``train()`` call; a resumed run adds what its checkpoint kept (without
+    that record, the resumed steps' mean is all there is)."""
+    if so_far is None or global_step == 0:
+        return training_loss
+    step, total = so_far
+    return (training_loss * (global_step - step) + total) / global_step
 
 
 class IndexedCollator:
@@ -91,6 +163,8 @@ class StageTrainerMixin:
         self.record_ids = record_ids
         self.tokens_seen = 0
         self.records_seen = 0
+        self._step_losses: list[torch.Tensor] = []  # this optimizer step's micro-batch losses
+        self._step_indices: list[int] = []  # and the records they read (all processes)
         super().__init__(*args, **kwargs)
         self.data_collator = IndexedCollator(self.data_collator)
 
@@ -123,9 +197,11 @@ class StageTrainerMixin:
         result = super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
-        if not aligning:
-            return result
-        loss = self._with_alignment(result[0] if return_outputs else result, num_items_in_batch)
+        loss = result[0] if return_outputs else result
+        if aligning:
+            loss = self._with_alignment(loss, num_items_in_batch)
+        if self.model.training:
+            self._step_losses.append(loss.detach().reshape(1))
         return (loss, result[1]) if return_outputs else loss
 
     def _with_alignment(self, loss: torch.Tensor, num_items_in_batch) -> torch.Tensor:
@@ -148,11 +224,72 @@ class StageTrainerMixin:
         tokens = self.accelerator.gather(attention_mask.sum().reshape(1)).sum().item()
         self.records_seen += len(gathered)
         self.tokens_seen += int(tokens)
+        self._step_indices += gathered
         if self.samples_log is None or not self.is_world_process_zero():
             return
-        ids = [self.record_ids[i] for i in gathered] if self.record_ids else gathered
-        with self.samples_log.open("a") as log:
-            log.write(json.dumps({"step": self.state.global_step + 1, "ids": ids}) + "\n")
+        ids = self._ids(gathered)
+        append_jsonl(self.samples_log, [{"step": self.state.global_step + 1, "ids": ids}])
+
+    def _ids(self, indices: list[int]) -> list:
+        return [self.record_ids[i] for i in indices] if self.record_ids else indices
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        # Trainer calls this once per optimizer step, after the gradients are reduced and
+        # clipped and before optimizer.step(): the last moment the update can be refused.
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self._stop_if_not_finite(grad_norm)
+        return grad_norm
+
+    def _stop_if_not_finite(self, grad_norm) -> None:
+        local = torch.cat(self._step_losses) if self._step_losses else torch.zeros(1)
+        # Every process must decide alike (each then saves its RNG state and raises), so
+        # the decision reads every process's losses; the norm is already global.
+        losses = self.accelerator.gather(local.float().to(self.accelerator.device))
+        indices, self._step_indices, self._step_losses = self._step_indices, [], []
+        norm = float(grad_norm) if grad_norm is not None else 0.0
+        problems = []
+        if not torch.isfinite(losses).all():
+            problems.append(f"loss {losses[~torch.isfinite(losses)][0].item()}")
+        if not math.isfinite(norm):
+            problems.append(f"gradient norm {norm}")
+        if not problems:
+            return
+        step, what = self.state.global_step + 1, " and ".join(problems)
+        saved = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        if not checkpoint_complete(saved):
+            self._save_checkpoint(self.model, trial=None)
+        ids = self._ids(indices)
+        shown = ", ".join(str(i) for i in ids[:SHOWN_IDS])
+        more = f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else ""
+        raise NonFiniteError(
+            f"non-finite {what} at step {step} (records {shown}{more}; all in samples.jsonl "
+            f"step {step}); training stopped before the update, the state after step "
+            f"{self.state.global_step} is in {saved}"
+        )
+
+    def _save_checkpoint(self, model, trial) -> None:
+        if self.args.should_save:
+            # Written first: Trainer writes trainer_state.json last, so a complete checkpoint
+            # always has it.
+            step = self.state.global_step
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{step}"
+            folder.mkdir(parents=True, exist_ok=True)
+            # What Trainer adds up for its own train_loss: the logged (process-averaged)
+            # losses, plus this process's losses since the last log.
+            tail = self._tr_loss.item() if hasattr(self, "_tr_loss") else 0.0
+            loss_sum = getattr(self, "_total_loss_scalar", 0.0) + tail
+            write_json_atomic(folder / LOSS_FILE, {"step": step, "loss_sum": loss_sum})
+        super()._save_checkpoint(model, trial)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict=state_dict)
+        if not self.args.should_save:
+            return
+        # Trainer pickles its arguments with torch.save (only weights_only=False reads them
+        # back, and nothing does): keep them as JSON so a run folder holds no pickle of code.
+        folder = Path(output_dir if output_dir is not None else self.args.output_dir)
+        (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)
+        write_text_atomic(folder / ARGS_FILE, self.args.to_json_string())
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         target = self.model if model is None else model
@@ -164,7 +301,9 @@ class StageTrainerMixin:
         # (transformers#43701). Load the checkpoint the way from_pretrained does and insist
         # on every key.
         parameter = next(target.parameters())
-        saved = type(target).from_pretrained(resume_from_checkpoint, dtype=parameter.dtype)
+        saved = type(target).from_pretrained(
+            resume_from_checkpoint, dtype=parameter.dtype, use_safetensors=True
+        )
         state = saved.state_dict()
         if hasattr(target, ALIGN_HEAD):  # VIRAL's head: not a Llava key, saved as it is
             state.update(_prefixed_weights(Path(resume_from_checkpoint), f"{ALIGN_HEAD}."))
@@ -193,7 +332,14 @@ class StageSFTTrainer(StageTrainerMixin, SFTTrainer):
 
 
 class StageDPOTrainer(StageTrainerMixin, DPOTrainer):
-    """TRL's ``DPOTrainer`` for the preference objectives (dpo, ipo, mpo)."""
+    """TRL's ``DPOTrainer`` for the preference objectives (dpo, ipo, mpo); ``prefix_sharing``
+    and ``reference_cache`` switch on ``train.prefix``'s exact speed-ups."""
+
+    def __init__(
+        self, *args: Any, prefix_sharing: bool = False, reference_cache: bool = False, **kwargs
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        speed_up_preferences(self, prefix_sharing=prefix_sharing, reference_cache=reference_cache)
 
 
 class MetricsFileCallback(TrainerCallback):
@@ -206,11 +352,11 @@ class MetricsFileCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        with self.path.open("a") as out:
-            for key, value in logs.items():
-                if not isinstance(value, int | float) or isinstance(value, bool):
-                    continue
-                split = "eval" if key.startswith("eval_") else "train"
-                metric = key.removeprefix("eval_")
-                row = {**self.keys, "step": state.global_step, "split": split}
-                out.write(json.dumps({**row, "metric": metric, "value": float(value)}) + "\n")
+        rows = []
+        for key, value in logs.items():
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            split = "eval" if key.startswith("eval_") else "train"
+            row = {**self.keys, "step": state.global_step, "split": split}
+            rows.append({**row, "metric": key.removeprefix("eval_"), "value": float(value)})
+        append_jsonl(self.path, rows)

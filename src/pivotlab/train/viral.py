@@ -110,13 +110,18 @@ class Teacher:
         return self.model.config.hidden_size
 
     def _pixels(self, pixel_values: torch.Tensor, mllm_mean, mllm_std) -> torch.Tensor:
-        unit = pixel_values.float() * mllm_std + mllm_mean  # back to [0, 1]
+        device = pixel_values.device
+        unit = pixel_values.float() * mllm_std.to(device) + mllm_mean.to(device)  # to [0, 1]
         if unit.shape[-1] != self.size:
             unit = F.interpolate(unit, size=(self.size, self.size), mode="bilinear", antialias=True)
-        return (unit - self.mean) / self.std
+        return (unit - self.mean.to(unit.device)) / self.std.to(unit.device)
 
     @torch.no_grad()
     def _features(self, pixels: torch.Tensor, side: int) -> torch.Tensor:
+        # The teacher lives outside the trained model, so accelerate never places it: follow
+        # the MLLM's pixels to their device on first use.
+        if next(self.model.parameters()).device != pixels.device:
+            self.model.to(pixels.device)
         outputs = self.model(pixel_values=pixels, output_hidden_states=not self.read_last_hidden)
         tokens = outputs.last_hidden_state if self.read_last_hidden else outputs.hidden_states[-1]
         tokens = tokens[:, 1:] if self.has_cls else tokens
@@ -145,9 +150,16 @@ def _frozen(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def load_teacher(source: str, mllm: LlavaForConditionalGeneration, processor, cache: bool):
+def load_teacher(
+    source: str,
+    mllm: LlavaForConditionalGeneration,
+    processor,
+    cache: bool,
+    trust_remote_code: bool = False,
+):
     """The frozen teacher: a zoo part (``zoo:vfm``), an HF id or folder, or ``self`` (a
-    frozen copy of the MLLM's own tower as it is now, read at its feature layer)."""
+    frozen copy of the MLLM's own tower as it is now, read at its feature layer); an HF
+    teacher runs code it ships only with ``trust_remote_code``."""
     store = {} if cache else None
     if source == SELF_TEACHER:
         tower = truncated_tower(mllm.model.vision_tower, mllm.config.vision_feature_layer)
@@ -164,13 +176,21 @@ def load_teacher(source: str, mllm: LlavaForConditionalGeneration, processor, ca
         )
     folder = resolve_zoo(source)
     try:
-        config = AutoConfig.from_pretrained(folder)
+        trust = {"trust_remote_code": trust_remote_code}
+        config = AutoConfig.from_pretrained(folder, **trust)
         config = getattr(config, "vision_config", None) or config
-        model = AutoModel.from_pretrained(folder, config=config)
-        image_processor = AutoImageProcessor.from_pretrained(folder)
+        model = AutoModel.from_pretrained(folder, config=config, **trust)
+        image_processor = AutoImageProcessor.from_pretrained(folder, **trust)
     except OSError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else "not found"
         raise ViralError(f"viral.teacher {source!r} cannot be loaded: {first}") from None
+    except ValueError as error:
+        if "trust_remote_code" not in str(error):
+            raise
+        raise ViralError(
+            f"viral.teacher {source!r} ships its own Python code; pass --trust-remote-code "
+            "to run it"
+        ) from None
     mean, std = image_stats(image_processor)
     return Teacher(
         name=source,

@@ -1,0 +1,1 @@
+"""The PIVOT study: one command, several seeds, one report."""

@@ -1,0 +1,238 @@
+"""Study presets: one YAML file names the world, the stage recipes, the arms and the axes.
+
+    pivotlab study --preset quick --out RUN [key=value ...]
+
+A preset is ``configs/study/<name>.yaml`` (or any YAML path). Stage recipes are the same
+stage configs ``pivotlab train`` reads (paths relative to the preset's ``configs/``
+folder), with dotted overrides per use, so a study never forks a recipe. Loading
+rejects unknown keys and wrong types with the file and the dotted key, like stage configs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pivotlab.errors import PivotlabError
+from pivotlab.train.config import ConfigError, apply_override, build_dataclass
+
+
+class StudyError(PivotlabError):
+    """A study that cannot run as configured; the message is one line."""
+
+
+@dataclass
+class WorldSection:
+    """World splits as ``WorldConfig`` fields (or split folders): training questions
+    (``train``), the held-out loss's questions (``val``), the test questions every model
+    is scored on (``test``), and the analysis probes' training images (``probes``)."""
+
+    train: str | dict[str, Any] = field(default_factory=dict)
+    val: str | dict[str, Any] = field(default_factory=dict)
+    test: str | dict[str, Any] = field(default_factory=dict)
+    probes: str | dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Recipe:
+    """A stage config file and the overrides this study applies to it."""
+
+    config: str = ""
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Stage1Section:
+    """Stage 1's parts and recipes. ``seed``: None trains a Stage-1 model per study seed;
+    a number trains one, with that seed, that every seed's arms start from (PIVOT's
+    controlled design: the seeds then vary Stage 2 and the transplant only)."""
+
+    seed: int | None = None
+    vision: str = "zoo:enc-s"
+    lm: str = "zoo:lm-s"
+    align: Recipe = field(default_factory=Recipe)
+    full: Recipe = field(default_factory=Recipe)
+
+
+@dataclass
+class PostSection:
+    """Stage-2 arms: name -> recipe. Every arm reads the same records from the same
+    Stage-1 model; ``baseline`` is the arm the claims compare the others with."""
+
+    arms: dict[str, Recipe] = field(default_factory=dict)
+    baseline: str = "sft"
+
+
+@dataclass
+class EvaluateSection:
+    limit: int | None = None
+    batch_size: int = 32
+    blind: bool = True
+
+
+@dataclass
+class AnalysisSection:
+    analyses: list[str] = field(default_factory=list)
+    limit: int | None = None
+
+
+@dataclass
+class TransplantSection:
+    """PIVOT's step 6: each encoder, frozen, into a fresh ``lm`` with a new projector:
+    the study's own encoders, and the ``originals`` (vision sources such as ``zoo:enc-s``,
+    named by the text after ``zoo:``) for comparison."""
+
+    lm: str = "zoo:lm-s"
+    originals: list[str] = field(default_factory=list)
+    align: Recipe = field(default_factory=Recipe)
+    full: Recipe = field(default_factory=Recipe)
+
+
+@dataclass
+class ScaleSweep:
+    """Stage 1 and the listed arms again for every other (vision, lm) pair: does the
+    arms' order hold at every scale, and does a larger LM head train a better encoder?"""
+
+    visions: list[str] = field(default_factory=list)
+    lms: list[str] = field(default_factory=list)
+    arms: list[str] = field(default_factory=lambda: ["sft", "dpo"])
+    analyses: list[str] = field(default_factory=lambda: ["linear-probe"])
+
+
+@dataclass
+class SweepsSection:
+    scale: ScaleSweep | None = None
+
+
+@dataclass
+class ClaimSection:
+    """A claim beyond the default ones: ``treated`` beats ``control`` on ``category``
+    (e.g. the data-efficiency arms: DPO with N pairs against SFT with k x N samples)."""
+
+    question: str = ""
+    control: str = ""
+    treated: str = ""
+    category: str = "vision_centric"
+    transplant: bool = False
+
+
+@dataclass
+class StudyConfig:
+    """One study: everything ``pivotlab study`` runs, in one tree."""
+
+    name: str = "study"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    world: WorldSection = field(default_factory=WorldSection)
+    stage1: Stage1Section = field(default_factory=Stage1Section)
+    post: PostSection = field(default_factory=PostSection)
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    analysis: AnalysisSection = field(default_factory=AnalysisSection)
+    transplant: TransplantSection | None = None
+    sweeps: SweepsSection = field(default_factory=SweepsSection)
+    claims: list[ClaimSection] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PRESETS_DIR = "configs/study"
+
+
+def _repository_root() -> Path | None:
+    """The checkout this package runs from (editable installs), where ``configs/`` lives."""
+    for parent in Path(__file__).resolve().parents:
+        if (parent / PRESETS_DIR).is_dir():
+            return parent
+    return None
+
+
+def preset_path(preset: str) -> Path:
+    """A preset name (``quick``) or a YAML path, as a file that exists."""
+    candidate = Path(preset).expanduser()
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise StudyError(f"{candidate}: no such study preset file")
+        return candidate
+    roots = [Path.cwd(), _repository_root()]
+    for root in filter(None, roots):
+        path = root / PRESETS_DIR / f"{preset}.yaml"
+        if path.is_file():
+            return path
+    known = sorted(
+        p.stem for root in filter(None, roots) for p in (root / PRESETS_DIR).glob("*.yaml")
+    )
+    raise StudyError(f"unknown study preset {preset!r}; known: {', '.join(known) or 'none found'}")
+
+
+def recipe_path(study: StudyConfig, recipe: Recipe, key: str) -> Path:
+    """A recipe's stage config, relative to the ``configs/`` folder holding the preset."""
+    path = Path(recipe.config)
+    if not path.is_absolute():
+        path = Path(study.source).resolve().parent.parent / path
+    if not path.is_file():
+        raise StudyError(f"{study.source}: {key}.config {recipe.config} is not a file")
+    return path
+
+
+def _validate(study: StudyConfig) -> None:
+    where = study.source
+    if not study.seeds:
+        raise StudyError(f"{where}: seeds must list at least one seed")
+    if len(set(study.seeds)) != len(study.seeds):
+        raise StudyError(f"{where}: seeds repeat a seed ({study.seeds})")
+    if study.stage1.seed is not None and study.stage1.seed != study.seeds[0]:
+        raise StudyError(f"{where}: stage1.seed must be the first of seeds ({study.seeds[0]})")
+    if not study.post.arms:
+        raise StudyError(f"{where}: post.arms must name at least one arm")
+    if study.post.baseline not in study.post.arms:
+        raise StudyError(f"{where}: post.baseline {study.post.baseline!r} is not an arm")
+    for name in study.post.arms:
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise StudyError(f"{where}: arm name {name!r} must be letters, digits, - or _")
+    for key, recipe in _recipes(study):
+        recipe_path(study, recipe, key)
+    scale = study.sweeps.scale
+    missing = [arm for arm in (scale.arms if scale else []) if arm not in study.post.arms]
+    if missing:
+        raise StudyError(f"{where}: sweeps.scale.arms names {missing[0]!r}, not a post arm")
+    for number, claim in enumerate(study.claims):
+        for side in ("control", "treated"):
+            if getattr(claim, side) not in study.post.arms:
+                raise StudyError(
+                    f"{where}: claims[{number}].{side} {getattr(claim, side)!r} is not a post arm"
+                )
+
+
+def _recipes(study: StudyConfig) -> list[tuple[str, Recipe]]:
+    recipes = [("stage1.align", study.stage1.align), ("stage1.full", study.stage1.full)]
+    recipes += [(f"post.arms.{name}", r) for name, r in study.post.arms.items()]
+    if study.transplant is not None:
+        recipes += [("transplant.align", study.transplant.align)]
+        recipes += [("transplant.full", study.transplant.full)]
+    return recipes
+
+
+def load_study(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
+    """Read a preset and apply dotted overrides; checked before anything runs."""
+    path = preset_path(preset)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise StudyError(f"{path}: is not valid YAML") from None
+    if not isinstance(tree, dict):
+        raise StudyError(f"{path}: the top level must be a mapping of sections")
+    try:
+        for assignment in overrides:
+            apply_override(tree, assignment)
+        study = build_dataclass(StudyConfig, tree, "")
+    except ConfigError as error:
+        raise StudyError(f"{path}: {error}") from None
+    study.source = str(path)
+    _validate(study)
+    return study

@@ -1,0 +1,417 @@
+"""The study's steps, in order, each skipped when its recorded outputs are intact.
+
+Per seed: Stage 1 (``align``, ``full``) from zoo parts; Stage 2 arms from that one
+Stage-1 model on the same records; VQA evaluation of every model (and the blind
+baseline); the analysis suite on every model's encoder; PIVOT's transplant of every
+encoder (the arms', Stage 1's and the original zoo encoders), frozen, into a fresh LM
+with a new projector (projector alignment, then instruction tuning), then evaluation.
+Steps run through the same functions as ``pivotlab train``, ``evaluate`` and ``analyze``;
+a step interrupted half-way resumes from its own checkpoints when the study runs again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pivotlab.study.config import Recipe, StudyConfig, recipe_path
+from pivotlab.study.ledger import Ledger, fingerprint
+from pivotlab.train.config import StageConfig, apply_override, config_from_dict
+
+STAGE1 = "stage1"
+BLIND = "blind"
+# Seconds a step of each kind is assumed to take before one has been measured in the run
+# (the tiny preset on 2 cores); the estimate of what is left uses measured steps first.
+DEFAULT_SECONDS = {"train": 120.0, "evaluate": 60.0, "analyze": 120.0, "export": 5.0}
+
+
+@dataclass
+class Step:
+    """One unit of the study: what it is (``spec``), where it writes, how it runs."""
+
+    name: str
+    kind: str
+    spec: dict[str, Any]
+    outputs: list[Path]
+    action: Callable[[], dict[str, Any]]
+    seed: int = 0
+    arm: str | None = None
+    results: dict[str, Any] = field(default_factory=dict)
+    config: StageConfig | None = None  # training steps: what a dry run plans
+    architecture: tuple[str, str] | None = None  # (vision, lm) the step's model is made of
+
+
+def stage_config(study: StudyConfig, recipe: Recipe, key: str, sets: dict[str, Any]) -> StageConfig:
+    """A recipe's stage config with its overrides, then the study's own settings."""
+    path = recipe_path(study, recipe, key)
+    tree = yaml.safe_load(path.read_text()) or {}
+    for assignment in recipe.overrides:
+        apply_override(tree, assignment)
+    for dotted, value in sets.items():
+        node = tree
+        *parents, last = dotted.split(".")
+        for name in parents:
+            node = node.setdefault(name, {})
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return config_from_dict(tree, f"{path} (study {key})")
+
+
+def _train_step(
+    name: str,
+    cfg: StageConfig,
+    out: Path,
+    seed: int,
+    arm: str | None,
+    architecture: tuple[str, str],
+) -> Step:
+    def action() -> dict[str, Any]:
+        from pivotlab.train import run_stage
+
+        # A step without a valid record either stopped half-way (same config: run_stage
+        # resumes from its checkpoint) or was configured differently (it starts over).
+        summary = run_stage(cfg, out, overwrite=True).summary
+        return {"summary": summary, "flops": summary.get("total_flos")}
+
+    outputs = [out / "final", out / "summary.json", out / "metrics.jsonl"]
+    return Step(
+        name,
+        "train",
+        cfg.to_dict(),
+        outputs,
+        action,
+        seed,
+        arm,
+        config=cfg,
+        architecture=architecture,
+    )
+
+
+def _eval_step(
+    study: StudyConfig,
+    name: str,
+    model: Path,
+    data: Path,
+    out: Path,
+    seed: int,
+    arm: str,
+    blind: bool,
+) -> Step:
+    spec = {"model": str(model), "data": str(data), "blind": blind, **study.evaluate.__dict__}
+    spec["seed"] = seed
+
+    def action() -> dict[str, Any]:
+        from pivotlab.evaluate.runner import EvalConfig, evaluate
+
+        cfg = EvalConfig(
+            model=str(model),
+            data=str(data),
+            out=str(out),
+            limit=study.evaluate.limit,
+            batch_size=study.evaluate.batch_size,
+            blind=blind,
+            seed=seed,
+        )
+        report = evaluate(cfg)
+        return {"items_per_second": report.items_per_second}
+
+    outputs = [out / "predictions.jsonl", out / "metrics.jsonl"]
+    return Step(name, "evaluate", spec, outputs, action, seed, arm)
+
+
+def _analysis_step(
+    study: StudyConfig,
+    name: str,
+    analyses: list[str],
+    models: dict[str, Path],
+    splits: dict[str, Path],
+    out: Path,
+    seed: int,
+) -> Step:
+    spec = {
+        "models": {k: str(v) for k, v in models.items()},
+        "analyses": analyses,
+        "limit": study.analysis.limit,
+        "seed": seed,
+        "data": str(splits["probes"]),
+        "eval_data": str(splits["test"]),
+    }
+
+    def action() -> dict[str, Any]:
+        from pivotlab.analysis.suite import AnalyzeConfig, run_analyses
+
+        cfg = AnalyzeConfig(
+            analyses=tuple(analyses),
+            data=splits["probes"],
+            eval_data=splits["test"],
+            out=out,
+            models=[(k, str(v)) for k, v in models.items()],
+            limit=study.analysis.limit,
+            seed=seed,
+        )
+        return {"rows": len(run_analyses(cfg, log=lambda line: None))}
+
+    return Step(name, "analyze", spec, [out / "metrics.jsonl", out / "table.md"], action, seed)
+
+
+def _export_step(name: str, model: Path, out: Path, lm: str, seed: int, arm: str) -> Step:
+    """The MLLM's encoder cut at its feature layer, then a fresh MLLM around it."""
+    spec = {"model": str(model), "lm": lm, "seed": seed}
+    encoder = out / "encoder"
+    mllm = out / "mllm"
+
+    def action() -> dict[str, Any]:
+        from pivotlab.model.export import export_encoder, transplant
+
+        export_encoder(model, encoder)
+        transplant(encoder, lm, mllm, seed=seed)
+        return {}
+
+    return Step(name, "export", spec, [encoder, mllm], action, seed, arm)
+
+
+def original_name(source: str) -> str:
+    """The transplant table's name for an original encoder source (``zoo:enc-s`` -> enc-s)."""
+    return Path(source.removeprefix("zoo:")).name
+
+
+def world_splits(study: StudyConfig) -> dict[str, Path]:
+    """The study's world splits (the sections it names), generated into the cache on first
+    use. Without ``world.train`` the recipes' own data (real datasets) is used to train."""
+    from pivotlab.train.data import resolve_split
+
+    world = study.world
+    sections = {"train": world.train, "val": world.val, "test": world.test, "probes": world.probes}
+    return {
+        key: resolve_split(fields, f"world.{key}") for key, fields in sections.items() if fields
+    }
+
+
+def _data_sets(splits: dict[str, Any]) -> dict[str, Any]:
+    """Stage config settings for the study's world: split folders, or (a dry run) the
+    ``WorldConfig`` fields that would make them."""
+    names = {"train": "data.train", "val": "data.eval"}
+    return {
+        names[key]: value if isinstance(value, dict) else str(value)
+        for key, value in splits.items()
+        if key in names
+    }
+
+
+def _transplant_steps(
+    study: StudyConfig, run: Path, seed: int, encoders: dict[str, Path], splits: dict[str, Path]
+) -> list[Step]:
+    """PIVOT's step: every encoder, frozen, in a fresh MLLM (align, then full), evaluated."""
+    plan = study.transplant
+    assert plan is not None
+    steps: list[Step] = []
+    sources: dict[str, dict[str, Any]] = {}
+    parts: dict[str, tuple[str, str]] = {}
+    for arm, model in encoders.items():
+        folder = run / f"seed{seed}" / "transplant" / arm
+        steps.append(
+            _export_step(f"seed{seed}/transplant-{arm}/export", model, folder, plan.lm, seed, arm)
+        )
+        sources[arm] = {"model.init": str(folder / "mllm"), "model.vision": None, "model.lm": None}
+        # Planned as the tower it was cut from: the exported one drops the unread last block.
+        parts[arm] = (study.stage1.vision, plan.lm)
+    for source in plan.originals:
+        parts[original_name(source)] = (source, plan.lm)
+        sources[original_name(source)] = {
+            "model.init": None,
+            "model.vision": source,
+            "model.lm": plan.lm,
+        }
+    for arm, model_sets in sources.items():
+        folder = run / f"seed{seed}" / "transplant" / arm
+        base = {"seed": seed, "run": f"transplant-{arm}-s{seed}", **_data_sets(splits)}
+        align = stage_config(study, plan.align, "transplant.align", {**base, **model_sets})
+        steps.append(
+            _train_step(
+                f"seed{seed}/transplant-{arm}/align", align, folder / "align", seed, arm, parts[arm]
+            )
+        )
+        full_sets = {
+            **base,
+            "model.init": str(folder / "align" / "final"),
+            "train.parts": ["projector", "lm"],
+        }
+        full = stage_config(study, plan.full, "transplant.full", full_sets)
+        steps.append(
+            _train_step(
+                f"seed{seed}/transplant-{arm}/full", full, folder / "full", seed, arm, parts[arm]
+            )
+        )
+        steps.append(
+            _eval_step(
+                study,
+                f"seed{seed}/transplant-{arm}/eval",
+                folder / "full" / "final",
+                splits["test"],
+                folder / "eval",
+                seed,
+                arm,
+                blind=False,
+            )
+        )
+    return steps
+
+
+@dataclass(frozen=True)
+class Track:
+    """One Stage-1 model and the arms trained from it: the study's main track (analysed
+    and transplanted), or a point of the scale sweep."""
+
+    name: str
+    vision: str
+    lm: str
+    arms: tuple[str, ...]
+    analyses: tuple[str, ...]
+    main: bool = False
+
+    def root(self, run: Path, seed: int) -> Path:
+        folder = run / f"seed{seed}"
+        return folder if self.main else folder / "scale" / self.name
+
+    def step(self, seed: int, name: str) -> str:
+        return f"seed{seed}/{name}" if self.main else f"seed{seed}/scale-{self.name}/{name}"
+
+
+def scale_name(vision: str, lm: str) -> str:
+    """A scale point's name: ``enc-m+lm-m``."""
+    return f"{original_name(vision)}+{original_name(lm)}"
+
+
+def tracks(study: StudyConfig) -> list[Track]:
+    """The main track, then every other (vision, lm) pair of the scale sweep."""
+    main_pair = (study.stage1.vision, study.stage1.lm)
+    found = [
+        Track("main", *main_pair, tuple(study.post.arms), tuple(study.analysis.analyses), main=True)
+    ]
+    scale = study.sweeps.scale
+    for vision in scale.visions if scale else []:
+        for lm in scale.lms:
+            if (vision, lm) != main_pair:
+                name = scale_name(vision, lm)
+                found.append(Track(name, vision, lm, tuple(scale.arms), tuple(scale.analyses)))
+    return found
+
+
+def stage1_seeds(study: StudyConfig) -> list[int]:
+    """The seeds Stage-1 models are trained with."""
+    return study.seeds if study.stage1.seed is None else [study.stage1.seed]
+
+
+def _stage1_steps(
+    study: StudyConfig, run: Path, seed: int, splits: dict[str, Path], track: Track
+) -> list[Step]:
+    """``align`` then ``full`` from the track's parts, with the VQA of the result (and, on
+    the main track, of the blind baseline)."""
+    root = track.root(run, seed)
+    base = {"seed": seed, **_data_sets(splits)}
+    label = "" if track.main else f"-{track.name}"
+    align_sets = {**base, "run": f"align{label}-s{seed}", "model.init": None}
+    align_sets.update({"model.vision": track.vision, "model.lm": track.lm})
+    align = stage_config(study, study.stage1.align, "stage1.align", align_sets)
+    full_sets = {**base, "run": f"full{label}-s{seed}", "model.init": str(root / "align" / "final")}
+    full = stage_config(study, study.stage1.full, "stage1.full", full_sets)
+    model = root / "full" / "final"
+    pair = (track.vision, track.lm)
+    steps = [
+        _train_step(track.step(seed, "align"), align, root / "align", seed, STAGE1, pair),
+        _train_step(track.step(seed, "full"), full, root / "full", seed, STAGE1, pair),
+    ]
+    for arm in [STAGE1, *([BLIND] if study.evaluate.blind and track.main else [])]:
+        name, out = track.step(seed, f"eval-{arm}"), root / "eval" / arm
+        steps.append(
+            _eval_step(study, name, model, splits["test"], out, seed, arm, blind=arm == BLIND)
+        )
+    return steps
+
+
+def track_steps(
+    study: StudyConfig, run: Path, seed: int, splits: dict[str, Path], track: Track
+) -> tuple[list[Step], dict[str, Path]]:
+    """Stage 1 (unless shared and made by an earlier seed), the track's arms, their
+    evaluation and analysis; and the models the seed's analyses and transplants use."""
+    stage1_seed = seed if study.stage1.seed is None else study.stage1.seed
+    steps = []
+    if study.stage1.seed is None or seed == study.seeds[0]:
+        steps += _stage1_steps(study, run, stage1_seed, splits, track)
+    root = track.root(run, seed)
+    models = {STAGE1: track.root(run, stage1_seed) / "full" / "final"}
+    label = "" if track.main else f"-{track.name}"
+    base = {"seed": seed, **_data_sets(splits)}
+    for arm in track.arms:
+        sets = {**base, "run": f"{arm}{label}-s{seed}", "model.init": str(models[STAGE1])}
+        cfg = stage_config(study, study.post.arms[arm], f"post.arms.{arm}", sets)
+        out = root / "post" / arm
+        pair = (track.vision, track.lm)
+        steps.append(_train_step(track.step(seed, f"post-{arm}"), cfg, out, seed, arm, pair))
+        models[arm] = out / "final"
+        name, out = track.step(seed, f"eval-{arm}"), root / "eval" / arm
+        steps.append(_eval_step(study, name, models[arm], splits["test"], out, seed, arm, False))
+    if track.analyses:
+        name, out = track.step(seed, "analysis"), root / "analysis"
+        steps.append(_analysis_step(study, name, list(track.analyses), models, splits, out, seed))
+    return steps, models
+
+
+def seed_steps(study: StudyConfig, run: Path, seed: int, splits: dict[str, Path]) -> list[Step]:
+    """Every step of one seed, in an order that satisfies their dependencies."""
+    steps: list[Step] = []
+    main_models: dict[str, Path] = {}
+    for track in tracks(study):
+        made, models = track_steps(study, run, seed, splits, track)
+        steps += made
+        main_models = models if track.main else main_models
+    if study.transplant is not None:
+        steps += _transplant_steps(study, run, seed, main_models, splits)
+    return steps
+
+
+def _eta(steps: list[Step], done_walls: dict[str, list[float]], start: int) -> float:
+    def guess(kind: str) -> float:
+        seen = done_walls.get(kind)
+        return sum(seen) / len(seen) if seen else DEFAULT_SECONDS[kind]
+
+    return sum(guess(step.kind) for step in steps[start:])
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s"
+
+
+def run_steps(steps: list[Step], ledger: Ledger, log: Callable[[str], None] = print) -> None:
+    """Run the steps in order, skipping finished ones; one progress line per step."""
+    began = time.perf_counter()
+    walls: dict[str, list[float]] = {}
+    for index, step in enumerate(steps):
+        key = fingerprint(step.spec)
+        record = ledger.finished(step.name, key)
+        if record is None:
+            start = time.perf_counter()
+            results = step.action()
+            wall = time.perf_counter() - start
+            record = ledger.record(
+                step.name, key, step.outputs, wall, results.pop("flops", None), results
+            )
+            status = f"done in {_clock(wall)}"
+        else:
+            status = "finished earlier, skipped"
+        walls.setdefault(step.kind, []).append(record.wall_s)
+        step.results = {**record.results, "wall_s": record.wall_s, "flops": record.flops}
+        elapsed = time.perf_counter() - began
+        left = _eta(steps, walls, index + 1)
+        log(
+            f"[{index + 1}/{len(steps)}] {step.name}: {status} "
+            f"(elapsed {_clock(elapsed)}, about {_clock(left)} left)"
+        )

@@ -1,0 +1,529 @@
+"""The study report: ``RUN/report.md`` and a self-contained ``RUN/report.html`` from one dict.
+
+The report is built as a short list of blocks (headings, text, tables, figures, picture
+galleries) rendered twice, so the markdown and the HTML always say the same thing. The HTML
+embeds every picture as a base64 data URI and carries its own small stylesheet: it opens
+from an e-mail attachment or a laptop with no network. Markdown refers to ``figures/*.png``
+next to it, where pictures from the study's runs are copied.
+
+``study`` keys (all but ``title`` optional; a missing or empty one leaves its section out
+with a line saying so): ``title``, ``preset``, ``command``, ``seeds``, ``setup`` and ``notes``
+(lists of lines), ``claims``, ``vqa``, ``analysis``, ``transplant``, ``compute`` (lists of
+rows), ``pivot_fraction`` and ``pictures`` (``{kind: {arm: [paths]}}``). A row may name the
+file its numbers come from in ``source``; each section ends with those files.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+import shutil
+from collections import Counter
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matplotlib.figure import Figure as PlotFigure
+
+from pivotlab.analysis.suite import measurement
+from pivotlab.io import write_text_atomic
+from pivotlab.study.stats import HOLDS, REVERSED, seed_summary
+
+# Metric names shown as percentages (with one decimal); every other number gets three decimals.
+PERCENT_METRICS = frozenset({"accuracy", "pair_accuracy", "average", "top1"})
+FIGURES = "figures"
+CHART = "vqa-by-category.png"
+PICTURE_TITLES = {
+    "saliency": "Saliency overlays, side by side",
+    "pca": "PCA views of the visual tokens",
+}
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem;
+       color: #222; line-height: 1.45; }
+table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.92rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.55rem; text-align: left; vertical-align: top; }
+th { background: #f2f2f2; }
+td.holds { background: #e3f4e1; } td.reversed { background: #f8dede; }
+img { max-width: 100%; }
+table.gallery td { border: none; } table.gallery img { max-width: 34rem; }
+p.note { color: #666; font-size: 0.85rem; }
+pre { background: #f6f6f6; padding: 0.5rem; white-space: pre-wrap; }
+"""
+
+
+@dataclass
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass
+class Text:
+    text: str
+
+
+@dataclass
+class Note:
+    """A footnote line: where the numbers come from, what an interval means."""
+
+    text: str
+
+
+@dataclass
+class Code:
+    text: str
+
+
+@dataclass
+class Bullets:
+    items: list[str]
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+    verdict_column: int | None = None  # coloured in the HTML: holds green, reversed red
+
+
+@dataclass
+class Picture:
+    """A picture under the run folder (``path`` relative to it) with its caption."""
+
+    path: str
+    caption: str
+
+
+@dataclass
+class Gallery:
+    """Pictures side by side: one column per arm, one row per picture index."""
+
+    columns: list[str]
+    rows: list[list[str | None]] = field(default_factory=list)
+
+
+Block = Heading | Text | Note | Code | Bullets | Table | Picture | Gallery
+
+
+# ---- numbers ---------------------------------------------------------------------------------
+
+
+def is_percent(metric: str) -> bool:
+    """Whether a metric (or a phrase naming one, "vision_centric accuracy") is an accuracy."""
+    return bool(set(re.findall(r"[a-z0-9_]+", metric.lower())) & PERCENT_METRICS)
+
+
+def format_value(value: float | None, percent: bool) -> str:
+    """41.3% for an accuracy, 0.412 for anything else; a dash for no value."""
+    if value is None:
+        return "–"
+    return f"{100 * value:.1f}%" if percent else f"{value:.3f}"
+
+
+def format_interval(
+    low: float | None, high: float | None, percent: bool, signed: bool = False
+) -> str:
+    """[38.0, 44.6] (percent) or [0.380, 0.446]; empty when there is no interval."""
+    if low is None or high is None:
+        return ""
+    scale, digits = (100, 1) if percent else (1, 3)
+    sign = "+" if signed else ""
+    return f"[{scale * low:{sign}.{digits}f}, {scale * high:{sign}.{digits}f}]"
+
+
+def format_cell(value: float | None, low: float | None, high: float | None, percent: bool) -> str:
+    """A value followed by its interval: 41.3% [38.0, 44.6]."""
+    return f"{format_value(value, percent)} {format_interval(low, high, percent)}".strip()
+
+
+def format_difference(diff: float, low: float | None, high: float | None, percent: bool) -> str:
+    """A signed difference: +3.2 pts [-0.5, +6.9] (percentage points) or +0.032 [...]."""
+    text = f"{100 * diff:+.1f} pts" if percent else f"{diff:+.3f}"
+    return f"{text} {format_interval(low, high, percent, signed=True)}".strip()
+
+
+def _summaries(rows: list[dict], key: Callable[[dict], Hashable]) -> dict:
+    """Rows grouped by ``key(row)``: mean over the group (seeds) and a 95% interval, the
+    Student-t one across seeds when there are two or more, else the row's own."""
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault(key(row), []).append(row)
+    out = {}
+    for name, group in groups.items():
+        summary = seed_summary([r["value"] for r in group])
+        if summary["n"] == 1:
+            summary.update(ci_low=group[0].get("ci_low"), ci_high=group[0].get("ci_high"))
+        out[name] = summary
+    return out
+
+
+def _summary_cell(summary: dict | None, percent: bool) -> str:
+    if summary is None:
+        return ""
+    return format_cell(summary["mean"], summary["ci_low"], summary["ci_high"], percent)
+
+
+def _sources(rows: list[dict], run_dir: Path) -> Note:
+    """The footnote naming the files a section's numbers were read from."""
+    names = []
+    for row in rows:
+        sources = row.get("source") or []
+        for source in [sources] if isinstance(sources, str) else sources:
+            path = Path(source)
+            if path.is_absolute() and path.is_relative_to(run_dir.resolve()):
+                path = path.relative_to(run_dir.resolve())
+            names.append(str(path))
+    files = ", ".join(dict.fromkeys(names)) or "not recorded in the study's rows"
+    return Note(f"Source: {files}.")
+
+
+INTERVAL_NOTE = (
+    "Values are means over seeds; intervals are Student-t 95% across seeds where there are "
+    "two or more, otherwise the measurement's own bootstrap 95% over questions."
+)
+
+
+# ---- sections --------------------------------------------------------------------------------
+
+
+def _header(study: dict) -> list[Block]:
+    blocks: list[Block] = [Heading(study.get("title") or "PIVOT study", 1)]
+    seeds = ", ".join(str(s) for s in study.get("seeds", [])) or "none recorded"
+    blocks.append(Text(f"Preset: {study.get('preset', 'unknown')}. Seeds: {seeds}."))
+    if study.get("setup"):
+        blocks.append(Bullets(list(study["setup"])))
+    if study.get("command"):
+        blocks.append(Code(study["command"]))
+    return blocks
+
+
+def _claims(study: dict, run_dir: Path) -> list[Block]:
+    rows = study.get("claims") or []
+    blocks: list[Block] = [Heading("Answers")]
+    if not rows:
+        return [*blocks, Text("No claims were tested in this study.")]
+    counts = Counter(row["verdict"] for row in rows)
+    tally = ", ".join(f"{verdict}: {n}" for verdict, n in counts.items())
+    blocks.append(Text(f"{len(rows)} claims tested. {tally}."))
+    header = ["Claim", "Comparison", "Metric", "Difference [95% CI]", "Seeds", "Verdict"]
+    table = Table(header, [], verdict_column=5)
+    for row in rows:
+        difference = format_difference(
+            row["diff"], row.get("ci_low"), row.get("ci_high"), is_percent(row["metric"])
+        )
+        table.rows.append(
+            [row["claim"], row["comparison"], row["metric"], difference,
+             str(row.get("n_seeds", "")), row["verdict"]]
+        )  # fmt: skip
+    blocks += [
+        table,
+        Note(
+            "Differences of accuracies are in percentage points (pts). Intervals: paired "
+            "hierarchical bootstrap over seeds and questions (docs/study.md, Statistics)."
+        ),
+    ]
+    if any(row.get("n_seeds") == 1 for row in rows):
+        blocks.append(
+            Note(
+                "With one seed an interval covers question sampling only: another training "
+                "seed may land elsewhere."
+            )
+        )
+    return [*blocks, _sources(rows, run_dir)]
+
+
+def _bar_chart(summaries: dict, categories: list, arms: list, chance: dict, path: Path) -> None:
+    """Grouped bars (arms within each category) with 95% error bars and chance marks."""
+    figure = PlotFigure(figsize=(max(6.0, 1.6 * len(categories) + 2), 4.0), dpi=100)
+    axes = figure.add_subplot()
+    width = 0.8 / len(arms)
+    for position, arm in enumerate(arms):
+        xs, heights, errors = [], [], [[], []]
+        for index, category in enumerate(categories):
+            summary = summaries.get((arm, category))
+            if summary is None:
+                continue
+            mean = 100 * summary["mean"]
+            low = 100 * summary["ci_low"] if summary["ci_low"] is not None else mean
+            high = 100 * summary["ci_high"] if summary["ci_high"] is not None else mean
+            xs.append(index - 0.4 + width * (position + 0.5))
+            heights.append(mean)
+            errors[0].append(mean - low)
+            errors[1].append(high - mean)
+        hatch = "//" if "blind" in str(arm) else None
+        axes.bar(xs, heights, width, yerr=errors, capsize=3, label=str(arm), hatch=hatch)
+    for index, category in enumerate(categories):
+        if category in chance:
+            level = 100 * chance[category]
+            axes.hlines(level, index - 0.45, index + 0.45, colors="black", linestyles="dashed")
+    axes.set_xticks(range(len(categories)), [str(c) for c in categories])
+    axes.set_ylabel("accuracy (%)")
+    axes.set_ylim(0, 100)
+    axes.legend(fontsize=8, ncols=min(len(arms), 4))
+    axes.set_title("VQA accuracy by category (dashed: chance)", fontsize=10)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+
+
+def _vqa(study: dict, run_dir: Path) -> list[Block]:
+    rows = study.get("vqa") or []
+    blocks: list[Block] = [Heading("VQA accuracy by category")]
+    if not rows:
+        return [*blocks, Text("No VQA rows in this study.")]
+    arms = list(dict.fromkeys(row["arm"] for row in rows))
+    categories = list(dict.fromkeys(row["category"] for row in rows))
+    summaries = _summaries(rows, lambda r: (r["arm"], r["category"]))
+    chance = {}
+    for category in categories:
+        levels = [r["chance"] for r in rows if r["category"] == category and "chance" in r]
+        if levels:
+            chance[category] = sum(levels) / len(levels)
+    _bar_chart(summaries, categories, arms, chance, run_dir / FIGURES / CHART)
+    table = Table(["Category", "Chance", *arms], [])
+    for category in categories:
+        cells = [_summary_cell(summaries.get((arm, category)), True) for arm in arms]
+        table.rows.append([category, format_value(chance.get(category), True), *cells])
+    return [
+        *blocks,
+        Picture(f"{FIGURES}/{CHART}", "Accuracy by category; error bars are 95% intervals."),
+        table,
+        Note(INTERVAL_NOTE),
+        _sources(rows, run_dir),
+    ]
+
+
+def _analysis(study: dict, run_dir: Path) -> list[Block]:
+    rows = study.get("analysis") or []
+    blocks: list[Block] = [Heading("Encoder analyses (probes, alignment, saliency scores)")]
+    if not rows:
+        return [*blocks, Text("No analysis rows in this study.")]
+    arms = list(dict.fromkeys(row.get("arm", row.get("encoder")) for row in rows))
+    summaries = _summaries(rows, lambda r: (measurement(r), r.get("arm", r.get("encoder"))))
+    keys = list(dict.fromkeys(key for key, _ in summaries))
+    table = Table(["Measurement", *arms], [])
+    for key in keys:
+        percent = is_percent(key[-1])
+        cells = [_summary_cell(summaries.get((key, arm)), percent) for arm in arms]
+        table.rows.append([", ".join(key), *cells])
+    return [*blocks, table, Note(INTERVAL_NOTE), _sources(rows, run_dir)]
+
+
+def _transplant(study: dict, run_dir: Path) -> list[Block]:
+    rows = study.get("transplant") or []
+    blocks: list[Block] = [Heading("PIVOT transplant: each encoder, frozen, into a fresh LM")]
+    if not rows:
+        return [*blocks, Text("No transplant rows in this study.")]
+    encoders = list(dict.fromkeys(row["encoder"] for row in rows))
+    categories = list(dict.fromkeys(row["category"] for row in rows))
+    summaries = _summaries(rows, lambda r: (r["encoder"], r["category"]))
+    table = Table(["Encoder", *categories], [])
+    for encoder in encoders:
+        cells = [_summary_cell(summaries.get((encoder, c)), True) for c in categories]
+        table.rows.append([encoder, *cells])
+    return [*blocks, table, Note(INTERVAL_NOTE), _sources(rows, run_dir)]
+
+
+def _picture_name(kind: str, arm: str, index: int, source: Path) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{kind}-{arm}-{index:02d}-{source.name}")
+    return f"{FIGURES}/{safe}"
+
+
+def _pictures(study: dict, run_dir: Path) -> list[Block]:
+    """One gallery per picture kind, arms side by side (saliency: SFT next to DPO), the
+    files copied under ``RUN/figures/`` so the markdown can refer to them."""
+    pictures = study.get("pictures") or {}
+    blocks: list[Block] = []
+    for kind in dict.fromkeys([*PICTURE_TITLES, *pictures]):
+        by_arm = {arm: paths for arm, paths in (pictures.get(kind) or {}).items() if paths}
+        blocks.append(Heading(PICTURE_TITLES.get(kind, kind)))
+        if not by_arm:
+            blocks.append(Text(f"No {kind} pictures in this study."))
+            continue
+        gallery = Gallery(list(by_arm))
+        missing = []
+        for index in range(max(len(paths) for paths in by_arm.values())):
+            row: list[str | None] = []
+            for arm, paths in by_arm.items():
+                source = Path(paths[index]) if index < len(paths) else None
+                if source is None or not source.is_file():
+                    row.append(None)
+                    missing += [str(source)] if source else []
+                    continue
+                name = _picture_name(kind, arm, index, source)
+                (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+                if source.resolve() != (run_dir / name).resolve():
+                    shutil.copyfile(source, run_dir / name)
+                row.append(name)
+            if any(row):
+                gallery.rows.append(row)
+        blocks.append(gallery)
+        if missing:
+            blocks.append(Note(f"Missing pictures: {', '.join(missing)}."))
+        sources = {str(Path(p).parent) for paths in by_arm.values() for p in paths}
+        blocks.append(Note(f"Source: {', '.join(sorted(sources))}."))
+    return blocks
+
+
+def _compute(study: dict, run_dir: Path) -> list[Block]:
+    rows = study.get("compute") or []
+    blocks: list[Block] = [Heading("Compute")]
+    fraction = study.get("pivot_fraction")
+    if fraction and fraction.get("fraction") is not None:
+        blocks.append(
+            Text(
+                f"The PIVOT step cost {_flops(fraction.get('pivot_flops'))} FLOPs, "
+                f"{100 * fraction['fraction']:.3g}% of the encoder's pretraining "
+                f"({_flops(fraction.get('pretraining_flops'))} FLOPs)."
+            )
+        )
+    if not rows:
+        return [*blocks, Text("No compute rows in this study.")]
+    table = Table(["Step", "Arm", "Seed", "Wall time", "FLOPs", "Note"], [])
+    for row in rows:
+        wall = row.get("wall_s")
+        table.rows.append(
+            [str(row.get("step", "")), str(row.get("arm") or ""), str(row.get("seed", "")),
+             f"{wall:,.1f} s" if wall is not None else "–", _flops(row.get("flops")),
+             str(row.get("note") or "")]
+        )  # fmt: skip
+    return [*blocks, table, _sources(rows, run_dir)]
+
+
+def _flops(value: float | None) -> str:
+    return f"{value:.2e}".replace("e+", "e") if value is not None else "–"
+
+
+def _notes(study: dict) -> list[Block]:
+    notes = study.get("notes") or []
+    return [Heading("Notes"), Bullets(list(notes)) if notes else Text("No notes.")]
+
+
+def build(study: dict, run_dir: Path) -> list[Block]:
+    """The report's blocks, in order: the answers first, then the evidence, then the costs."""
+    return [
+        *_header(study),
+        *_claims(study, run_dir),
+        *_vqa(study, run_dir),
+        *_analysis(study, run_dir),
+        *_transplant(study, run_dir),
+        *_pictures(study, run_dir),
+        *_compute(study, run_dir),
+        *_notes(study),
+    ]
+
+
+# ---- rendering -------------------------------------------------------------------------------
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    """Markdown with pictures referred to relatively (``figures/...``)."""
+    out = []
+    for block in blocks:
+        match block:
+            case Heading(text, level):
+                out.append(f"{'#' * level} {text}")
+            case Text(text):
+                out.append(text)
+            case Note(text):
+                out.append(f"<sub>{html.escape(text, quote=False)}</sub>")
+            case Code(text):
+                out.append(f"```\n{text}\n```")
+            case Bullets(items):
+                out.append("\n".join(f"- {item}" for item in items))
+            case Table(header, rows, _):
+                lines = ["| " + " | ".join(map(_md_cell, header)) + " |"]
+                lines.append("|" + "---|" * len(header))
+                lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in rows]
+                out.append("\n".join(lines))
+            case Picture(path, caption):
+                out.append(f"![{caption}]({path})")
+            case Gallery(columns, rows):
+                lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+                for row in rows:
+                    cells = [f"![{c}]({p})" if p else "" for c, p in zip(columns, row, strict=True)]
+                    lines.append("| " + " | ".join(cells) + " |")
+                out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
+def _data_uri(path: Path) -> str:
+    mime = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}.get(
+        path.suffix.lower(), "application/octet-stream"
+    )
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+def _html_table(table: Table) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
+    body = []
+    for row in table.rows:
+        cells = []
+        for column, text in enumerate(row):
+            kind = text.split(" ")[0] if column == table.verdict_column else ""
+            css = f' class="{kind}"' if kind in (HOLDS, REVERSED) else ""
+            cells.append(f"<td{css}>{html.escape(text)}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def to_html(blocks: list[Block], run_dir: Path) -> str:
+    """One self-contained page: inline stylesheet, pictures as data URIs, no scripts."""
+    title = next((b.text for b in blocks if isinstance(b, Heading)), "PIVOT study")
+    out = []
+    for block in blocks:
+        match block:
+            case Heading(text, level):
+                out.append(f"<h{level}>{html.escape(text)}</h{level}>")
+            case Text(text):
+                out.append(f"<p>{html.escape(text)}</p>")
+            case Note(text):
+                out.append(f'<p class="note">{html.escape(text)}</p>')
+            case Code(text):
+                out.append(f"<pre>{html.escape(text)}</pre>")
+            case Bullets(items):
+                out.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
+            case Table():
+                out.append(_html_table(block))
+            case Picture(path, caption):
+                out.append(
+                    f'<figure><img src="{_data_uri(run_dir / path)}" alt="{html.escape(caption)}">'
+                    f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+                )
+            case Gallery(columns, rows):
+                head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+                body = "".join(
+                    "<tr>"
+                    + "".join(
+                        f'<td><img src="{_data_uri(run_dir / p)}" alt="{html.escape(c)}"></td>'
+                        if p
+                        else "<td></td>"
+                        for c, p in zip(columns, row, strict=True)
+                    )
+                    + "</tr>"
+                    for row in rows
+                )
+                out.append(f'<table class="gallery"><tr>{head}</tr>{body}</table>')
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n"
+        + "\n".join(out)
+        + "\n</body></html>\n"
+    )
+
+
+def write_report(run_dir: Path, study: dict) -> tuple[Path, Path]:
+    """Write ``run_dir/report.md`` and ``run_dir/report.html`` (plus ``run_dir/figures/``)
+    from the study dict described in the module docstring; returns both paths."""
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    blocks = build(study, run_dir)
+    markdown, page = run_dir / "report.md", run_dir / "report.html"
+    write_text_atomic(markdown, to_markdown(blocks))
+    write_text_atomic(page, to_html(blocks, run_dir))
+    return markdown, page

@@ -1,0 +1,343 @@
+"""``pivotlab study``: run every step, then gather what they left into one report.
+
+The claims the report answers are fixed here, in plain language, with the comparison
+and the direction that would support them; the statistics decide the verdicts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pivotlab.io import write_json_atomic, write_text_atomic
+from pivotlab.study.config import Recipe, StudyConfig, StudyError
+from pivotlab.study.ledger import Ledger
+from pivotlab.study.pipeline import (
+    BLIND,
+    STAGE1,
+    Step,
+    original_name,
+    run_steps,
+    seed_steps,
+    stage1_seeds,
+    tracks,
+    world_splits,
+)
+
+HEADLINE_CATEGORY = "vision_centric"
+# The encoder measurement claims about encoders read: the logistic probe of shape and
+# colour jointly, the label that needs both attributes the world's questions ask about.
+ENCODER_MEASUREMENT = {"analysis": "linear_probe", "method": "logistic", "label": "shape_color"}
+VQA, TRANSPLANT, ENCODER = "VQA", "after transplant", "encoder probe"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A question the study answers: ``treated`` beats ``control``, measured ``where``
+    (VQA accuracy on ``category``, the same after transplant, or the encoder probe), each
+    side an arm of a track (the main track unless named)."""
+
+    question: str
+    control: str
+    treated: str
+    where: str = VQA
+    category: str = HEADLINE_CATEGORY
+    control_track: str = "main"
+    treated_track: str = "main"
+
+
+def _transplant_claims(study: StudyConfig, evolved: list[str]) -> list[Claim]:
+    plan = study.transplant
+    originals = [original_name(source) for source in plan.originals] if plan else []
+    found = []
+    for arm in evolved if plan else []:
+        for original in originals[:1]:
+            question = (
+                f"Does the {arm}-evolved encoder make a better MLLM than the original {original}?"
+            )
+            found.append(Claim(question, original, arm, TRANSPLANT))
+        baseline = study.post.baseline
+        question = (
+            f"Is the {arm}-evolved encoder a better transplant than the {baseline}-evolved one?"
+        )
+        found.append(Claim(question, baseline, arm, TRANSPLANT))
+        for larger in originals[1:]:
+            question = f"Tier jumping: does {originals[0]} + {arm} overtake the larger {larger}?"
+            found.append(Claim(question, larger, arm, TRANSPLANT))
+    return found
+
+
+def _scale_claims(study: StudyConfig) -> list[Claim]:
+    found = []
+    baseline = study.post.baseline
+    others = tracks(study)[1:]
+    for track in others:
+        for arm in [a for a in track.arms if a != baseline]:
+            question = f"At scale {track.name}, does {arm} still beat {baseline}?"
+            found.append(
+                Claim(question, baseline, arm, control_track=track.name, treated_track=track.name)
+            )
+    main = tracks(study)[0]
+    for track in others:
+        if track.vision == main.vision and track.lm != main.lm:
+            for arm in [a for a in track.arms if a != baseline]:
+                question = f"Does the larger LM head ({track.name}) train a better {arm} encoder?"
+                found.append(Claim(question, arm, arm, ENCODER, treated_track=track.name))
+    return found
+
+
+def claims(study: StudyConfig) -> list[Claim]:
+    """The papers' claims this study's arms can test, then the preset's own."""
+    baseline = study.post.baseline
+    evolved = [arm for arm in study.post.arms if arm != baseline]
+    found = []
+    for arm in evolved:
+        question = f"Does {arm} post-training make the MLLM see better than {baseline}?"
+        found.append(Claim(question, baseline, arm))
+    if ENCODER_MEASUREMENT["analysis"].replace("_", "-") in study.analysis.analyses:
+        for arm in evolved:
+            question = f"Does {arm} reshape the encoder into a better one than {baseline} does?"
+            found.append(Claim(question, baseline, arm, ENCODER))
+    found += _transplant_claims(study, evolved)
+    found += _scale_claims(study)
+    for extra in study.claims:
+        where = TRANSPLANT if extra.transplant else VQA
+        found.append(Claim(extra.question, extra.control, extra.treated, where, extra.category))
+    return found
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _track_root(study: StudyConfig, run: Path, seed: int, name: str) -> Path:
+    return next(t for t in tracks(study) if t.name == name).root(run, seed)
+
+
+def _eval_folder(root: Path, arm: str, where: str) -> Path:
+    return root / "transplant" / arm / "eval" if where == TRANSPLANT else root / "eval" / arm
+
+
+def _category_rows(folder: Path, **labels: Any) -> list[dict]:
+    rows = []
+    for row in _read_jsonl(folder / "metrics.jsonl"):
+        if row.get("metric") == "accuracy" and row.get("task") is None:
+            keep = ("category", "value", "ci_low", "ci_high", "n", "chance")
+            source = {"source": str(folder / "metrics.jsonl")}
+            rows.append({**labels, **{key: row.get(key) for key in keep}, **source})
+    return rows
+
+
+def _encoder_row(root: Path, arm: str) -> dict:
+    for row in _read_jsonl(root / "analysis" / "metrics.jsonl"):
+        if row.get("encoder") == arm and all(
+            row.get(k) == v for k, v in ENCODER_MEASUREMENT.items()
+        ):
+            return row
+    raise StudyError(f"{root / 'analysis'}: no {ENCODER_MEASUREMENT} row for {arm}")
+
+
+def _claim_row(study: StudyConfig, run: Path, claim: Claim) -> dict:
+    from pivotlab.study import stats
+
+    sources: list[str] = []
+
+    def side(arm: str, track: str) -> dict[int, Any]:
+        found = {}
+        for seed in study.seeds:
+            root = _track_root(study, run, seed, track)
+            if claim.where == ENCODER:
+                found[seed] = _encoder_row(root, arm)
+                sources.append(str(root / "analysis" / "metrics.jsonl"))
+            else:
+                path = _eval_folder(root, arm, claim.where) / "predictions.jsonl"
+                found[seed] = _read_jsonl(path)
+                sources.append(str(path))
+        return found
+
+    control, treated = (
+        side(claim.control, claim.control_track),
+        side(claim.treated, claim.treated_track),
+    )
+    if claim.where == ENCODER:
+        difference = stats.paired_value_difference(control, treated)
+        metric = "{analysis} {method} {label}".format(**ENCODER_MEASUREMENT)
+    else:
+        difference = stats.paired_accuracy_difference(control, treated, category=claim.category)
+        metric = f"{claim.category} accuracy"
+
+    def label(arm: str, track: str) -> str:
+        return arm if track == "main" else f"{arm}@{track}"
+
+    treated_name = label(claim.treated, claim.treated_track)
+    control_name = label(claim.control, claim.control_track)
+    return {
+        "claim": claim.question,
+        "comparison": f"{treated_name} - {control_name} ({claim.where})",
+        "metric": metric,
+        **difference,
+        "verdict": stats.verdict(difference),
+        "source": sources,
+    }
+
+
+def _compute_rows(steps: list[Step]) -> list[dict]:
+    return [
+        {
+            "step": step.name,
+            "arm": step.arm,
+            "seed": step.seed,
+            "wall_s": step.results.get("wall_s"),
+            "flops": step.results.get("flops"),
+            "note": step.kind,
+            "source": f"steps/{step.name.replace('/', '--')}.json",
+        }
+        for step in steps
+    ]
+
+
+def _pivot_fraction(study: StudyConfig, steps: list[Step]) -> dict | None:
+    """The evolving step's FLOPs against the original encoder's pretraining FLOPs (the
+    paper's "<1%"), for the first non-baseline arm and a zoo encoder."""
+    from pivotlab.zoo.build import manifests
+
+    vision = study.stage1.vision
+    evolving = [a for a in study.post.arms if a != study.post.baseline]
+    if not vision.startswith("zoo:") or not evolving:
+        return None
+    part = vision.removeprefix("zoo:")
+    pretraining = manifests().get(part, {}).get("compute", {}).get("flops")
+    arm_flops = [s.results.get("flops") for s in steps if s.name.endswith(f"/post-{evolving[0]}")]
+    if not pretraining or not arm_flops or None in arm_flops:
+        return None
+    pivot = sum(arm_flops) / len(arm_flops)
+    return {"pivot_flops": pivot, "pretraining_flops": pretraining, "fraction": pivot / pretraining}
+
+
+def _pictures(study: StudyConfig, run: Path) -> dict[str, dict[str, list[str]]]:
+    """Saliency overlays and PCA views of the first seed's main track, by model: the
+    analysis suite draws them to ``analysis/<model>/<kind>/*.png``."""
+    folder = run / f"seed{study.seeds[0]}" / "analysis"
+    found: dict[str, dict[str, list[str]]] = {"saliency": {}, "pca": {}}
+    for picture in sorted(folder.glob("*/*/*.png")) if folder.is_dir() else []:
+        kind, arm = picture.parent.name, picture.parent.parent.name
+        if kind in found:
+            found[kind].setdefault(arm, []).append(str(picture))
+    return found
+
+
+def _vqa_rows(study: StudyConfig, run: Path) -> list[dict]:
+    rows = []
+    for track in tracks(study):
+        stage1 = [STAGE1, *([BLIND] if study.evaluate.blind and track.main else [])]
+        for seed in study.seeds:
+            arms = [*(stage1 if seed in stage1_seeds(study) else []), *track.arms]
+            for arm in arms:
+                folder = _eval_folder(track.root(run, seed), arm, VQA)
+                rows += _category_rows(folder, arm=arm, seed=seed, track=track.name)
+    return rows
+
+
+def _transplant_rows(study: StudyConfig, run: Path) -> list[dict]:
+    if study.transplant is None:
+        return []
+    encoders = [STAGE1, *study.post.arms, *map(original_name, study.transplant.originals)]
+    return [
+        row
+        for seed in study.seeds
+        for arm in encoders
+        for row in _category_rows(
+            _eval_folder(run / f"seed{seed}", arm, TRANSPLANT), encoder=arm, seed=seed
+        )
+    ]
+
+
+def _analysis_rows(study: StudyConfig, run: Path) -> list[dict]:
+    rows = []
+    for track in tracks(study):
+        for seed in study.seeds:
+            path = track.root(run, seed) / "analysis" / "metrics.jsonl"
+            for row in _read_jsonl(path) if path.is_file() else []:
+                arm = row.get("encoder") if track.main else f"{row.get('encoder')}@{track.name}"
+                labels = {"arm": arm, "seed": seed, "track": track.name, "source": str(path)}
+                rows.append({**row, **labels})
+    return rows
+
+
+def _setup(study: StudyConfig) -> list[str]:
+    """What every number was measured on, in a few lines."""
+
+    def recipe(r: Recipe) -> str:
+        return r.config + (f" ({', '.join(r.overrides)})" if r.overrides else "")
+
+    world = study.world
+    lines = [
+        f"World: train {world.train}; test {world.test}; probes {world.probes}.",
+        f"Stage 1: {study.stage1.vision} + {study.stage1.lm}; align {recipe(study.stage1.align)};"
+        f" full {recipe(study.stage1.full)}"
+        + ("" if study.stage1.seed is None else f"; one Stage-1 model (seed {study.stage1.seed})"),
+        "Arms: " + "; ".join(f"{name} {recipe(r)}" for name, r in study.post.arms.items()) + ".",
+    ]
+    if study.transplant is not None:
+        plan = study.transplant
+        lines.append(
+            f"Transplant: into {plan.lm}; align {recipe(plan.align)}; full {recipe(plan.full)} "
+            f"(encoder frozen); originals {', '.join(plan.originals) or 'none'}."
+        )
+    return lines
+
+
+def collect(study: StudyConfig, run: Path, steps: list[Step], command: str) -> dict[str, Any]:
+    """Everything the report shows, from the steps' files."""
+    return {
+        "title": f"pivotlab study: {study.name}",
+        "preset": study.name,
+        "command": command,
+        "notes": study.notes,
+        "seeds": study.seeds,
+        "setup": _setup(study),
+        "vqa": _vqa_rows(study, run),
+        "claims": [_claim_row(study, run, claim) for claim in claims(study)],
+        "analysis": _analysis_rows(study, run),
+        "transplant": _transplant_rows(study, run),
+        "compute": _compute_rows(steps),
+        "pivot_fraction": _pivot_fraction(study, steps),
+        "pictures": _pictures(study, run),
+    }
+
+
+def _check_folder(study: StudyConfig, out: Path) -> None:
+    """Refuse a folder holding another study (re-running the same one resumes it)."""
+    saved = out / "study.yaml"
+    current = {k: v for k, v in study.to_dict().items() if k != "source"}
+    if saved.is_file():
+        previous = yaml.safe_load(saved.read_text())
+        if previous != current:
+            raise StudyError(
+                f"{out} holds another study (study.yaml differs); choose another --out"
+            )
+    elif out.exists() and any(out.iterdir()):
+        raise StudyError(f"{out} is not empty and holds no study.yaml; refusing it")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(saved, yaml.safe_dump(current, sort_keys=False))
+
+
+def run_study(
+    study: StudyConfig, out: Path, command: str, log: Callable[[str], None] = print
+) -> tuple[Path, Path]:
+    """Run (or resume) the study into ``out``; returns the report's markdown and HTML paths."""
+    _check_folder(study, out)
+    splits = world_splits(study)
+    log("world: " + ", ".join(f"{k} {v.name}" for k, v in splits.items()))
+    steps = [step for seed in study.seeds for step in seed_steps(study, out, seed, splits)]
+    run_steps(steps, Ledger(out), log)
+    results = collect(study, out, steps, command)
+    write_json_atomic(out / "results.json", results, indent=1, default=str)
+    from pivotlab.study.report import write_report
+
+    return write_report(out, results)

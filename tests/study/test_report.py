@@ -1,0 +1,252 @@
+"""The study report: self-contained HTML, claims with verdicts, skipped sections, formats."""
+
+from __future__ import annotations
+
+import base64
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pivotlab.study.report import (
+    format_cell,
+    format_difference,
+    format_value,
+    write_report,
+)
+from pivotlab.study.stats import seed_summary
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class _TagBalance(HTMLParser):
+    """Records end tags that do not close the innermost open element."""
+
+    VOID = frozenset({"meta", "img", "br"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open: list[str] = []
+        self.mismatched: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if self.open and self.open[-1] == tag:
+            self.open.pop()
+        else:
+            self.mismatched.append(tag)
+
+
+def _picture(path: Path, colour: tuple[int, int, int]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (24, 16), colour).save(path)
+    return str(path)
+
+
+def _vqa(arm: str, seed: int, category: str, value: float, source: str) -> dict:
+    return {"arm": arm, "seed": seed, "category": category, "value": value,
+            "ci_low": value - 0.033, "ci_high": value + 0.033, "n": 300, "chance": 0.25,
+            "source": source}  # fmt: skip
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> dict:
+    run = tmp_path / "run"
+    pictures = tmp_path / "analysis"
+    return {
+        "title": "PIVOT study (test)",
+        "preset": "quick",
+        "command": "pivotlab study --preset quick --out RUN",
+        "seeds": [0, 1],
+        "notes": ["Stage 2 cut to 40 steps to fit the time budget."],
+        "vqa": [
+            _vqa("sft", 0, "vision_centric", 0.413, str(run / "eval/sft-0/metrics.jsonl")),
+            _vqa("sft", 1, "vision_centric", 0.433, str(run / "eval/sft-1/metrics.jsonl")),
+            _vqa("dpo", 0, "vision_centric", 0.452, str(run / "eval/dpo-0/metrics.jsonl")),
+            _vqa("dpo", 1, "vision_centric", 0.470, str(run / "eval/dpo-1/metrics.jsonl")),
+            _vqa("sft-blind", 0, "vision_centric", 0.262, "eval/sft-blind-0/metrics.jsonl"),
+            _vqa("sft", 0, "ocr_chart", 0.2, "eval/sft-0/metrics.jsonl"),
+        ],
+        "claims": [
+            {
+                "claim": "Does DPO see better than SFT?",
+                "comparison": "dpo - sft",
+                "metric": "vision_centric accuracy",
+                "diff": 0.032,
+                "ci_low": -0.005,
+                "ci_high": 0.069,
+                "verdict": "not significant at this scale",
+                "n_seeds": 2,
+            },
+            {
+                "claim": "Does the evolved encoder transplant better?",
+                "comparison": "pivot - enc-s",
+                "metric": "average",
+                "diff": 0.051,
+                "ci_low": 0.02,
+                "ci_high": 0.08,
+                "verdict": "holds",
+                "n_seeds": 2,
+            },
+            {
+                "claim": "Does DPO reshape the encoder (CKA to Stage 1)?",
+                "comparison": "dpo - sft",
+                "metric": "debiased_cka",
+                "diff": -0.0412,
+                "ci_low": -0.0803,
+                "ci_high": -0.0021,
+                "verdict": "reversed",
+                "n_seeds": 2,
+            },
+        ],
+        "analysis": [
+            {
+                "analysis": "linear_probe",
+                "encoder": "e",
+                "arm": arm,
+                "seed": seed,
+                "label": "shape",
+                "method": "logistic",
+                "metric": "top1",
+                "value": value,
+                "ci_low": value - 0.05,
+                "ci_high": value + 0.05,
+                "n": 60,
+            }
+            for arm, seed, value in [("sft", 0, 0.5), ("sft", 1, 0.6), ("dpo", 0, 0.7)]
+        ],
+        "transplant": [
+            {
+                "encoder": name,
+                "category": "average",
+                "value": value,
+                "ci_low": value - 0.02,
+                "ci_high": value + 0.02,
+            }
+            for name, value in [("enc-s", 0.40), ("enc-s+PIVOT", 0.45), ("enc-m", 0.43)]
+        ],
+        "compute": [
+            {
+                "step": "stage2-dpo",
+                "arm": "dpo",
+                "seed": 0,
+                "wall_s": 61.25,
+                "flops": 3.2e12,
+                "note": "4 epochs",
+            },
+        ],
+        "pivot_fraction": {"pivot_flops": 1e12, "pretraining_flops": 4e14, "fraction": 0.0025},
+        "pictures": {
+            "saliency": {
+                "sft": [
+                    _picture(pictures / f"sft/saliency/{i}.png", (200, 0, 0)) for i in range(2)
+                ],
+                "dpo": [
+                    _picture(pictures / f"dpo/saliency/{i}.png", (0, 0, 200)) for i in range(2)
+                ],
+            },
+            "pca": {"dpo": [_picture(pictures / "dpo/pca/0.png", (0, 200, 0))]},
+        },
+    }
+
+
+def test_html_is_self_contained_well_formed_and_embeds_every_picture(
+    study: dict, tmp_path: Path
+) -> None:
+    _, page = write_report(tmp_path / "run", study)
+    text = page.read_text()
+    assert "http:" not in text and "https:" not in text
+    assert "<script" not in text and "<link" not in text
+    sources = re.findall(r'src="([^"]*)"', text)
+    assert len(sources) == 1 + 4 + 1  # the chart, two saliency pairs, one PCA view
+    for source in sources:
+        assert source.startswith("data:image/png;base64,")
+        data = base64.b64decode(source.split(",", 1)[1])
+        assert data.startswith(PNG_SIGNATURE)
+    balance = _TagBalance()
+    balance.feed(text)
+    assert balance.mismatched == [] and balance.open == []
+
+
+def test_every_claim_appears_with_its_verdict_in_both_files(study: dict, tmp_path: Path) -> None:
+    markdown, page = write_report(tmp_path / "run", study)
+    md_lines = markdown.read_text().splitlines()
+    html_rows = page.read_text().split("<tr>")
+    for claim in study["claims"]:
+        assert any(
+            claim["claim"] in line and f"| {claim['verdict']} |" in line for line in md_lines
+        )
+        assert any(
+            claim["claim"] in row and f">{claim['verdict']}</td>" in row for row in html_rows
+        )
+    assert "3 claims tested. not significant at this scale: 1, holds: 1, reversed: 1." in (
+        markdown.read_text()
+    )
+
+
+def test_missing_sections_are_left_out_with_a_line_not_a_crash(tmp_path: Path) -> None:
+    markdown, page = write_report(tmp_path / "run", {"title": "Nothing yet"})
+    for path in (markdown, page):
+        text = path.read_text()
+        for line in ("No claims were tested", "No VQA rows", "No analysis rows",
+                     "No transplant rows", "No saliency pictures", "No pca pictures",
+                     "No compute rows"):  # fmt: skip
+            assert line in text, (path.name, line)
+    assert not (tmp_path / "run" / "figures").exists()
+
+
+def test_bar_chart_is_a_valid_png_that_markdown_refers_to_relatively(
+    study: dict, tmp_path: Path
+) -> None:
+    markdown, _ = write_report(tmp_path / "run", study)
+    chart = tmp_path / "run" / "figures" / "vqa-by-category.png"
+    assert chart.read_bytes().startswith(PNG_SIGNATURE)
+    with Image.open(chart) as image:
+        image.verify()
+    with Image.open(chart) as image:
+        assert image.width >= 400 and image.height >= 300
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown.read_text())
+    assert "figures/vqa-by-category.png" in pictures
+    assert all(p.startswith("figures/") and (tmp_path / "run" / p).is_file() for p in pictures)
+
+
+def test_numbers_are_formatted_consistently(study: dict, tmp_path: Path) -> None:
+    assert format_value(0.4131, percent=True) == "41.3%"
+    assert format_value(0.4131, percent=False) == "0.413"
+    assert format_cell(0.4131, 0.38, 0.446, percent=True) == "41.3% [38.0, 44.6]"
+    assert format_difference(0.032, -0.005, 0.069, percent=True) == "+3.2 pts [-0.5, +6.9]"
+    assert format_difference(-0.0412, -0.0803, -0.0021, False) == "-0.041 [-0.080, -0.002]"
+    text = write_report(tmp_path / "run", study)[0].read_text()
+    # One seed: the row's own interval; two seeds: the mean and the t interval across seeds.
+    assert "| vision_centric | 25.0% | 42.3% [" in text
+    two_seeds = seed_summary([0.413, 0.433])
+    sft_cell = format_cell(two_seeds["mean"], two_seeds["ci_low"], two_seeds["ci_high"], True)
+    assert f"| {sft_cell} |" in text
+    assert "| 26.2% [22.9, 29.5] |" in text  # the blind baseline, one seed
+    vqa_cells = re.findall(r"\| (\d+\.\d% \[[^\]]*\]) ", text)
+    assert vqa_cells and all(re.fullmatch(r"\d+\.\d% \[-?\d+\.\d, \d+\.\d\]", c) for c in vqa_cells)
+    assert "| +3.2 pts [-0.5, +6.9] |" in text and "| -0.041 [-0.080, -0.002] |" in text
+    assert "0.25% of the encoder's pretraining" in text and "| 61.2 s | 3.20e12 |" in text
+
+
+def test_pictures_are_copied_and_shown_side_by_side(study: dict, tmp_path: Path) -> None:
+    text = write_report(tmp_path / "run", study)[0].read_text()
+    saliency = text.split("## Saliency overlays")[1].split("##")[0]
+    assert "| sft | dpo |" in saliency
+    rows = [line for line in saliency.splitlines() if line.startswith("| ![")]
+    assert len(rows) == 2 and all(line.count("](figures/saliency-") == 2 for line in rows)
+    copied = sorted(p.name for p in (tmp_path / "run" / "figures").glob("saliency-*.png"))
+    assert len(copied) == 4 and copied[0].startswith("saliency-dpo-00-")
+
+
+def test_every_section_names_the_files_its_numbers_come_from(study: dict, tmp_path: Path) -> None:
+    text = write_report(tmp_path / "run", study)[0].read_text()
+    vqa = text.split("## VQA accuracy by category")[1].split("##")[0]
+    # Paths under the run folder are shown relative to it.
+    assert "Source: eval/sft-0/metrics.jsonl, eval/sft-1/metrics.jsonl" in vqa
+    assert "Source: not recorded in the study's rows." in text  # claims carry no source here

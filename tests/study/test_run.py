@@ -1,0 +1,157 @@
+"""The study end to end at the tests' size, its resume, and its config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pivotlab.study.config import StudyError, load_study
+from pivotlab.study.ledger import Ledger
+from pivotlab.study.run import claims, run_study
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+SMALL = ["data.limit=16", "train.batch_size=4", "train.per_device_batch_size=4", "train.steps=2"]
+SMALL += ["data.eval_limit=4", "train.logging_steps=1"]
+TINY_MODEL = ["model.image_size=32"]
+
+
+def _world(split: str, n: int, seed: int, probe_n: int = 0) -> dict:
+    return {"split": split, "n": n, "size": 32, "seed": seed, "probe_n": probe_n}
+
+
+def _recipe(name: str, *overrides: str) -> dict:
+    return {"config": str(CONFIGS / "tiny" / f"{name}.yaml"), "overrides": [*SMALL, *overrides]}
+
+
+@pytest.fixture(scope="module")
+def preset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A study over tiny random parts (tiny-siglip, tiny-qwen2) on a 32-px world."""
+    tree = {
+        "name": "tests",
+        "seeds": [0],
+        "world": {
+            "train": _world("train", 16, 5),
+            "val": _world("val", 6, 5),
+            "test": _world("test", 10, 5, probe_n=12),
+            "probes": _world("train", 4, 6, probe_n=24),
+        },
+        "stage1": {
+            "vision": "tiny-siglip",
+            "lm": "tiny-qwen2",
+            "align": _recipe("align", *TINY_MODEL),
+            "full": _recipe("full", "data.turns=4"),
+        },
+        "post": {
+            "baseline": "sft",
+            "arms": {"sft": _recipe("post-sft"), "dpo": _recipe("post-dpo")},
+        },
+        "evaluate": {"limit": 12, "batch_size": 12, "blind": True},
+        "analysis": {"analyses": ["linear-probe"], "limit": 24},
+        "transplant": {
+            "lm": "tiny-qwen2",
+            "originals": ["tiny-siglip"],
+            "align": _recipe("align", *TINY_MODEL),
+            "full": _recipe("full"),
+        },
+        "notes": ["tests-sized"],
+    }
+    path = tmp_path_factory.mktemp("preset") / "tests.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(preset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    out = tmp_path_factory.mktemp("study") / "run"
+    lines: list[str] = []
+    run_study(load_study(str(preset)), out, "pivotlab study (test)", lines.append)
+    return out, lines
+
+
+@pytest.mark.slow
+def test_study_runs_every_step_and_writes_one_report(
+    preset: Path, finished: tuple[Path, list[str]]
+) -> None:
+    out, lines = finished
+    study = load_study(str(preset))
+    results = json.loads((out / "results.json").read_text())
+    arms = {row["arm"] for row in results["vqa"]}
+    assert arms == {"stage1", "sft", "dpo", "blind"}
+    assert {row["encoder"] for row in results["transplant"]} == {
+        "stage1",
+        "sft",
+        "dpo",
+        "tiny-siglip",
+    }
+    assert [c["claim"] for c in results["claims"]] == [c.question for c in claims(study)]
+    assert all(c["verdict"] for c in results["claims"])
+    assert {row["arm"] for row in results["analysis"]} >= {"stage1", "sft", "dpo"}
+    assert all(line.startswith("[") and "left)" in line for line in lines if "/" in line.split()[0])
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_steps_and_redoes_a_damaged_one(
+    preset: Path, finished: tuple[Path, list[str]]
+) -> None:
+    out, _ = finished
+    predictions = out / "seed0" / "eval" / "dpo" / "predictions.jsonl"
+    predictions.write_text(predictions.read_text()[:-40])  # a step cut short by a crash
+    lines: list[str] = []
+    run_study(load_study(str(preset)), out, "pivotlab study (test)", lines.append)
+    redone = [line for line in lines if "done in" in line]
+    assert len(redone) == 1 and "seed0/eval-dpo:" in redone[0]
+    assert sum("skipped" in line for line in lines) == len(lines) - 2  # the world line
+
+
+def test_ledger_needs_the_recorded_files_not_the_folder(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path)
+    output = tmp_path / "step" / "result.json"
+    output.parent.mkdir()
+    output.write_text("{}")
+    ledger.record("seed0/step", "abc", [output.parent], 1.0)
+    assert ledger.finished("seed0/step", "abc") is not None
+    assert ledger.finished("seed0/step", "changed-spec") is None
+    output.write_text("{ }")
+    assert ledger.finished("seed0/step", "abc") is None
+
+
+def test_a_bad_preset_names_the_key(preset: Path) -> None:
+    with pytest.raises(StudyError, match=r"unknown key post\.arm "):
+        load_study(str(preset), ["post.arm=1"])
+    with pytest.raises(StudyError, match=r"post\.baseline 'ipo' is not an arm"):
+        load_study(str(preset), ["post.baseline=ipo"])
+    with pytest.raises(StudyError, match="unknown study preset 'nope'"):
+        load_study("nope")
+
+
+def test_paper_preset_dry_run_plans_every_training_step(tmp_path: Path) -> None:
+    from pivotlab.plan.estimate import PlanOptions
+    from pivotlab.study.dryrun import dry_run
+
+    lines: list[str] = []
+    study = load_study("paper")
+    hours = dry_run(study, tmp_path / "run", PlanOptions(), lines.append)
+    planned = [line for line in lines[-1 - 32 : -1] if "GPU-h" in line]
+    assert len(planned) == 2 + 3 * (2 + 2 * 4)  # Stage 1 once; per seed 2 arms + 4 transplants
+    assert not any("not planned:" in line for line in lines)
+    assert 50 < hours < 200  # the recorded estimate is 94.8 GPU-hours (docs/study.md)
+    assert not (tmp_path / "run").exists()  # a dry run writes nothing
+
+
+def test_quick_preset_builds_every_step_it_promises(tmp_path: Path) -> None:
+    from pivotlab.study.dryrun import _planned_world
+    from pivotlab.study.pipeline import seed_steps
+
+    study = load_study("quick")
+    steps = seed_steps(study, tmp_path, 0, _planned_world(study))
+    names = [step.name for step in steps]
+    assert names[:2] == ["seed0/align", "seed0/full"]
+    assert {"seed0/post-sft", "seed0/post-dpo", "seed0/eval-blind", "seed0/analysis"} <= set(names)
+    transplanted = {n.split("/")[1] for n in names if n.endswith("/eval") and "transplant" in n}
+    assert transplanted == {f"transplant-{e}" for e in ("stage1", "sft", "dpo", "enc-s", "enc-m")}
+    full = next(step for step in steps if step.name == "seed0/transplant-dpo/full")
+    assert full.config is not None and full.config.parts == ["projector", "lm"]
