@@ -3,6 +3,9 @@ MLLM and a handful of steps, so every stage runs in seconds."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ from transformers.utils import logging as hf_logging
 
 from pivotlab.train import StageConfig, load_config
 from pivotlab.world import WorldConfig, generate
+from pivotlab.world.jsonl import read_jsonl
 
 hf_logging.disable_progress_bar()
 hf_logging.set_verbosity_error()
@@ -51,3 +55,36 @@ def preset(splits: tuple[Path, Path], stage1_dir: Path) -> list[str]:
 def tiny_config(name: str, preset: list[str], *overrides: str) -> StageConfig:
     """``configs/tiny/<name>.yaml`` at the tests' size, plus ``overrides``."""
     return load_config(CONFIGS / "tiny" / f"{name}.yaml", [*preset, *overrides])
+
+
+# Summation order differs between one process and an all-reduce over two; over four steps
+# the curves agree far inside this.
+LOSS_TOLERANCE = 1e-4
+
+
+def launch_training(
+    launch: list[str], out: Path, preset: list[str], per_device: int, config: str, *extra: str
+) -> None:
+    """``pivotlab train`` on a tiny config for 4 steps, run by ``launch`` (a launcher's
+    arguments before ``-m pivotlab``; empty for one plain process)."""
+    command = [sys.executable, *launch, "-m", "pivotlab", "train", "--config"]
+    command += [str(CONFIGS / "tiny" / f"{config}.yaml"), "--out", str(out), *preset]
+    command += ["train.steps=4", "train.lr=1e-3", f"train.per_device_batch_size={per_device}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [*command, *extra], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def train_curve(out: Path, metric: str) -> list[float]:
+    """A run's per-step training values of ``metric`` from its metrics.jsonl."""
+    rows = read_jsonl(out / "metrics.jsonl")
+    return [r["value"] for r in rows if r["split"] == "train" and r["metric"] == metric]
+
+
+def assert_same_curves(one: Path, two: Path, metrics: tuple[str, ...]) -> None:
+    """Two runs logged the same per-step values of ``metrics`` within ``LOSS_TOLERANCE``."""
+    for metric in metrics:
+        expected = pytest.approx(train_curve(two, metric), abs=LOSS_TOLERANCE)
+        assert train_curve(one, metric) == expected, metric

@@ -24,10 +24,9 @@ from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin
 from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
 from pivotlab.world.jsonl import read_jsonl
-from tests.train.conftest import CONFIGS
+from tests.train.conftest import CONFIGS, assert_same_curves, launch_training, train_curve
 
 LAUNCH = CONFIGS / "accelerate"
-LOSS_TOLERANCE = 1e-4  # summation order differs between one process and an all-reduce
 EXPECTED = {  # config: (distributed type, processes, ZeRO stage or FSDP version)
     "ddp": ("MULTI_GPU", 8, None),
     "cpu-ddp": ("MULTI_GPU", 2, None),
@@ -89,32 +88,6 @@ def test_accelerate_reads_each_launch_config_as_intended(
         assert plugin.state_dict_type.name == "FULL_STATE_DICT"
 
 
-def _train(out: Path, preset: list[str], launch: list[str], per_device: int) -> None:
-    command = [
-        sys.executable,
-        *launch,
-        "-m",
-        "pivotlab",
-        "train",
-        "--config",
-        str(CONFIGS / "tiny" / "post-dpo.yaml"),
-        "--out",
-        str(out),
-        *preset,
-        "train.steps=4",
-        "train.lr=1e-3",
-        f"train.per_device_batch_size={per_device}",
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
-def _curve(out: Path, metric: str) -> list[float]:
-    rows = read_jsonl(out / "metrics.jsonl")
-    return [r["value"] for r in rows if r["split"] == "train" and r["metric"] == metric]
-
-
 def _launch(config: Path) -> list[str]:
     return ["-m", "accelerate.commands.launch", "--config_file", str(config)]
 
@@ -122,13 +95,12 @@ def _launch(config: Path) -> list[str]:
 @pytest.mark.slow
 def test_cpu_ddp_config_trains_post_like_one_process(preset, tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
-    _train(one, preset, [], per_device=4)
-    _train(two, preset, _launch(LAUNCH / "cpu-ddp.yaml"), per_device=2)
+    launch_training([], one, preset, 4, "post-dpo")
+    launch_training(_launch(LAUNCH / "cpu-ddp.yaml"), two, preset, 2, "post-dpo")
     assert json.loads((two / "summary.json").read_text())["processes"] == 2
     assert read_jsonl(one / "samples.jsonl") == read_jsonl(two / "samples.jsonl")
-    assert len(_curve(one, "loss")) == 4
-    for metric in ("loss", "rewards/margins"):
-        assert _curve(one, metric) == pytest.approx(_curve(two, metric), abs=LOSS_TOLERANCE)
+    assert len(train_curve(one, "loss")) == 4
+    assert_same_curves(one, two, ("loss", "rewards/margins"))
 
 
 PROBE = """
@@ -162,7 +134,6 @@ def test_fsdp_on_cpu_is_tried_and_skipped_with_the_reason(preset, tmp_path: Path
             f"processes run as {states[0][0]} (plain DDP over gloo), see docs/scale.md"
         )
     one, two = tmp_path / "one", tmp_path / "two"
-    _train(one, preset, [], per_device=4)
-    _train(two, preset, _launch(tmp_path / "cpu-fsdp.yaml"), per_device=2)
-    for metric in ("loss", "rewards/margins"):
-        assert _curve(one, metric) == pytest.approx(_curve(two, metric), abs=LOSS_TOLERANCE)
+    launch_training([], one, preset, 4, "post-dpo")
+    launch_training(_launch(tmp_path / "cpu-fsdp.yaml"), two, preset, 2, "post-dpo")
+    assert_same_curves(one, two, ("loss", "rewards/margins"))
