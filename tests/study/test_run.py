@@ -155,3 +155,19 @@ def test_quick_preset_builds_every_step_it_promises(tmp_path: Path) -> None:
     assert transplanted == {f"transplant-{e}" for e in ("stage1", "sft", "dpo", "enc-s", "enc-m")}
     full = next(step for step in steps if step.name == "seed0/transplant-dpo/full")
     assert full.config is not None and full.config.parts == ["projector", "lm"]
+
+
+def test_full_preset_has_its_arms_sweep_and_claims(tmp_path: Path) -> None:
+    from pivotlab.study.dryrun import _planned_world
+    from pivotlab.study.pipeline import seed_steps, tracks
+
+    study = load_study("full")
+    assert [t.name for t in tracks(study)] == ["main", "enc-s+lm-m", "enc-m+lm-s", "enc-m+lm-m"]
+    first, later = (seed_steps(study, tmp_path, s, _planned_world(study)) for s in (0, 1))
+    assert "seed0/full" in [s.name for s in first]
+    assert not [
+        s for s in later if s.name.endswith(("/align", "/full")) and "transplant" not in s.name
+    ]
+    questions = [c.question for c in claims(study)]
+    assert "Does VIRAL help DPO?" in questions
+    assert not any("sft-n4000 post-training" in q for q in questions)  # only post.compared

@@ -65,6 +65,13 @@ class PostSection:
 
     arms: dict[str, Recipe] = field(default_factory=dict)
     baseline: str = "sft"
+    compared: list[str] | None = None  # arms the default claims pit against the baseline
+
+    def compared_arms(self) -> list[str]:
+        """The arms of the default claims: ``compared``, else every arm but the baseline."""
+        if self.compared is not None:
+            return list(self.compared)
+        return [arm for arm in self.arms if arm != self.baseline]
 
 
 @dataclass
@@ -190,6 +197,9 @@ def _validate(study: StudyConfig) -> None:
         raise StudyError(f"{where}: stage1.seed must be the first of seeds ({study.seeds[0]})")
     if not study.post.arms:
         raise StudyError(f"{where}: post.arms must name at least one arm")
+    unknown = [arm for arm in study.post.compared or [] if arm not in study.post.arms]
+    if unknown:
+        raise StudyError(f"{where}: post.compared names {unknown[0]!r}, not a post arm")
     if study.post.baseline not in study.post.arms:
         raise StudyError(f"{where}: post.baseline {study.post.baseline!r} is not an arm")
     for name in study.post.arms:

@@ -77,7 +77,7 @@ def _scale_claims(study: StudyConfig) -> list[Claim]:
     baseline = study.post.baseline
     others = tracks(study)[1:]
     for track in others:
-        for arm in [a for a in track.arms if a != baseline]:
+        for arm in [a for a in track.arms if a in study.post.compared_arms()]:
             question = f"At scale {track.name}, does {arm} still beat {baseline}?"
             found.append(
                 Claim(question, baseline, arm, control_track=track.name, treated_track=track.name)
@@ -85,7 +85,7 @@ def _scale_claims(study: StudyConfig) -> list[Claim]:
     main = tracks(study)[0]
     for track in others:
         if track.vision == main.vision and track.lm != main.lm:
-            for arm in [a for a in track.arms if a != baseline]:
+            for arm in [a for a in track.arms if a in study.post.compared_arms()]:
                 question = f"Does the larger LM head ({track.name}) train a better {arm} encoder?"
                 found.append(Claim(question, arm, arm, ENCODER, treated_track=track.name))
     return found
@@ -94,7 +94,7 @@ def _scale_claims(study: StudyConfig) -> list[Claim]:
 def claims(study: StudyConfig) -> list[Claim]:
     """The papers' claims this study's arms can test, then the preset's own."""
     baseline = study.post.baseline
-    evolved = [arm for arm in study.post.arms if arm != baseline]
+    evolved = study.post.compared_arms()
     found = []
     for arm in evolved:
         question = f"Does {arm} post-training make the MLLM see better than {baseline}?"
