@@ -91,6 +91,9 @@ def test_study_runs_every_step_and_writes_one_report(
     assert {row["arm"] for row in results["analysis"]} >= {"stage1", "sft", "dpo"}
     assert all(line.startswith("[") and "left)" in line for line in lines if "/" in line.split()[0])
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
+    # Random tiny parts cannot beat the blind baseline: the report says so before any verdict.
+    assert any("not above the blind baseline" in w for w in results["warnings"])
+    assert "Read this first" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -171,3 +174,18 @@ def test_full_preset_has_its_arms_sweep_and_claims(tmp_path: Path) -> None:
     questions = [c.question for c in claims(study)]
     assert "Does VIRAL help DPO?" in questions
     assert not any("sft-n4000 post-training" in q for q in questions)  # only post.compared
+
+
+def test_a_study_folder_from_before_a_new_config_key_still_resumes(
+    preset: Path, tmp_path: Path
+) -> None:
+    from pivotlab.study.run import _check_folder
+
+    study = load_study(str(preset))
+    _check_folder(study, tmp_path)
+    saved = yaml.safe_load((tmp_path / "study.yaml").read_text())
+    del saved["sweeps"]  # a key this version added, with a default
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(saved))
+    _check_folder(study, tmp_path)
+    with pytest.raises(StudyError, match="holds another study"):
+        _check_folder(load_study(str(preset), ["seeds=[1]"]), tmp_path)

@@ -7,10 +7,11 @@ from an e-mail attachment or a laptop with no network. Markdown refers to ``figu
 next to it, where pictures from the study's runs are copied.
 
 ``study`` keys (all but ``title`` optional; a missing or empty one leaves its section out
-with a line saying so): ``title``, ``preset``, ``command``, ``seeds``, ``setup`` and ``notes``
-(lists of lines), ``claims``, ``vqa``, ``analysis``, ``transplant``, ``compute`` (lists of
-rows), ``pivot_fraction`` and ``pictures`` (``{kind: {arm: [paths]}}``). A row may name the
-file its numbers come from in ``source``; each section ends with those files.
+with a line saying so): ``title``, ``preset``, ``command``, ``seeds``, ``setup``,
+``warnings`` and ``notes`` (lists of lines), ``claims``, ``vqa``, ``analysis``,
+``transplant``, ``compute`` (lists of rows), ``pivot_fraction`` and ``pictures``
+(``{kind: {arm: [paths]}}``). A row may name the file its numbers come from in ``source``;
+each section ends with those files.
 """
 
 from __future__ import annotations
@@ -195,6 +196,9 @@ def _header(study: dict) -> list[Block]:
         blocks.append(Bullets(list(study["setup"])))
     if study.get("command"):
         blocks.append(Code(study["command"]))
+    if study.get("warnings"):
+        blocks.append(Heading("Read this first", 2))
+        blocks.append(Bullets(list(study["warnings"])))
     return blocks
 
 

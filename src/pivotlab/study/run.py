@@ -28,6 +28,7 @@ from pivotlab.study.pipeline import (
     tracks,
     world_splits,
 )
+from pivotlab.train.config import ConfigError, build_dataclass
 
 HEADLINE_CATEGORY = "vision_centric"
 # The encoder measurement claims about encoders read: the logistic probe of shape and
@@ -292,17 +293,50 @@ def _setup(study: StudyConfig) -> list[str]:
     return lines
 
 
+def _warnings(vqa: list[dict], claim_rows: list[dict]) -> list[str]:
+    """What a reader must know before trusting a verdict: whether Stage 1 uses the image
+    at all (against the blind baseline), and how many verdicts chance alone would give."""
+    found = []
+
+    def headline(arm: str) -> list[dict]:
+        return [
+            r
+            for r in vqa
+            if r["arm"] == arm and r["category"] == HEADLINE_CATEGORY and r["track"] == "main"
+        ]
+
+    for stage1, blind in zip(headline(STAGE1), headline(BLIND), strict=False):
+        if stage1["ci_low"] is None or stage1["ci_low"] <= blind["value"]:
+            found.append(
+                f"Warning: the Stage-1 model's {HEADLINE_CATEGORY} accuracy "
+                f"({stage1['value']:.1%}, seed {stage1['seed']}) is not above the blind "
+                f"baseline's ({blind['value']:.1%}): it does not use the image, and the claims "
+                "compare models that do not see."
+            )
+    decided = [r for r in claim_rows if r["verdict"].startswith(("holds", "reversed"))]
+    if claim_rows:
+        found.append(
+            f"{len(claim_rows)} claims were tested, each at 95%: about "
+            f"{0.05 * len(claim_rows):.1f} of them would read 'holds' or 'reversed' by chance "
+            f"alone when nothing differs ({len(decided)} did)."
+        )
+    return found
+
+
 def collect(study: StudyConfig, run: Path, steps: list[Step], command: str) -> dict[str, Any]:
     """Everything the report shows, from the steps' files."""
+    vqa = _vqa_rows(study, run)
+    claim_rows = [_claim_row(study, run, claim) for claim in claims(study)]
     return {
         "title": f"pivotlab study: {study.name}",
         "preset": study.name,
         "command": command,
+        "warnings": _warnings(vqa, claim_rows),
         "notes": study.notes,
         "seeds": study.seeds,
         "setup": _setup(study),
-        "vqa": _vqa_rows(study, run),
-        "claims": [_claim_row(study, run, claim) for claim in claims(study)],
+        "vqa": vqa,
+        "claims": claim_rows,
         "analysis": _analysis_rows(study, run),
         "transplant": _transplant_rows(study, run),
         "compute": _compute_rows(steps),
@@ -316,8 +350,13 @@ def _check_folder(study: StudyConfig, out: Path) -> None:
     saved = out / "study.yaml"
     current = {k: v for k, v in study.to_dict().items() if k != "source"}
     if saved.is_file():
-        previous = yaml.safe_load(saved.read_text())
-        if previous != current:
+        # Read back through the config classes, so keys added since (with defaults) match.
+        try:
+            previous = build_dataclass(StudyConfig, yaml.safe_load(saved.read_text()) or {})
+        except ConfigError:
+            previous = None
+        previous_tree = previous.to_dict() if previous is not None else None
+        if previous_tree is None or {**previous_tree, "source": ""} != {**current, "source": ""}:
             raise StudyError(
                 f"{out} holds another study (study.yaml differs); choose another --out"
             )
