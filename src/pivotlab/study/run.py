@@ -6,7 +6,6 @@ and the direction that would support them; the statistics decide the verdicts.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from pivotlab.study.pipeline import (
     world_splits,
 )
 from pivotlab.train.config import ConfigError, build_dataclass
+from pivotlab.world.jsonl import read_jsonl
 
 HEADLINE_CATEGORY = "vision_centric"
 # The encoder measurement claims about encoders read: the logistic probe of shape and
@@ -112,10 +112,6 @@ def claims(study: StudyConfig) -> list[Claim]:
     return found
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _track_root(study: StudyConfig, run: Path, seed: int, name: str) -> Path:
     return next(t for t in tracks(study) if t.name == name).root(run, seed)
 
@@ -126,7 +122,7 @@ def _eval_folder(root: Path, arm: str, where: str) -> Path:
 
 def _category_rows(folder: Path, **labels: Any) -> list[dict]:
     rows = []
-    for row in _read_jsonl(folder / "metrics.jsonl"):
+    for row in read_jsonl(folder / "metrics.jsonl"):
         if row.get("metric") == "accuracy" and row.get("task") is None:
             keep = ("category", "value", "ci_low", "ci_high", "n", "chance")
             source = {"source": str(folder / "metrics.jsonl")}
@@ -135,7 +131,7 @@ def _category_rows(folder: Path, **labels: Any) -> list[dict]:
 
 
 def _encoder_row(root: Path, arm: str) -> dict:
-    for row in _read_jsonl(root / "analysis" / "metrics.jsonl"):
+    for row in read_jsonl(root / "analysis" / "metrics.jsonl"):
         if row.get("encoder") == arm and all(
             row.get(k) == v for k, v in ENCODER_MEASUREMENT.items()
         ):
@@ -157,7 +153,7 @@ def _claim_row(study: StudyConfig, run: Path, claim: Claim) -> dict:
                 sources.append(str(root / "analysis" / "metrics.jsonl"))
             else:
                 path = _eval_folder(root, arm, claim.where) / "predictions.jsonl"
-                found[seed] = _read_jsonl(path)
+                found[seed] = read_jsonl(path)
                 sources.append(str(path))
         return found
 
@@ -263,7 +259,7 @@ def _analysis_rows(study: StudyConfig, run: Path) -> list[dict]:
     for track in tracks(study):
         for seed in study.seeds:
             path = track.root(run, seed) / "analysis" / "metrics.jsonl"
-            for row in _read_jsonl(path) if path.is_file() else []:
+            for row in read_jsonl(path) if path.is_file() else []:
                 arm = row.get("encoder") if track.main else f"{row.get('encoder')}@{track.name}"
                 labels = {"arm": arm, "seed": seed, "track": track.name, "source": str(path)}
                 rows.append({**row, **labels})
