@@ -10,7 +10,7 @@ import yaml
 
 from pivotlab.study.config import StudyError, load_study
 from pivotlab.study.ledger import Ledger
-from pivotlab.study.run import claims, run_study
+from pivotlab.study.run import TRANSPLANT, claims, run_study
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SMALL = ["data.limit=16", "train.batch_size=4", "train.per_device_batch_size=4", "train.steps=2"]
@@ -189,3 +189,23 @@ def test_a_study_folder_from_before_a_new_config_key_still_resumes(
     _check_folder(study, tmp_path)
     with pytest.raises(StudyError, match="holds another study"):
         _check_folder(load_study(str(preset), ["seeds=[1]"]), tmp_path)
+
+
+def test_transplant_and_sweep_can_take_a_subset(tmp_path: Path) -> None:
+    from pivotlab.study.dryrun import _planned_world
+    from pivotlab.study.pipeline import seed_steps
+
+    overrides = ["transplant.encoders=[dpo]", "sweeps.scale.seeds=[0]"]
+    study = load_study("full", overrides)
+    first, later = (seed_steps(study, tmp_path, s, _planned_world(study)) for s in (0, 1))
+    evaluated = {n.name.split("/")[1] for n in first if n.name.endswith("/eval")}
+    assert evaluated == {"transplant-dpo", "transplant-enc-s", "transplant-enc-m"}
+    assert any("/scale-" in s.name for s in first)
+    assert not any("/scale-" in s.name for s in later)
+    transplant_claims = [c for c in claims(study) if c.where == TRANSPLANT]
+    assert {c.treated for c in transplant_claims} == {"dpo"}
+    assert {c.control for c in transplant_claims} == {"enc-s", "enc-m"}  # sft is not transplanted
+    with pytest.raises(StudyError, match=r"transplant\.encoders names 'nope'"):
+        load_study("full", ["transplant.encoders=[nope]"])
+    with pytest.raises(StudyError, match=r"sweeps\.scale\.seeds must include stage1\.seed"):
+        load_study("full", ["sweeps.scale.seeds=[1]"])

@@ -91,9 +91,11 @@ class AnalysisSection:
 class TransplantSection:
     """PIVOT's step 6: each encoder, frozen, into a fresh ``lm`` with a new projector:
     the study's own encoders, and the ``originals`` (vision sources such as ``zoo:enc-s``,
-    named by the text after ``zoo:``) for comparison."""
+    named by the text after ``zoo:``) for comparison. ``encoders`` picks which of the
+    study's own encoders (``stage1`` and arm names) are transplanted; None takes them all."""
 
     lm: str = "zoo:lm-s"
+    encoders: list[str] | None = None
     originals: list[str] = field(default_factory=list)
     align: Recipe = field(default_factory=Recipe)
     full: Recipe = field(default_factory=Recipe)
@@ -102,12 +104,14 @@ class TransplantSection:
 @dataclass
 class ScaleSweep:
     """Stage 1 and the listed arms again for every other (vision, lm) pair: does the
-    arms' order hold at every scale, and does a larger LM head train a better encoder?"""
+    arms' order hold at every scale, and does a larger LM head train a better encoder?
+    ``seeds`` limits the sweep's arms to some of the study's seeds (None: every seed)."""
 
     visions: list[str] = field(default_factory=list)
     lms: list[str] = field(default_factory=list)
     arms: list[str] = field(default_factory=lambda: ["sft", "dpo"])
     analyses: list[str] = field(default_factory=lambda: ["linear-probe"])
+    seeds: list[int] | None = None
 
 
 @dataclass
@@ -211,6 +215,20 @@ def _validate(study: StudyConfig) -> None:
     missing = [arm for arm in (scale.arms if scale else []) if arm not in study.post.arms]
     if missing:
         raise StudyError(f"{where}: sweeps.scale.arms names {missing[0]!r}, not a post arm")
+    sweep_seeds = (scale.seeds if scale else None) or []
+    strays = [seed for seed in sweep_seeds if seed not in study.seeds]
+    if strays:
+        raise StudyError(f"{where}: sweeps.scale.seeds names {strays[0]}, not a study seed")
+    shared = study.stage1.seed
+    if scale and scale.seeds is not None and shared is not None and shared not in scale.seeds:
+        raise StudyError(f"{where}: sweeps.scale.seeds must include stage1.seed ({shared})")
+    own = {"stage1", *study.post.arms}
+    transplanted = study.transplant.encoders if study.transplant else None
+    unknown = [name for name in transplanted or [] if name not in own]
+    if unknown:
+        raise StudyError(
+            f"{where}: transplant.encoders names {unknown[0]!r}, not stage1 or a post arm"
+        )
     for number, claim in enumerate(study.claims):
         for side in ("control", "treated"):
             if getattr(claim, side) not in study.post.arms:

@@ -214,7 +214,8 @@ def _transplant_steps(
     steps: list[Step] = []
     sources: dict[str, dict[str, Any]] = {}
     parts: dict[str, tuple[str, str]] = {}
-    for arm, model in encoders.items():
+    chosen = {a: m for a, m in encoders.items() if plan.encoders is None or a in plan.encoders}
+    for arm, model in chosen.items():
         folder = run / f"seed{seed}" / "transplant" / arm
         steps.append(
             _export_step(f"seed{seed}/transplant-{arm}/export", model, folder, plan.lm, seed, arm)
@@ -304,6 +305,23 @@ def tracks(study: StudyConfig) -> list[Track]:
     return found
 
 
+def track_seeds(study: StudyConfig, track: Track) -> list[int]:
+    """The study seeds whose arms a track trains (the sweep may run on some only)."""
+    sweep = study.sweeps.scale
+    if track.main or sweep is None or sweep.seeds is None:
+        return list(study.seeds)
+    return [seed for seed in study.seeds if seed in sweep.seeds]
+
+
+def transplanted(study: StudyConfig) -> list[str]:
+    """The encoders the transplant takes, by name: the study's own, then the originals."""
+    if study.transplant is None:
+        return []
+    own = [STAGE1, *study.post.arms]
+    chosen = [e for e in own if study.transplant.encoders is None or e in study.transplant.encoders]
+    return chosen + [original_name(source) for source in study.transplant.originals]
+
+
 def stage1_seeds(study: StudyConfig) -> list[int]:
     """The seeds Stage-1 models are trained with."""
     return study.seeds if study.stage1.seed is None else [study.stage1.seed]
@@ -369,6 +387,8 @@ def seed_steps(study: StudyConfig, run: Path, seed: int, splits: dict[str, Path]
     steps: list[Step] = []
     main_models: dict[str, Path] = {}
     for track in tracks(study):
+        if seed not in track_seeds(study, track):
+            continue
         made, models = track_steps(study, run, seed, splits, track)
         steps += made
         main_models = models if track.main else main_models

@@ -20,11 +20,14 @@ from pivotlab.study.pipeline import (
     BLIND,
     STAGE1,
     Step,
+    Track,
     original_name,
     run_steps,
     seed_steps,
     stage1_seeds,
+    track_seeds,
     tracks,
+    transplanted,
     world_splits,
 )
 from pivotlab.train.config import ConfigError, build_dataclass
@@ -55,18 +58,20 @@ class Claim:
 def _transplant_claims(study: StudyConfig, evolved: list[str]) -> list[Claim]:
     plan = study.transplant
     originals = [original_name(source) for source in plan.originals] if plan else []
+    taken = transplanted(study)
+    baseline = study.post.baseline
     found = []
-    for arm in evolved if plan else []:
+    for arm in [a for a in evolved if a in taken]:
         for original in originals[:1]:
             question = (
                 f"Does the {arm}-evolved encoder make a better MLLM than the original {original}?"
             )
             found.append(Claim(question, original, arm, TRANSPLANT))
-        baseline = study.post.baseline
-        question = (
-            f"Is the {arm}-evolved encoder a better transplant than the {baseline}-evolved one?"
-        )
-        found.append(Claim(question, baseline, arm, TRANSPLANT))
+        if baseline in taken:
+            question = (
+                f"Is the {arm}-evolved encoder a better transplant than the {baseline}-evolved one?"
+            )
+            found.append(Claim(question, baseline, arm, TRANSPLANT))
         for larger in originals[1:]:
             question = f"Tier jumping: does {originals[0]} + {arm} overtake the larger {larger}?"
             found.append(Claim(question, larger, arm, TRANSPLANT))
@@ -112,8 +117,12 @@ def claims(study: StudyConfig) -> list[Claim]:
     return found
 
 
+def _track(study: StudyConfig, name: str) -> Track:
+    return next(t for t in tracks(study) if t.name == name)
+
+
 def _track_root(study: StudyConfig, run: Path, seed: int, name: str) -> Path:
-    return next(t for t in tracks(study) if t.name == name).root(run, seed)
+    return _track(study, name).root(run, seed)
 
 
 def _eval_folder(root: Path, arm: str, where: str) -> Path:
@@ -146,7 +155,7 @@ def _claim_row(study: StudyConfig, run: Path, claim: Claim) -> dict:
 
     def side(arm: str, track: str) -> dict[int, Any]:
         found = {}
-        for seed in study.seeds:
+        for seed in track_seeds(study, _track(study, track)):
             root = _track_root(study, run, seed, track)
             if claim.where == ENCODER:
                 found[seed] = _encoder_row(root, arm)
@@ -232,7 +241,7 @@ def _vqa_rows(study: StudyConfig, run: Path) -> list[dict]:
     rows = []
     for track in tracks(study):
         stage1 = [STAGE1, *([BLIND] if study.evaluate.blind and track.main else [])]
-        for seed in study.seeds:
+        for seed in track_seeds(study, track):
             arms = [*(stage1 if seed in stage1_seeds(study) else []), *track.arms]
             for arm in arms:
                 folder = _eval_folder(track.root(run, seed), arm, VQA)
@@ -241,13 +250,10 @@ def _vqa_rows(study: StudyConfig, run: Path) -> list[dict]:
 
 
 def _transplant_rows(study: StudyConfig, run: Path) -> list[dict]:
-    if study.transplant is None:
-        return []
-    encoders = [STAGE1, *study.post.arms, *map(original_name, study.transplant.originals)]
     return [
         row
         for seed in study.seeds
-        for arm in encoders
+        for arm in transplanted(study)
         for row in _category_rows(
             _eval_folder(run / f"seed{seed}", arm, TRANSPLANT), encoder=arm, seed=seed
         )
@@ -257,7 +263,7 @@ def _transplant_rows(study: StudyConfig, run: Path) -> list[dict]:
 def _analysis_rows(study: StudyConfig, run: Path) -> list[dict]:
     rows = []
     for track in tracks(study):
-        for seed in study.seeds:
+        for seed in track_seeds(study, track):
             path = track.root(run, seed) / "analysis" / "metrics.jsonl"
             for row in read_jsonl(path) if path.is_file() else []:
                 arm = row.get("encoder") if track.main else f"{row.get('encoder')}@{track.name}"
