@@ -295,6 +295,10 @@ def _setup(study: StudyConfig) -> list[str]:
     return lines
 
 
+def _interval(row: dict) -> str:
+    return f" [{row['ci_low']:.1%}, {row['ci_high']:.1%}]"
+
+
 def _warnings(vqa: list[dict], claim_rows: list[dict]) -> list[str]:
     """What a reader must know before trusting a verdict: whether Stage 1 uses the image
     at all (against the blind baseline), and how many verdicts chance alone would give."""
@@ -309,11 +313,13 @@ def _warnings(vqa: list[dict], claim_rows: list[dict]) -> list[str]:
 
     for stage1, blind in zip(headline(STAGE1), headline(BLIND), strict=False):
         if stage1["ci_low"] is None or stage1["ci_low"] <= blind["value"]:
+            interval = "" if stage1["ci_low"] is None else _interval(stage1)
             found.append(
                 f"Warning: the Stage-1 model's {HEADLINE_CATEGORY} accuracy "
-                f"({stage1['value']:.1%}, seed {stage1['seed']}) is not above the blind "
-                f"baseline's ({blind['value']:.1%}): it does not use the image, and the claims "
-                "compare models that do not see."
+                f"({stage1['value']:.1%}{interval}, seed {stage1['seed']}; chance "
+                f"{stage1['chance']:.1%}) is not clearly above the blind baseline's "
+                f"({blind['value']:.1%}): it barely uses the image, and the claims compare "
+                "models that hardly see."
             )
     decided = [r for r in claim_rows if r["verdict"].startswith(("holds", "reversed"))]
     if claim_rows:
