@@ -230,3 +230,18 @@ def test_the_stage1_warning_appears_only_when_stage1_does_not_clear_the_blind_ba
     blind = _warnings([row("stage1", 0.38, 0.33), row("blind", 0.36, 0.30)], [])
     assert not any("Warning" in w for w in seeing)
     assert any("38.0% [33.0%, 43.0%], seed 0; chance 35.0%" in w for w in blind)
+
+
+def test_a_study_may_grow_by_arms_but_not_change_in_place(preset: Path, tmp_path: Path) -> None:
+    from pivotlab.study.run import _check_folder
+
+    _check_folder(load_study(str(preset)), tmp_path)
+    ipo = "post.arms.ipo={config: " + str(CONFIGS / "tiny" / "post-ipo.yaml") + "}"
+    grown = load_study(str(preset), [ipo])
+    _check_folder(grown, tmp_path)  # an added arm: accepted, and recorded
+    assert "ipo" in yaml.safe_load((tmp_path / "study.yaml").read_text())["post"]["arms"]
+    with pytest.raises(StudyError, match="more than added arms"):
+        _check_folder(load_study(str(preset)), tmp_path)  # dropping the arm again
+    changed = load_study(str(preset), [ipo, "post.arms.dpo.overrides=[data.limit=3]"])
+    with pytest.raises(StudyError, match="more than added arms"):
+        _check_folder(changed, tmp_path)  # an existing arm's recipe changed

@@ -353,8 +353,38 @@ def collect(study: StudyConfig, run: Path, steps: list[Step], command: str) -> d
     }
 
 
+def _without_growth(tree: dict[str, Any]) -> dict[str, Any]:
+    """A study tree without what may grow between runs in one folder."""
+    post = {k: v for k, v in tree["post"].items() if k not in ("arms", "compared")}
+    transplant = tree["transplant"] and {
+        k: v for k, v in tree["transplant"].items() if k != "encoders"
+    }
+    rest = {k: v for k, v in tree.items() if k not in ("source", "claims", "notes")}
+    return {**rest, "post": post, "transplant": transplant}
+
+
+def _same_or_grown(previous: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether ``current`` is ``previous`` with arms, claims or transplanted encoders added
+    (and notes changed): then the finished steps still stand and only new ones run."""
+    arms_kept = all(
+        current["post"]["arms"].get(name) == recipe
+        for name, recipe in previous["post"]["arms"].items()
+    )
+    claims_kept = all(claim in current["claims"] for claim in previous["claims"])
+
+    def encoders(tree: dict[str, Any]) -> set[str] | None:
+        chosen = (tree["transplant"] or {}).get("encoders")
+        return None if chosen is None else set(chosen)
+
+    before, after = encoders(previous), encoders(current)
+    encoders_kept = after is None or (before is not None and before <= after)
+    same_rest = _without_growth(previous) == _without_growth(current)
+    return arms_kept and claims_kept and encoders_kept and same_rest
+
+
 def _check_folder(study: StudyConfig, out: Path) -> None:
-    """Refuse a folder holding another study (re-running the same one resumes it)."""
+    """Refuse a folder holding another study; re-running the same one resumes it, and one
+    that only adds arms (claims, transplanted encoders) runs just the new steps."""
     saved = out / "study.yaml"
     current = {k: v for k, v in study.to_dict().items() if k != "source"}
     if saved.is_file():
@@ -364,9 +394,10 @@ def _check_folder(study: StudyConfig, out: Path) -> None:
         except ConfigError:
             previous = None
         previous_tree = previous.to_dict() if previous is not None else None
-        if previous_tree is None or {**previous_tree, "source": ""} != {**current, "source": ""}:
+        if previous_tree is None or not _same_or_grown(previous_tree, current):
             raise StudyError(
-                f"{out} holds another study (study.yaml differs); choose another --out"
+                f"{out} holds another study (study.yaml differs by more than added arms); "
+                "choose another --out"
             )
     elif out.exists() and any(out.iterdir()):
         raise StudyError(f"{out} is not empty and holds no study.yaml; refusing it")
