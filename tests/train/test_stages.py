@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
@@ -103,6 +104,19 @@ def test_the_same_command_again_does_not_retrain(sft_and_dpo, preset) -> None:
 def test_a_folder_with_another_config_is_refused(sft_and_dpo, preset) -> None:
     with pytest.raises(ConfigError, match=r"another config \(post\.beta: 0\.1 there, 0\.3 now\)"):
         run_stage(tiny_config("post-sft", preset, "post.beta=0.3"), sft_and_dpo["sft"])
+
+
+def test_a_run_from_before_a_new_config_key_is_still_the_same_run(
+    sft_and_dpo, preset, tmp_path
+) -> None:
+    out = tmp_path / "sft"
+    shutil.copytree(sft_and_dpo["sft"], out)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["post"]["grpo"]  # a section this version added, with defaults
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    before = (out / "summary.json").read_text()
+    run_stage(tiny_config("post-sft", preset), out)
+    assert (out / "summary.json").read_text() == before  # recognised as finished, not retrained
 
 
 def test_a_frozen_vision_encoder_stays_bit_identical(preset, stage1_dir, tmp_path) -> None:

@@ -26,8 +26,14 @@ from pivotlab.errors import PivotlabError
 from pivotlab.model.parts import ALIGN_HEAD, PARTS
 
 STAGES: tuple[str, ...] = ("align", "full", "post")
-OBJECTIVES: tuple[str, ...] = ("sft", "dpo", "ipo", "mpo")
+OBJECTIVES: tuple[str, ...] = ("sft", "dpo", "ipo", "mpo", "grpo")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+# GRPOConfig fields that would decouple generation from the shared schedule of records.
+GRPO_SCHEDULE_KEYS: tuple[str, ...] = (
+    "num_iterations",
+    "steps_per_generation",
+    "generation_batch_size",
+)
 
 # Parts each stage trains unless the config says otherwise (LLaVA-NeXT / PIVOT recipes).
 DEFAULT_PARTS: dict[str, tuple[str, ...]] = {
@@ -141,12 +147,38 @@ class OnPolicySection:
 
 
 @dataclass
+class GRPOSection:
+    """GRPO with verifiable rewards (``post.objective: grpo``, ``docs/train.md``): for each
+    prompt, ``num_generations`` replies sampled at ``temperature``, at most
+    ``max_completion_length`` tokens each, rewarded by the world's scorer (correctness 1/0),
+    plus ``format_weight`` for a multiple-choice reply that names one option, minus
+    ``length_penalty`` x (reply tokens / ``max_completion_length``). ``kl_coef`` weighs the
+    KL term to the frozen starting model (TRL's ``beta``; 0 loads no reference).
+
+    Defaults: 8 replies per prompt (TRL's default; a group all right or all wrong carries
+    no signal, and 8 replies leave few such groups: ``docs/train.md``); temperature 1 (the
+    policy as it is, as on-policy pairs sample); 16 tokens (what ``pivotlab evaluate``
+    reads); KL 0.04 (DeepSeekMath's GRPO), so the arm stays anchored to the Stage-1 model
+    as DPO's is; format 0.1 (a well-formed wrong reply beats a malformed one, never a right
+    one); no length penalty (world answers are short)."""
+
+    num_generations: int = 8
+    temperature: float = 1.0
+    max_completion_length: int = 16
+    kl_coef: float = 0.04
+    format_weight: float = 0.1
+    length_penalty: float = 0.0
+
+
+@dataclass
 class PostSection:
     """Stage-2 objective. ``beta`` for the preference objectives; ``loss_weights``
     overrides the objective's default weights (MPO: 0.8 / 0.2 / 1.0). The preference
     objectives compute each pair's image and prompt once (``prefix_sharing``) and read
     the frozen reference's log-probs from a cache made in one pass (``reference_cache``);
-    both give the stock path's numbers (``train/prefix.py``, ``docs/performance.md``)."""
+    both give the stock path's numbers (``train/prefix.py``, ``docs/performance.md``).
+    ``grpo`` holds the settings of the ``grpo`` objective (``GRPOSection``), which shares
+    each prompt across its replies under ``prefix_sharing`` too."""
 
     objective: str = "dpo"
     beta: float = 0.1
@@ -154,6 +186,7 @@ class PostSection:
     on_policy: OnPolicySection = field(default_factory=OnPolicySection)
     prefix_sharing: bool = True
     reference_cache: bool = True
+    grpo: GRPOSection = field(default_factory=GRPOSection)
 
 
 @dataclass
@@ -426,6 +459,8 @@ def validate(cfg: StageConfig, source: str = "config") -> None:
     if cfg.data.train is None:
         raise ConfigError(f"{source}: data.train is required (a split folder or world fields)")
     _check_datasets(cfg, source)
+    if cfg.post.objective == "grpo":
+        _check_grpo(cfg, source)
     weights = cfg.post.loss_weights
     if weights is not None and cfg.post.objective in PREFERENCE_LOSSES:
         expected = len(PREFERENCE_LOSSES[cfg.post.objective][0])
@@ -434,3 +469,32 @@ def validate(cfg: StageConfig, source: str = "config") -> None:
                 f"{source}: post.loss_weights has {len(weights)} weights; "
                 f"{cfg.post.objective} combines {expected} losses"
             )
+
+
+def _check_grpo(cfg: StageConfig, source: str) -> None:
+    """GRPO settings TRL could not run with, named before anything loads."""
+    grpo = cfg.post.grpo
+    if grpo.num_generations < 2:
+        raise ConfigError(
+            f"{source}: post.grpo.num_generations must be at least 2 (GRPO's advantage compares "
+            f"replies to the same prompt), got {grpo.num_generations}"
+        )
+    _check_positive(grpo.temperature, "post.grpo.temperature", source)
+    _check_positive(grpo.max_completion_length, "post.grpo.max_completion_length", source)
+    for key in ("kl_coef", "format_weight", "length_penalty"):
+        value = getattr(grpo, key)
+        if value < 0:
+            raise ConfigError(f"{source}: post.grpo.{key} must be 0 or more, got {value}")
+    if cfg.viral.enabled:
+        raise ConfigError(f"{source}: viral.enabled is not supported with post.objective grpo")
+    for key in GRPO_SCHEDULE_KEYS:
+        if key in cfg.trainer and not (key == "num_iterations" and cfg.trainer[key] == 1):
+            raise ConfigError(
+                f"{source}: trainer.{key} would change which prompts a GRPO step reads; the "
+                "stage generates once per optimizer step for that step's records"
+            )
+    if grpo.kl_coef > 0 and cfg.model.init is None:
+        raise ConfigError(
+            f"{source}: post.grpo.kl_coef > 0 needs model.init: TRL loads the KL reference "
+            "from the starting model's folder"
+        )

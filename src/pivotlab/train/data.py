@@ -6,8 +6,9 @@ Stage data in TRL's formats, from a world split:
   (LLaVA's ``plain`` conversation: no chat turns, loss on the caption only);
 - ``full``: the split's questions as conversations (``messages``), answer-only loss;
 - ``post``: preference records. The SFT objective reads ``prompt`` + ``completion`` (the
-  chosen answer), the preference objectives ``prompt`` + ``chosen`` + ``rejected``: the
-  same records either way.
+  chosen answer), the preference objectives ``prompt`` + ``chosen`` + ``rejected``, GRPO
+  the ``prompt`` with the question's ground truth (``truth``) and ``category`` beside it
+  for its rewards: the same records either way.
 
 The schedule is written by hand because it is the controlled part of the experiment: the
 records are shuffled once per epoch from the run's seed, concatenated for the whole run,
@@ -25,6 +26,7 @@ import numpy as np
 
 from pivotlab.train.config import ConfigError, StageConfig, dataset_spec
 from pivotlab.train.external import dataset_records, dataset_split, is_dataset_split
+from pivotlab.train.rewards import GROUND_TRUTH, ground_truth
 from pivotlab.world.cache import cached_split
 from pivotlab.world.generate import WorldConfig, WorldConfigError
 from pivotlab.world.hf import assistant_turn, conversation, user_turn
@@ -116,6 +118,8 @@ def _row(stage: str, objective: str, record: dict, eos: str) -> dict:
     if stage == "full":
         turns = record.get("turns") or [(record["question"], record["answer"])]
         return {"messages": conversation(turns)}
+    if objective == "grpo":
+        return {"prompt": user_turn(record["prompt"])}
     if objective == "sft":
         return {
             "prompt": user_turn(record["prompt"]),
@@ -126,6 +130,18 @@ def _row(stage: str, objective: str, record: dict, eos: str) -> dict:
         "chosen": assistant_turn(record["chosen"]),
         "rejected": assistant_turn(record["rejected"]),
     }
+
+
+def ground_truths(records: list[dict], split: Path) -> list[str]:
+    """Each preference record's ground truth for GRPO's rewards: the scoring fields of the
+    VQA question it was made from (``vqa_id`` in the split's ``vqa.jsonl``); a record
+    without one (a dataset's pair) is scored as an open answer against its ``chosen``."""
+    vqa = split / "vqa.jsonl"
+    questions = {q["id"]: q for q in read_jsonl(vqa)} if vqa.is_file() else {}
+    return [
+        ground_truth(questions.get(record.get("vqa_id")) or {"answer": record["chosen"]})
+        for record in records
+    ]
 
 
 def trl_dataset(
@@ -139,7 +155,8 @@ def trl_dataset(
 ) -> datasets.Dataset:
     """Rows in the TRL format of the stage and objective, in ``order`` (record indices;
     repeats allowed), each with the index of its record (``sample_index``) so a run can
-    log what it consumed."""
+    log what it consumed. GRPO's rows also carry ``truth`` and ``category`` (its rewards
+    and their per-category log read them)."""
     rows = [
         dict(
             _row(stage, objective, record, eos),
@@ -148,6 +165,9 @@ def trl_dataset(
         )
         for i, record in enumerate(records)
     ]
+    if stage == "post" and objective == "grpo":
+        for row, record, truth in zip(rows, records, ground_truths(records, split), strict=True):
+            row.update({GROUND_TRUTH: truth, "category": record.get("category") or "none"})
     data = datasets.Dataset.from_list(rows)
     data = data.cast_column("images", datasets.List(datasets.Image()))
     return data if order is None else data.select(order)

@@ -9,7 +9,8 @@
     RUN/checkpoint-N/      Trainer checkpoints (model, optimizer, scheduler, RNG, step)
     RUN/final/             the model + processor, loadable by plain transformers, with
                            pivotlab_stage.json (stage, parts, rates, config)
-    RUN/summary.json       steps, records, tokens, wall time, records/s, tokens/s, FLOPs
+    RUN/summary.json       steps, records, tokens, wall time, records/s, tokens/s, FLOPs;
+                           grpo: prompts, completions, generated tokens, generation tokens/s
 
 Started again with the same config, a run resumes from its last complete checkpoint (a
 checkpoint a kill left half-written is removed, saying so); a finished run is not retrained.
@@ -28,6 +29,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -56,7 +58,12 @@ from pivotlab.model.parts import (
     parts_table,
     set_trainable,
 )
-from pivotlab.train.config import PREFERENCE_LOSSES, ConfigError, StageConfig
+from pivotlab.train.config import (
+    PREFERENCE_LOSSES,
+    ConfigError,
+    StageConfig,
+    build_dataclass,
+)
 from pivotlab.train.data import (
     SAMPLE_INDEX,
     conversations,
@@ -67,9 +74,11 @@ from pivotlab.train.data import (
     trl_dataset,
 )
 from pivotlab.train.external import screen_data
+from pivotlab.train.rewards import reward_functions
 from pivotlab.train.trainers import (
     MetricsFileCallback,
     StageDPOTrainer,
+    StageGRPOTrainer,
     StageSFTTrainer,
     checkpoint_complete,
     checkpoints,
@@ -113,6 +122,15 @@ def _first_difference(old: dict, new: dict, prefix: str = "") -> str:
     return ""
 
 
+def _as_current(saved: Any) -> Any:
+    """A saved config read back through the config classes, so that keys this version added
+    (with their defaults) do not make a run from before them look like another config."""
+    try:
+        return build_dataclass(StageConfig, saved).to_dict()
+    except (ConfigError, TypeError):
+        return saved
+
+
 def _prepare_folder(cfg: StageConfig, out: Path, overwrite: bool) -> bool:
     """Create or reuse the run folder; True when the run there is already complete."""
     saved = out / "config.yaml"
@@ -120,7 +138,7 @@ def _prepare_folder(cfg: StageConfig, out: Path, overwrite: bool) -> bool:
     if out.exists() and any(out.iterdir()):
         if not saved.is_file():
             raise ConfigError(f"{out} is not empty and holds no run config.yaml; refusing it")
-        previous = yaml.safe_load(saved.read_text())
+        previous = _as_current(yaml.safe_load(saved.read_text()))
         if previous != cfg.to_dict():
             if not overwrite:
                 difference = _first_difference(previous, cfg.to_dict())
@@ -301,7 +319,7 @@ def on_cpu(cfg: StageConfig) -> bool:
 
 
 def trl_arguments(cfg: StageConfig, out: Path, steps: int, accum: int) -> dict:
-    """Keyword arguments for TRL's SFTConfig / DPOConfig of a stage (``trainer:`` last).
+    """Keyword arguments for TRL's SFTConfig, DPOConfig or GRPOConfig (``trainer:`` last).
 
     Sets the processes up first (``PartialState``, on the CPU when ``on_cpu``): the
     arguments ask TrainingArguments to use that state rather than reset it.
@@ -370,6 +388,8 @@ def stage_trainer(
         "record_ids": record_ids,
         "alignment": alignment,
     }
+    if cfg.stage == "post" and cfg.post.objective == "grpo":
+        return grpo_trainer(cfg, args, shared)
     if cfg.stage == "post" and cfg.post.objective in PREFERENCE_LOSSES:
         losses, weights = PREFERENCE_LOSSES[cfg.post.objective]
         dpo_args = DPOConfig(
@@ -391,6 +411,42 @@ def stage_trainer(
         )
     sft_args = SFTConfig(**args, assistant_only_loss=cfg.stage == "full")
     return StageSFTTrainer(args=sft_args, **shared)
+
+
+def grpo_trainer(cfg: StageConfig, args: dict, shared: dict) -> StageGRPOTrainer:
+    """TRL's GRPO on the stage's schedule. ``train.batch_size`` and
+    ``per_device_batch_size`` count prompts, as they count records for every other
+    objective, so a GRPO run reads the same records in the same steps; TRL's batches count
+    completions, ``num_generations`` per prompt. Generating once per optimizer step
+    (``steps_per_generation`` = the accumulation, TRL's default) keeps every update on
+    policy. Prompts are never cut (``train.max_length`` would cut image tokens); replies
+    stop at ``max_completion_length``. ``post.prefix_sharing`` runs each prompt's image and
+    tokens once for its replies in the loss and KL forwards."""
+    from trl import GRPOConfig
+
+    grpo = cfg.post.grpo
+    functions, weights = reward_functions(
+        grpo.max_completion_length, grpo.format_weight, grpo.length_penalty
+    )
+    settings = {k: v for k, v in args.items() if k != "max_length"}
+    completions = cfg.train.per_device_batch_size * grpo.num_generations
+    settings.update(
+        per_device_train_batch_size=completions,
+        per_device_eval_batch_size=completions,
+        num_generations=grpo.num_generations,
+        temperature=grpo.temperature,
+        max_completion_length=grpo.max_completion_length,
+        beta=grpo.kl_coef,
+        reward_weights=weights,
+        shuffle_dataset=False,
+    )
+    return StageGRPOTrainer(
+        args=GRPOConfig(**settings),
+        reward_funcs=functions,
+        accumulation=args["gradient_accumulation_steps"],
+        prefix_sharing=cfg.post.prefix_sharing,
+        **shared,
+    )
 
 
 def prepare_viral(
@@ -608,6 +664,8 @@ def run_stage(
         "train_loss": run_mean_loss(result.training_loss, trainer.state.global_step, before),
         "heldout": heldout,
     }
+    if isinstance(trainer, StageGRPOTrainer):
+        summary.update(trainer.generation_summary())
     if state.is_main_process:
         _append_metrics(out, cfg, trainer.state.global_step, heldout)
         write_json_atomic(out / "summary.json", summary)

@@ -21,8 +21,10 @@
    norm saves the state before that update as ``checkpoint-N`` (N the last good step) and
    raises ``NonFiniteError`` naming the step and its records.
 
-Everything else (losses, reference model, logging, checkpoints, resume, accelerate) is
-TRL's and ``transformers``'.
+The mixin sits on ``SFTTrainer``, ``DPOTrainer`` and ``GRPOTrainer`` (``StageGRPOTrainer``
+reads the same schedule through TRL's own prompt-repeating sampler and logs its prompts when
+it generates). Everything else (losses, rewards, generation, reference model, logging,
+checkpoints, resume, accelerate) is TRL's and ``transformers``'.
 """
 
 from __future__ import annotations
@@ -30,15 +32,17 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 from safetensors.torch import load_file
 from torch.utils.data import SequentialSampler
 from transformers import TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
-from trl import DPOTrainer, SFTTrainer
+from trl import DPOTrainer, GRPOTrainer, SFTTrainer
 
 from pivotlab.errors import PivotlabError
 from pivotlab.io import append_jsonl, write_json_atomic, write_text_atomic
@@ -51,6 +55,7 @@ LOSS_FILE = "pivotlab_loss.json"  # in each checkpoint: the sum of step losses s
 ARGS_FILE = "training_args.json"  # in each checkpoint, instead of Trainer's pickle
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 SHOWN_IDS = 8  # record ids a non-finite message names; samples.jsonl has them all
+BY_CATEGORY = "by_category"  # logged keys by_category/<category>/<metric>
 
 
 class NonFiniteError(PivotlabError):
@@ -147,6 +152,10 @@ def _prefixed_weights(folder: Path, prefix: str) -> dict[str, torch.Tensor]:
 class StageTrainerMixin:
     """Mixed into TRL's trainers; see the module docstring."""
 
+    # Record indices travel beside the collated batch (see ``IndexedCollator``); GRPO has no
+    # collator (its batches are lists of rows) and logs its prompts when it generates.
+    collates_indices = True
+
     def __init__(
         self,
         *args: Any,
@@ -166,7 +175,8 @@ class StageTrainerMixin:
         self._step_losses: list[torch.Tensor] = []  # this optimizer step's micro-batch losses
         self._step_indices: list[int] = []  # and the records they read (all processes)
         super().__init__(*args, **kwargs)
-        self.data_collator = IndexedCollator(self.data_collator)
+        if self.collates_indices:
+            self.data_collator = IndexedCollator(self.data_collator)
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -222,13 +232,18 @@ class StageTrainerMixin:
     def _record(self, indices: torch.Tensor, attention_mask: torch.Tensor) -> None:
         gathered = self.accelerator.gather(indices.to(self.accelerator.device)).tolist()
         tokens = self.accelerator.gather(attention_mask.sum().reshape(1)).sum().item()
-        self.records_seen += len(gathered)
         self.tokens_seen += int(tokens)
-        self._step_indices += gathered
+        self._log_consumed([gathered])
+
+    def _log_consumed(self, batches: list[list[int]]) -> None:
+        """Count and log record indices (all processes, rank order), one line per batch."""
+        for gathered in batches:
+            self.records_seen += len(gathered)
+            self._step_indices += gathered
         if self.samples_log is None or not self.is_world_process_zero():
             return
-        ids = self._ids(gathered)
-        append_jsonl(self.samples_log, [{"step": self.state.global_step + 1, "ids": ids}])
+        step = self.state.global_step + 1
+        append_jsonl(self.samples_log, [{"step": step, "ids": self._ids(b)} for b in batches])
 
     def _ids(self, indices: list[int]) -> list:
         return [self.record_ids[i] for i in indices] if self.record_ids else indices
@@ -342,6 +357,125 @@ class StageDPOTrainer(StageTrainerMixin, DPOTrainer):
         speed_up_preferences(self, prefix_sharing=prefix_sharing, reference_cache=reference_cache)
 
 
+class StageGRPOTrainer(StageTrainerMixin, GRPOTrainer):
+    """TRL's ``GRPOTrainer`` for ``post.objective: grpo``, on the same schedule as the other
+    objectives: the training set is the schedule (one row per prompt, in order) and TRL's
+    ``RepeatSampler`` reads it unshuffled, each prompt ``num_generations`` times, one
+    generation batch of ``train.batch_size`` prompts per optimizer step (``stage_trainer``
+    sizes TRL's batches so). What it adds to the mixin:
+
+    - the prompts of each generation batch go to ``samples.jsonl`` as the other objectives'
+      micro-batches do (``accumulation`` lines of ``batch_size / accumulation`` ids), so the
+      file is the SFT arm's line for line;
+    - the generation budget: completions, generated tokens and seconds in TRL's
+      ``_generate`` (``generation_summary``);
+    - with ``prefix_sharing``, the loss and KL forwards run each prompt's image and tokens
+      once for all its replies (``train.prefix``);
+    - the mean total reward and correctness per question ``category``, pooled over every
+      completion since the last log, and the number of completions, as
+      ``by_category/<category>/<reward|correct|completions>`` (``metrics.jsonl`` rows with
+      a ``category`` qualifier).
+    """
+
+    collates_indices = False
+
+    def __init__(
+        self, *args: Any, accumulation: int = 1, prefix_sharing: bool = False, **kwargs: Any
+    ) -> None:
+        self.accumulation = accumulation
+        self.completions_generated = 0
+        self.generated_tokens = 0
+        self.generation_s = 0.0
+        self._by_category: dict[str, list[float]] = {}  # category: [reward sum, correct sum, n]
+        super().__init__(*args, **kwargs)
+        # A prompt's num_generations replies share its image and prompt: the case prefix
+        # sharing is written for (policy and KL reference; generation keeps the stock path).
+        # Completions are new every step, so there is no reference cache to keep.
+        speed_up_preferences(self, prefix_sharing=prefix_sharing, reference_cache=False)
+
+    def _get_train_sampler(self, train_dataset=None):
+        # The schedule is the dataset's order; GRPOConfig(shuffle_dataset=False) keeps it.
+        return GRPOTrainer._get_train_sampler(self, train_dataset)
+
+    def _generate_and_score_completions(self, inputs: list[dict]) -> dict:
+        training = self.model.training
+        if training:
+            self._record_prompts(inputs)
+        output = super()._generate_and_score_completions(inputs)
+        if training:
+            local = output["prompt_mask"].sum() + output["completion_mask"].sum()
+            self.tokens_seen += int(self.accelerator.gather(local.reshape(1)).sum().item())
+        return output
+
+    def _record_prompts(self, inputs: list[dict]) -> None:
+        # Each prompt arrives num_generations times in a row; every process holds an equal,
+        # contiguous share of the step's prompts, so rank order is schedule order.
+        local = [row[SAMPLE_INDEX] for row in inputs[:: self.num_generations]]
+        device = self.accelerator.device
+        gathered = self.accelerator.gather(torch.tensor(local, device=device)).tolist()
+        size = len(gathered) // self.accumulation
+        self._log_consumed([gathered[i : i + size] for i in range(0, len(gathered), size)])
+
+    def _generate(self, prompts: list):
+        start = time.perf_counter()
+        result = super()._generate(prompts)
+        elapsed = time.perf_counter() - start
+        if self.model.training:
+            completion_ids = result[1]
+            local = torch.tensor([len(completion_ids), sum(len(ids) for ids in completion_ids)])
+            gathered = self.accelerator.gather(local.to(self.accelerator.device))
+            count, tokens = gathered.view(-1, 2).sum(0).tolist()
+            self.completions_generated += int(count)
+            self.generated_tokens += int(tokens)
+            self.generation_s += elapsed
+        return result
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if self.model.training:
+            categories = gather_object([row.get("category") or "none" for row in inputs])
+            weights = self.reward_weights.to(rewards.device)
+            totals = (rewards * weights).nansum(dim=1).tolist()  # TRL's summed reward
+            correct = rewards[:, 0].tolist()  # reward_functions puts correctness first
+            for category, total, right in zip(categories, totals, correct, strict=True):
+                sums = self._by_category.setdefault(category, [0.0, 0.0, 0])
+                sums[0] += total
+                sums[1] += right
+                sums[2] += 1
+        return rewards
+
+    def generation_summary(self) -> dict:
+        """Prompts, completions and generated tokens of this invocation, and the
+        generation throughput (generated tokens per second spent in ``_generate``)."""
+        return {
+            "prompts_seen": self.records_seen,
+            "completions_generated": self.completions_generated,
+            "generated_tokens": self.generated_tokens,
+            "generation_s": self.generation_s,
+            "generated_tokens_per_s": self.generated_tokens / self.generation_s
+            if self.generation_s
+            else 0.0,
+        }
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self.model.training and self._by_category:
+            for category, (reward, right, n) in sorted(self._by_category.items()):
+                logs[f"{BY_CATEGORY}/{category}/reward"] = reward / n
+                logs[f"{BY_CATEGORY}/{category}/correct"] = right / n
+                logs[f"{BY_CATEGORY}/{category}/completions"] = n
+            self._by_category.clear()
+        super().log(logs, *args, **kwargs)
+
+
+def metric_row(key: str) -> dict:
+    """A logged key as the metric contract's fields: ``by_category/<category>/<metric>``
+    becomes ``{"metric": metric, "category": category}``."""
+    if key.startswith(f"{BY_CATEGORY}/"):
+        category, metric = key.removeprefix(f"{BY_CATEGORY}/").rsplit("/", 1)
+        return {"metric": metric, "category": category}
+    return {"metric": key.removeprefix("eval_")}
+
+
 class MetricsFileCallback(TrainerCallback):
     """Every logged number as one ``metrics.jsonl`` row in the project's metrics contract."""
 
@@ -358,5 +492,5 @@ class MetricsFileCallback(TrainerCallback):
                 continue
             split = "eval" if key.startswith("eval_") else "train"
             row = {**self.keys, "step": state.global_step, "split": split}
-            rows.append({**row, "metric": key.removeprefix("eval_"), "value": float(value)})
+            rows.append({**row, **metric_row(key), "value": float(value)})
         append_jsonl(self.path, rows)
