@@ -250,3 +250,13 @@ def test_every_section_names_the_files_its_numbers_come_from(study: dict, tmp_pa
     # Paths under the run folder are shown relative to it.
     assert "Source: eval/sft-0/metrics.jsonl, eval/sft-1/metrics.jsonl" in vqa
     assert "Source: not recorded in the study's rows." in text  # claims carry no source here
+
+
+def test_a_gallery_shows_at_most_picture_rows_per_arm(study: dict, tmp_path: Path) -> None:
+    from pivotlab.study.report import PICTURE_ROWS
+
+    many = {arm: paths * 5 for arm, paths in study["pictures"]["saliency"].items()}
+    assert all(len(paths) > PICTURE_ROWS for paths in many.values())
+    text = write_report(tmp_path / "run", {**study, "pictures": {"saliency": many}})[0].read_text()
+    saliency = text.split("## Saliency overlays")[1].split("##")[0]
+    assert len([line for line in saliency.splitlines() if line.startswith("| ![")]) == PICTURE_ROWS

@@ -334,9 +334,15 @@ def _picture_name(kind: str, arm: str, index: int, source: Path) -> str:
     return f"{FIGURES}/{safe}"
 
 
+# Rows of pictures per gallery: enough to compare arms on the same questions, few enough
+# that a report with ten arms stays readable and small.
+PICTURE_ROWS = 4
+
+
 def _pictures(study: dict, run_dir: Path) -> list[Block]:
     """One gallery per picture kind, arms side by side (saliency: SFT next to DPO), the
-    files copied under ``RUN/figures/`` so the markdown can refer to them."""
+    first ``PICTURE_ROWS`` pictures of each arm copied under ``RUN/figures/`` so the
+    markdown can refer to them (the rest stay in the analysis folders the note names)."""
     pictures = study.get("pictures") or {}
     blocks: list[Block] = []
     for kind in dict.fromkeys([*PICTURE_TITLES, *pictures]):
@@ -347,7 +353,8 @@ def _pictures(study: dict, run_dir: Path) -> list[Block]:
             continue
         gallery = Gallery(list(by_arm))
         missing = []
-        for index in range(max(len(paths) for paths in by_arm.values())):
+        shown = min(PICTURE_ROWS, max(len(paths) for paths in by_arm.values()))
+        for index in range(shown):
             row: list[str | None] = []
             for arm, paths in by_arm.items():
                 source = Path(paths[index]) if index < len(paths) else None

@@ -234,7 +234,11 @@ def _pictures(study: StudyConfig, run: Path) -> dict[str, dict[str, list[str]]]:
         kind, arm = picture.parent.name, picture.parent.parent.name
         if kind in found:
             found[kind].setdefault(arm, []).append(str(picture))
-    return found
+    order = {arm: i for i, arm in enumerate([STAGE1, *study.post.arms])}
+    return {
+        kind: dict(sorted(by_arm.items(), key=lambda item: order.get(item[0], len(order))))
+        for kind, by_arm in found.items()
+    }
 
 
 def _vqa_rows(study: StudyConfig, run: Path) -> list[dict]:
