@@ -7,7 +7,6 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from pivotlab.study.report import (
@@ -40,119 +39,6 @@ class _TagBalance(HTMLParser):
             self.open.pop()
         else:
             self.mismatched.append(tag)
-
-
-def _picture(path: Path, colour: tuple[int, int, int]) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (24, 16), colour).save(path)
-    return str(path)
-
-
-def _vqa(arm: str, seed: int, category: str, value: float, source: str) -> dict:
-    return {"arm": arm, "seed": seed, "category": category, "value": value,
-            "ci_low": value - 0.033, "ci_high": value + 0.033, "n": 300, "chance": 0.25,
-            "source": source}  # fmt: skip
-
-
-@pytest.fixture
-def study(tmp_path: Path) -> dict:
-    run = tmp_path / "run"
-    pictures = tmp_path / "analysis"
-    return {
-        "title": "PIVOT study (test)",
-        "preset": "quick",
-        "command": "pivotlab study --preset quick --out RUN",
-        "seeds": [0, 1],
-        "notes": ["Stage 2 cut to 40 steps to fit the time budget."],
-        "vqa": [
-            _vqa("sft", 0, "vision_centric", 0.413, str(run / "eval/sft-0/metrics.jsonl")),
-            _vqa("sft", 1, "vision_centric", 0.433, str(run / "eval/sft-1/metrics.jsonl")),
-            _vqa("dpo", 0, "vision_centric", 0.452, str(run / "eval/dpo-0/metrics.jsonl")),
-            _vqa("dpo", 1, "vision_centric", 0.470, str(run / "eval/dpo-1/metrics.jsonl")),
-            _vqa("sft-blind", 0, "vision_centric", 0.262, "eval/sft-blind-0/metrics.jsonl"),
-            _vqa("sft", 0, "ocr_chart", 0.2, "eval/sft-0/metrics.jsonl"),
-        ],
-        "claims": [
-            {
-                "claim": "Does DPO see better than SFT?",
-                "comparison": "dpo - sft",
-                "metric": "vision_centric accuracy",
-                "diff": 0.032,
-                "ci_low": -0.005,
-                "ci_high": 0.069,
-                "verdict": "not significant at this scale",
-                "n_seeds": 2,
-            },
-            {
-                "claim": "Does the evolved encoder transplant better?",
-                "comparison": "pivot - enc-s",
-                "metric": "average",
-                "diff": 0.051,
-                "ci_low": 0.02,
-                "ci_high": 0.08,
-                "verdict": "holds",
-                "n_seeds": 2,
-            },
-            {
-                "claim": "Does DPO reshape the encoder (CKA to Stage 1)?",
-                "comparison": "dpo - sft",
-                "metric": "debiased_cka",
-                "diff": -0.0412,
-                "ci_low": -0.0803,
-                "ci_high": -0.0021,
-                "verdict": "reversed",
-                "n_seeds": 2,
-            },
-        ],
-        "analysis": [
-            {
-                "analysis": "linear_probe",
-                "encoder": "e",
-                "arm": arm,
-                "seed": seed,
-                "label": "shape",
-                "method": "logistic",
-                "metric": "top1",
-                "value": value,
-                "ci_low": value - 0.05,
-                "ci_high": value + 0.05,
-                "n": 60,
-            }
-            for arm, seed, value in [("sft", 0, 0.5), ("sft", 1, 0.6), ("dpo", 0, 0.7)]
-        ],
-        "transplant": [
-            {
-                "encoder": name,
-                "category": "average",
-                "value": value,
-                "ci_low": value - 0.02,
-                "ci_high": value + 0.02,
-            }
-            for name, value in [("enc-s", 0.40), ("enc-s+PIVOT", 0.45), ("enc-m", 0.43)]
-        ],
-        "compute": [
-            {
-                "step": "stage2-dpo",
-                "arm": "dpo",
-                "seed": 0,
-                "wall_s": 61.25,
-                "flops": 3.2e12,
-                "note": "4 epochs",
-            },
-        ],
-        "pivot_fraction": {"pivot_flops": 1e12, "pretraining_flops": 4e14, "fraction": 0.0025},
-        "pictures": {
-            "saliency": {
-                "sft": [
-                    _picture(pictures / f"sft/saliency/{i}.png", (200, 0, 0)) for i in range(2)
-                ],
-                "dpo": [
-                    _picture(pictures / f"dpo/saliency/{i}.png", (0, 0, 200)) for i in range(2)
-                ],
-            },
-            "pca": {"dpo": [_picture(pictures / "dpo/pca/0.png", (0, 200, 0))]},
-        },
-    }
 
 
 def test_html_is_self_contained_well_formed_and_embeds_every_picture(
