@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
 
 def _picture(path: Path, colour: tuple[int, int, int]) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
