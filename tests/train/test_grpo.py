@@ -160,7 +160,8 @@ def test_a_resumed_grpo_run_ends_where_an_uninterrupted_run_ends(
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
-def test_grpo_prompts_are_the_evaluations_prompts(preset, tmp_path) -> None:
+def _four_prompt_trainer(preset, tmp_path):
+    """A GRPO trainer on the tiny model over the first four preference records."""
     cfg = tiny_config("post-grpo", preset, *GRPO)
     model, processor = initial_model(cfg)
     split = resolve_split(cfg.data.train, "data.train")
@@ -168,6 +169,11 @@ def test_grpo_prompts_are_the_evaluations_prompts(preset, tmp_path) -> None:
     data = trl_dataset(records, split, stage="post", objective="grpo")
     args = trl_arguments(cfg, tmp_path, 1, 1)
     trainer = stage_trainer(cfg, model, processor, args, data, None, tmp_path)
+    return model, processor, records, data, trainer
+
+
+def test_grpo_prompts_are_the_evaluations_prompts(preset, tmp_path) -> None:
+    _, processor, records, data, trainer = _four_prompt_trainer(preset, tmp_path)
     rows = [data[i] for i in range(len(records))]
     # TRL's VLM path: the image placed in the user turn, then its own chat templating.
     from trl.data_utils import prepare_multimodal_messages
@@ -183,13 +189,7 @@ def test_grpo_prompts_are_the_evaluations_prompts(preset, tmp_path) -> None:
 
 
 def test_prefix_sharing_gives_grpo_the_stock_log_probs_and_gradients(preset, tmp_path) -> None:
-    cfg = tiny_config("post-grpo", preset, *GRPO)
-    model, processor = initial_model(cfg)
-    split = resolve_split(cfg.data.train, "data.train")
-    records = read_jsonl(split / "preferences.jsonl")[:4]
-    data = trl_dataset(records, split, stage="post", objective="grpo")
-    args = trl_arguments(cfg, tmp_path, 1, 1)
-    trainer = stage_trainer(cfg, model, processor, args, data, None, tmp_path)
+    model, _, records, data, trainer = _four_prompt_trainer(preset, tmp_path)
     model.train()
     # One generation batch as TRL's sampler hands it over: each prompt num_generations times.
     batch = trainer._generate_and_score_completions(
