@@ -153,9 +153,16 @@ def _claim_row(study: StudyConfig, run: Path, claim: Claim) -> dict:
 
     sources: list[str] = []
 
+    # Both sides on the seeds they share: the scale sweep may run on fewer seeds.
+    shared = [
+        seed
+        for seed in track_seeds(study, _track(study, claim.control_track))
+        if seed in track_seeds(study, _track(study, claim.treated_track))
+    ]
+
     def side(arm: str, track: str) -> dict[int, Any]:
         found = {}
-        for seed in track_seeds(study, _track(study, track)):
+        for seed in shared:
             root = _track_root(study, run, seed, track)
             if claim.where == ENCODER:
                 found[seed] = _encoder_row(root, arm)
