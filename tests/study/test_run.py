@@ -245,3 +245,21 @@ def test_a_study_may_grow_by_arms_but_not_change_in_place(preset: Path, tmp_path
     changed = load_study(str(preset), [ipo, "post.arms.dpo.overrides=[data.limit=3]"])
     with pytest.raises(StudyError, match="more than added arms"):
         _check_folder(changed, tmp_path)  # an existing arm's recipe changed
+
+
+def test_a_claim_against_a_one_seed_sweep_uses_the_seeds_both_sides_have(tmp_path: Path) -> None:
+    from pivotlab.study.run import ENCODER, ENCODER_MEASUREMENT, _claim_row
+
+    study = load_study("full", ["sweeps.scale.seeds=[0]"])
+    claim = next(c for c in claims(study) if c.where == ENCODER and c.treated_track != "main")
+    values = {(0, "main"): 0.30, (1, "main"): 0.32, (2, "main"): 0.31, (0, "sweep"): 0.36}
+    for (seed, track), value in values.items():
+        root = tmp_path / f"seed{seed}"
+        folder = root if track == "main" else root / "scale" / claim.treated_track
+        (folder / "analysis").mkdir(parents=True)
+        row = {**ENCODER_MEASUREMENT, "encoder": claim.treated, "value": value}
+        row.update(ci_low=value - 0.01, ci_high=value + 0.01)
+        (folder / "analysis" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    result = _claim_row(study, tmp_path, claim)
+    assert result["n_seeds"] == 1  # seed 0 only: the sweep ran there alone
+    assert result["diff"] == pytest.approx(0.36 - 0.30)
