@@ -11,6 +11,7 @@ a step interrupted half-way resumes from its own checkpoints when the study runs
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -397,12 +398,30 @@ def seed_steps(study: StudyConfig, run: Path, seed: int, splits: dict[str, Path]
     return steps
 
 
-def _eta(steps: list[Step], done_walls: dict[str, list[float]], start: int) -> float:
-    def guess(kind: str) -> float:
-        seen = done_walls.get(kind)
-        return sum(seen) / len(seen) if seen else DEFAULT_SECONDS[kind]
+def _estimate_keys(step: Step) -> list[str]:
+    """What a step's time is guessed from, most specific first: the same step on an earlier
+    seed, then finished steps of the same stage and objective on the same model, then its
+    kind.
 
-    return sum(guess(step.kind) for step in steps[start:])
+    A mean over the kind alone overshot: one long Stage-1 ``full`` made every short
+    post-training arm look as long."""
+    keys = [re.sub(r"^seed\d+/", "", step.name)]
+    if step.config is not None:
+        cfg = step.config
+        stage = f"post-{cfg.post.objective}" if cfg.stage == "post" else cfg.stage
+        keys.append(f"{step.kind}:{stage}:{step.architecture}")
+    keys.append(step.kind)
+    return keys
+
+
+def _eta(steps: list[Step], done_walls: dict[str, list[float]], start: int) -> float:
+    def guess(step: Step) -> float:
+        for key in _estimate_keys(step):
+            if seen := done_walls.get(key):
+                return sum(seen) / len(seen)
+        return DEFAULT_SECONDS[step.kind]
+
+    return sum(guess(step) for step in steps[start:])
 
 
 def _clock(seconds: float) -> str:
@@ -427,7 +446,8 @@ def run_steps(steps: list[Step], ledger: Ledger, log: Callable[[str], None] = pr
             status = f"done in {_clock(wall)}"
         else:
             status = "finished earlier, skipped"
-        walls.setdefault(step.kind, []).append(record.wall_s)
+        for key in _estimate_keys(step):
+            walls.setdefault(key, []).append(record.wall_s)
         step.results = {**record.results, "wall_s": record.wall_s, "flops": record.flops}
         elapsed = time.perf_counter() - began
         left = _eta(steps, walls, index + 1)

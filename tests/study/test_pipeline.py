@@ -1,0 +1,43 @@
+"""The study's step list and its progress estimate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pivotlab.study.config import load_study
+from pivotlab.study.dryrun import _planned_world
+from pivotlab.study.ledger import Ledger
+from pivotlab.study.pipeline import Step, run_steps, seed_steps
+
+
+def _timed(step: Step, seconds: float, clock: list[float]) -> Step:
+    """The step with an action that advances the fake clock instead of training."""
+
+    def action() -> dict:
+        clock[0] += seconds
+        return {}
+
+    step.action = action
+    step.outputs = []
+    return step
+
+
+def test_the_estimate_learns_each_step_from_its_own_kind_not_the_slowest(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """After one long Stage-1 ``full`` and one short SFT arm, a later seed's SFT arm is
+    guessed from the SFT arm (a mean over every training step guessed it three times
+    as long)."""
+    study = load_study("quick", ["seeds=[0,1]"])
+    world = _planned_world(study)
+    wanted = ["seed0/align", "seed0/full", "seed0/post-sft", "seed1/post-sft"]
+    steps = {s.name: s for seed in (0, 1) for s in seed_steps(study, tmp_path, seed, world)}
+    clock = [0.0]
+    seconds = {"seed0/align": 10.0, "seed0/full": 160.0, "seed0/post-sft": 20.0}
+    chosen = [_timed(steps[n], seconds.get(n, 20.0), clock) for n in wanted]
+    monkeypatch.setattr("pivotlab.study.pipeline.time.perf_counter", lambda: clock[0])
+    lines: list[str] = []
+    run_steps(chosen, Ledger(tmp_path / "run"), lines.append)
+    assert lines[2].endswith("(elapsed 3m10s, about 0m20s left)")
+    # No arm finished yet: the two arms are guessed from the training steps so far.
+    assert lines[1].endswith("about 2m50s left)")
