@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from threadpoolctl import threadpool_limits
+
 from pivotlab.analysis import ANALYSES, ENCODER_ANALYSES, MODEL_ANALYSES
 from pivotlab.analysis.features import AnalysisError, Encoder, FeatureSpec, load_encoder
 from pivotlab.io import MiB, append_jsonl, check_output, write_json_atomic, write_text_atomic
@@ -144,6 +146,22 @@ def run_analyses(cfg: AnalyzeConfig, log: Callable[[str], None] = print) -> list
         rows.extend(made)
         append_jsonl(cfg.out / "metrics.jsonl", made)
 
+    # NumPy/SciPy's OpenBLAS threads and torch's OpenMP threads, alternating in one process,
+    # fight over the cores: on 2 cores the linear probe ran 4.5x slower with two BLAS threads
+    # than with one, and an 8,000 x 768 probe fit 2.4x slower (docs/performance.md). Torch's
+    # own kernels are not limited by this.
+    with threadpool_limits(limits=1, user_api="blas"):
+        _run_each(cfg, keep, log)
+    write_text_atomic(cfg.out / "table.md", comparison_table(rows))
+    return rows
+
+
+def _run_each(
+    cfg: AnalyzeConfig,
+    keep: Callable[[list[dict], str], None],
+    log: Callable[[str], None],
+) -> None:
+    """Each analysis on each encoder and model, in the order asked; ``keep`` stores rows."""
     encoders = cfg.encoders + cfg.models
     for analysis in cfg.analyses:
         if analysis in ENCODER_ANALYSES:
@@ -157,8 +175,6 @@ def run_analyses(cfg: AnalyzeConfig, log: Callable[[str], None] = print) -> list
         for name, model_dir in cfg.models if analysis in MODEL_ANALYSES else []:
             log(f"{analysis}: {name}")
             keep(_model_rows(cfg, analysis, name, model_dir), name)
-    write_text_atomic(cfg.out / "table.md", comparison_table(rows))
-    return rows
 
 
 def _fixed_lm_alignment(cfg: AnalyzeConfig, encoder: Encoder) -> list[dict]:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 
 @torch.inference_mode()
@@ -32,10 +33,13 @@ def patch_tokens(
 
 
 def _fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray) -> np.ndarray:
-    scaler = StandardScaler().fit(train_x)
-    model = LogisticRegression(C=1.0, max_iter=1000)
-    model.fit(scaler.transform(train_x), train_y)
-    return model.predict(scaler.transform(test_x))
+    # One BLAS thread: OpenBLAS's threads and torch's OpenMP threads in one process fight
+    # over the cores, and small fits ran several times slower with two (docs/performance.md).
+    with threadpool_limits(limits=1, user_api="blas"):
+        scaler = StandardScaler().fit(train_x)
+        model = LogisticRegression(C=1.0, max_iter=1000)
+        model.fit(scaler.transform(train_x), train_y)
+        return model.predict(scaler.transform(test_x))
 
 
 def linear_probe(
