@@ -226,10 +226,48 @@ def test_the_stage1_warning_appears_only_when_stage1_does_not_clear_the_blind_ba
             "chance": 0.35,
         }
 
-    seeing = _warnings([row("stage1", 0.60, 0.55), row("blind", 0.36, 0.30)], [])
-    blind = _warnings([row("stage1", 0.38, 0.33), row("blind", 0.36, 0.30)], [])
+    seeing = _warnings([row("stage1", 0.60, 0.55), row("blind", 0.36, 0.30)], [], [])
+    blind = _warnings([row("stage1", 0.38, 0.33), row("blind", 0.36, 0.30)], [], [])
     assert not any("Warning" in w for w in seeing)
     assert any("38.0% [33.0%, 43.0%], seed 0; chance 35.0%" in w for w in blind)
+
+
+def test_the_transplant_warning_appears_only_when_no_transplant_clears_the_blind_baseline() -> None:
+    from pivotlab.study.run import _warnings
+
+    vqa = [
+        {
+            "arm": a,
+            "category": "vision_centric",
+            "track": "main",
+            "seed": 0,
+            "value": v,
+            "ci_low": v - 0.05,
+            "ci_high": v + 0.05,
+            "chance": 0.35,
+        }
+        for a, v in (("stage1", 0.60), ("blind", 0.36))
+    ]
+
+    def transplanted(*lows: float) -> list[dict]:
+        return [
+            {
+                "encoder": f"e{i}",
+                "seed": 0,
+                "category": "vision_centric",
+                "value": low + 0.05,
+                "ci_low": low,
+                "ci_high": low + 0.1,
+            }
+            for i, low in enumerate(lows)
+        ]
+
+    one_sees = _warnings(vqa, [], transplanted(0.30, 0.40))
+    none_sees = _warnings(vqa, [], transplanted(0.28, 0.30, 0.35))
+    assert not any("transplanted" in w for w in one_sees)
+    assert any(
+        "blind baseline's (36.0%; 3 models" in w and "33.0% to 40.0%" in w for w in none_sees
+    )
 
 
 def test_a_study_may_grow_by_arms_but_not_change_in_place(preset: Path, tmp_path: Path) -> None:

@@ -310,9 +310,29 @@ def _interval(row: dict) -> str:
     return f" [{row['ci_low']:.1%}, {row['ci_high']:.1%}]"
 
 
-def _warnings(vqa: list[dict], claim_rows: list[dict]) -> list[str]:
-    """What a reader must know before trusting a verdict: whether Stage 1 uses the image
-    at all (against the blind baseline), and how many verdicts chance alone would give."""
+def _transplant_warning(transplant: list[dict], blind: list[float]) -> list[str]:
+    """A warning when no transplanted MLLM is clearly above the blind baseline (the Stage-1
+    model without images: the same questions answered by their wording alone); then the
+    PIVOT claims compare models that hardly see."""
+    rows = [r for r in transplant if r["category"] == HEADLINE_CATEGORY]
+    if not rows or not blind:
+        return []
+    reference = sum(blind) / len(blind)
+    if any(r["ci_low"] is not None and r["ci_low"] > reference for r in rows):
+        return []
+    values = sorted(r["value"] for r in rows)
+    return [
+        f"Warning: no transplanted MLLM's {HEADLINE_CATEGORY} accuracy is clearly above the "
+        f"blind baseline's ({reference:.1%}; {len(rows)} models over encoders and seeds, "
+        f"{values[0]:.1%} to {values[-1]:.1%}): the transplant claims compare models that "
+        "hardly see."
+    ]
+
+
+def _warnings(vqa: list[dict], claim_rows: list[dict], transplant: list[dict]) -> list[str]:
+    """What a reader must know before trusting a verdict: whether Stage 1 and the
+    transplanted models use the image at all (against the blind baseline), and how many
+    verdicts chance alone would give."""
     found = []
 
     def headline(arm: str) -> list[dict]:
@@ -332,6 +352,7 @@ def _warnings(vqa: list[dict], claim_rows: list[dict]) -> list[str]:
                 f"({blind['value']:.1%}): it barely uses the image, and the claims compare "
                 "models that hardly see."
             )
+    found += _transplant_warning(transplant, [r["value"] for r in headline(BLIND)])
     decided = [r for r in claim_rows if r["verdict"].startswith(("holds", "reversed"))]
     if claim_rows:
         found.append(
@@ -346,18 +367,19 @@ def collect(study: StudyConfig, run: Path, steps: list[Step], command: str) -> d
     """Everything the report shows, from the steps' files."""
     vqa = _vqa_rows(study, run)
     claim_rows = [_claim_row(study, run, claim) for claim in claims(study)]
+    transplant = _transplant_rows(study, run)
     return {
         "title": f"pivotlab study: {study.name}",
         "preset": study.name,
         "command": command,
-        "warnings": _warnings(vqa, claim_rows),
+        "warnings": _warnings(vqa, claim_rows, transplant),
         "notes": study.notes,
         "seeds": study.seeds,
         "setup": _setup(study),
         "vqa": vqa,
         "claims": claim_rows,
         "analysis": _analysis_rows(study, run),
-        "transplant": _transplant_rows(study, run),
+        "transplant": transplant,
         "compute": _compute_rows(steps),
         "pivot_fraction": _pivot_fraction(study, steps),
         "pictures": _pictures(study, run),
