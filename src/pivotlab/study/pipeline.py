@@ -400,16 +400,17 @@ def seed_steps(study: StudyConfig, run: Path, seed: int, splits: dict[str, Path]
 
 def _estimate_keys(step: Step) -> list[str]:
     """What a step's time is guessed from, most specific first: the same step on an earlier
-    seed, then finished steps of the same stage and objective on the same model, then its
-    kind.
+    seed, then finished steps of the same stage and objective on the same model, data size
+    and trained parts, then its kind.
 
     A mean over the kind alone overshot: one long Stage-1 ``full`` made every short
-    post-training arm look as long."""
+    post-training arm, and every transplant's shorter ``full``, look as long."""
     keys = [re.sub(r"^seed\d+/", "", step.name)]
     if step.config is not None:
         cfg = step.config
         stage = f"post-{cfg.post.objective}" if cfg.stage == "post" else cfg.stage
-        keys.append(f"{step.kind}:{stage}:{step.architecture}")
+        size = (cfg.data.limit, cfg.train.epochs, cfg.train.steps, tuple(cfg.parts))
+        keys.append(f"{step.kind}:{stage}:{step.architecture}:{size}")
     keys.append(step.kind)
     return keys
 
