@@ -21,7 +21,7 @@ from pivotlab.train.data import stage_records, trl_dataset
 from pivotlab.train.stages import STAGE_FILE, initial_model, stage_trainer, trl_arguments
 from pivotlab.world.answers import is_correct
 from pivotlab.world.jsonl import read_jsonl
-from tests.train.conftest import tiny_config
+from tests.train.conftest import assert_same_curves, tiny_config, train_curve
 
 VISION = "vision_tower."  # key prefix in the saved checkpoint
 
@@ -67,6 +67,16 @@ def test_both_objectives_update_the_vision_encoder(sft_and_dpo, stage1_dir) -> N
         assert any(".encoder.layers.0." in k for k in changed)
         # Feature layer -2: the last block and the final norm never reach the loss.
         assert not any(".encoder.layers.1." in k or "post_layernorm" in k for k in changed)
+
+
+def test_dpo_trains_alike_with_and_without_prefix_sharing(sft_and_dpo, preset, tmp_path) -> None:
+    """The default run (prefix sharing and the reference cache on) against the stock path."""
+    switches = ("post.prefix_sharing=false", "post.reference_cache=false")
+    stock = run_stage(tiny_config("post-dpo", preset, *switches), tmp_path / "stock").out
+    shared = sft_and_dpo["dpo"]
+    assert read_jsonl(stock / "samples.jsonl") == read_jsonl(shared / "samples.jsonl")
+    assert len(train_curve(stock, "loss")) == 3
+    assert_same_curves(shared, stock, ("loss", "logps/chosen", "logps/rejected"))
 
 
 def test_a_run_folder_holds_what_the_design_promises(sft_and_dpo) -> None:

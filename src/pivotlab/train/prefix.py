@@ -58,14 +58,21 @@ from accelerate import PartialState
 from safetensors.torch import load_file
 from safetensors.torch import save as save_tensors
 from torch.utils.data import DataLoader
-from transformers import DynamicCache, LlavaModel
+from transformers import Cache, DynamicCache, LlavaModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.llava.modeling_llava import LlavaModelOutputWithPast
+from transformers.utils import ModelOutput
 from trl.trainer.utils import hash_module
 
 from pivotlab.cache import cache_root
 from pivotlab.errors import PivotlabError
 from pivotlab.io import write_bytes_atomic
+from pivotlab.train.adapter import (
+    accepts,
+    cache_keyword,
+    prepare_batch,
+    release_prepared_model,
+    serve_reference_from_batch,
+)
 from pivotlab.train.data import SAMPLE_INDEX
 
 logger = logging.getLogger(__name__)
@@ -78,6 +85,7 @@ SHARED_ARGUMENTS = frozenset(
 CALL_ARGUMENTS = frozenset({"labels", "fused_lm_head", "num_items_in_batch"})
 VERIFIED_ATTENTION = ("sdpa", "eager")  # the implementations the equality tests cover
 REFERENCE_KIND = "reference"
+BACKBONE_NOT_CALLED = "the fused head did not call the backbone"
 DIGEST_BYTES = 16
 
 
@@ -239,7 +247,7 @@ def shared_forward(
     plan: SharingPlan,
     input_ids: torch.Tensor,
     pixel_values: torch.Tensor | None,
-) -> LlavaModelOutputWithPast:
+) -> ModelOutput:
     """The backbone's last hidden states for the whole batch, computed as ``plan`` says.
 
     ``forward`` is the backbone's stock forward, run twice: over the groups' prefixes (with
@@ -259,15 +267,17 @@ def shared_forward(
     group_features = [features[u] for g in plan.groups for u in g.images]
     encoder_outputs = {"image": BaseModelOutputWithPooling(pooler_output=group_features)}
     cache = DynamicCache(config=backbone.config.text_config)
+    keyword = cache_keyword(backbone)
     prefix_mask = prefix_mask.to(device)
-    prefix = forward(
+    prefix_output = forward(
         input_ids=prefix_ids.to(device),
         attention_mask=prefix_mask,
         position_ids=prefix_positions.to(device),
         mm_encoder_outputs=encoder_outputs if group_features else None,
-        past_key_values=cache,
         use_cache=True,
-    ).last_hidden_state
+        **{keyword: cache},
+    )
+    prefix = prefix_output.last_hidden_state
     hidden = [prefix.flatten(0, 1)]
     continuing = [r for r, row in enumerate(plan.rows) if len(row.tokens) > _shared(plan, row)]
     tail_width = 0
@@ -280,17 +290,25 @@ def shared_forward(
             input_ids=tail_ids.to(device),
             attention_mask=torch.cat([prefix_mask[of_group], tail_mask.to(device)], dim=1),
             position_ids=tail_positions.to(device),
-            past_key_values=cache,
             use_cache=True,
+            **{keyword: cache},
         ).last_hidden_state
         hidden.append(tail.flatten(0, 1))
     hidden.append(prefix.new_zeros(1, prefix.shape[-1]))  # what padding columns read
     index = _layout(plan, tuple(input_ids.shape), prefix.shape[1], continuing, tail_width)
-    row_features = [features[u] for row in plan.rows for u in plan.groups[row.group].images]
-    return LlavaModelOutputWithPast(
-        last_hidden_state=torch.cat(hidden)[index.to(device)],
-        image_hidden_states=torch.cat(row_features) if row_features else None,
-    )
+    return with_hidden_states(prefix_output, torch.cat(hidden)[index.to(device)])
+
+
+def with_hidden_states(output: ModelOutput, hidden: torch.Tensor) -> ModelOutput:
+    """The stock forward's own output object with the batch's last hidden states.
+
+    Built from the fields the stock forward filled, whatever its transformers version
+    names them, not from fields assumed here. The prefixes' key/value cache is left out:
+    the caller asked for none. The image features stay those of the distinct images, each
+    encoded once.
+    """
+    fields = {k: v for k, v in output.items() if not isinstance(v, Cache)}
+    return type(output)(**{**fields, "last_hidden_state": hidden})
 
 
 def _shared(plan: SharingPlan, row: Row) -> int:
@@ -354,6 +372,8 @@ def unsupported(model) -> str | None:
     attention = text._attn_implementation or "eager"
     if attention not in VERIFIED_ATTENTION:
         return f"attention implementation {attention!r} is not among {VERIFIED_ATTENTION}"
+    if cache_keyword(backbone) is None or not accepts(backbone, "mm_encoder_outputs"):
+        return "this transformers' LlavaModel.forward takes no cache or image features"
     return None
 
 
@@ -390,12 +410,16 @@ def _model_forward(self, *args, **kwargs):
     if isinstance(plan, str):
         self._pivotlab_sharing_counts[plan] += 1
         return self._pivotlab_stock_forward(*args, **kwargs)
-    self._pivotlab_sharing_counts["shared"] += 1
     self.model._pivotlab_plan = plan
     try:
-        return self._pivotlab_stock_forward(*args, **kwargs)
+        output = self._pivotlab_stock_forward(*args, **kwargs)
     finally:
+        unused = self.model._pivotlab_plan is not None
         self.model._pivotlab_plan = None
+    # TRL's fused head (TRL 1.16, add_fused_lm_head) runs the backbone's forward, which
+    # takes the plan; a head that did not ran the stock path, and the count says so.
+    self._pivotlab_sharing_counts[BACKBONE_NOT_CALLED if unused else "shared"] += 1
+    return output
 
 
 def _backbone_forward(self, *args, **kwargs):
@@ -528,7 +552,7 @@ def reference_key(trainer, records_hash: str, reference) -> dict[str, str]:
         "settings": json.dumps(
             {
                 "max_length": args.max_length,
-                "ld_alpha": trainer.ld_alpha,
+                "ld_alpha": args.ld_alpha,
                 "bf16": bool(args.bf16),
                 "fp16": bool(args.fp16),
                 "trl": trl.__version__,
@@ -551,7 +575,7 @@ def reference_pass(trainer, records: datasets.Dataset, reference) -> torch.Tenso
     values = []
     for batch in loader:
         batch.pop(SAMPLE_INDEX, None)
-        batch = trainer._prepare_inputs(batch)
+        batch = prepare_batch(trainer, batch)
         chosen, rejected = trainer.compute_ref_log_probs(reference, batch)
         values.append(torch.stack([chosen, rejected], dim=1).float().cpu())
     return torch.cat(values)
@@ -623,14 +647,11 @@ def use_reference_cache(trainer, folder: Path | None = None) -> Path:
         trainer, reference, folder or cache_root(REFERENCE_KIND)
     )
     trainer.data_collator = ReferenceColumns(trainer.data_collator, table, digests)
-    # TRL's own switch for "the batch carries the reference log-probs"; set after
+    # TRL's own path for "the batch carries the reference log-probs", switched on after
     # construction because its constructor refuses it for image datasets.
-    trainer.precompute_ref_logps = True
-    # accelerate keeps every prepared model in ``_models``; without this the reference
-    # would stay in memory.
-    trainer.accelerator._models = [
-        m for m in trainer.accelerator._models if m is not trainer.ref_model
-    ]
+    serve_reference_from_batch(trainer)
+    # Without this, accelerate would keep the reference in memory.
+    release_prepared_model(trainer.accelerator, trainer.ref_model)
     trainer.ref_model = None
     return path
 

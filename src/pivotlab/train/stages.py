@@ -58,6 +58,7 @@ from pivotlab.model.parts import (
     parts_table,
     set_trainable,
 )
+from pivotlab.train.adapter import check_versions
 from pivotlab.train.config import (
     PREFERENCE_LOSSES,
     ConfigError,
@@ -580,6 +581,7 @@ def run_stage(
     teacher) run code they ship; off unless asked for.
     """
     out = Path(out)
+    check_versions()  # one line now, rather than a library's traceback mid-run
     check_init(cfg)
     state = PartialState(cpu=on_cpu(cfg))
     if state.is_main_process:

@@ -11,9 +11,9 @@
    appends ``{"step", "ids"}`` to ``samples.jsonl`` (gathered over processes, rank order),
    counting tokens on the way for the run summary.
 
-4. **Resume that restores the weights** (see ``_load_from_checkpoint``), from safetensors
-   only, and the running loss sum kept in each checkpoint, so a resumed run reports the mean
-   loss of the whole run (``run_mean_loss``).
+4. **Resume that restores the weights** (see ``restore_weights``), from safetensors only,
+   and the running loss sum kept in each checkpoint, so a resumed run reports the mean loss
+   of the whole run (``run_mean_loss``); training arguments kept as JSON, not pickled.
 5. **VIRAL, when switched on**: the alignment term of ``train.viral`` is added to the loss
    TRL computed, and logged beside it (``alignment_loss``, ``objective_loss``).
 6. **A stop on non-finite numbers**: after the gradients of a step are reduced and before
@@ -24,7 +24,9 @@
 The mixin sits on ``SFTTrainer``, ``DPOTrainer`` and ``GRPOTrainer`` (``StageGRPOTrainer``
 reads the same schedule through TRL's own prompt-repeating sampler and logs its prompts when
 it generates). Everything else (losses, rewards, generation, reference model, logging,
-checkpoints, resume, accelerate) is TRL's and ``transformers``'.
+checkpoints, resume, accelerate) is TRL's and ``transformers``'. This module uses their
+public extension points only; the hooks on Trainer's and GRPOTrainer's private methods, and
+the version check that guards them, are in ``train.adapter``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,13 @@ from trl import DPOTrainer, GRPOTrainer, SFTTrainer
 from pivotlab.errors import PivotlabError
 from pivotlab.io import append_jsonl, write_json_atomic, write_text_atomic
 from pivotlab.model.parts import ALIGN_HEAD, parameter_groups
+from pivotlab.train.adapter import (
+    GRPOInternals,
+    TrainerInternals,
+    check_versions,
+    loss_sum,
+    save_checkpoint_now,
+)
 from pivotlab.train.data import SAMPLE_INDEX
 from pivotlab.train.prefix import speed_up_preferences
 from pivotlab.train.viral import VisualAlignment
@@ -149,8 +157,30 @@ def _prefixed_weights(folder: Path, prefix: str) -> dict[str, torch.Tensor]:
     return weights
 
 
-class StageTrainerMixin:
-    """Mixed into TRL's trainers; see the module docstring."""
+def keep_arguments_as_json(folder: Path, args) -> None:
+    """Replace Trainer's pickled arguments in a checkpoint by their JSON.
+
+    Trainer saves them with torch.save (only ``weights_only=False`` reads them back, and
+    nothing does): a run folder then holds no pickle of code.
+    """
+    (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)
+    write_text_atomic(folder / ARGS_FILE, args.to_json_string())
+
+
+class ArgumentsAsJson(TrainerCallback):
+    """After each checkpoint: its training arguments as JSON, not as a pickle."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.should_save:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                keep_arguments_as_json(folder, args)
+
+
+class StageTrainerMixin(TrainerInternals):
+    """Mixed into TRL's trainers; see the module docstring. The methods that hook
+    Trainer's private ones (``extra_columns``, ``train_sampler``, ``before_update``,
+    ``before_checkpoint``, ``restore_weights``) are called from ``train.adapter``."""
 
     # Record indices travel beside the collated batch (see ``IndexedCollator``); GRPO has no
     # collator (its batches are lists of rows) and logs its prompts when it generates.
@@ -165,6 +195,7 @@ class StageTrainerMixin:
         alignment: VisualAlignment | None = None,
         **kwargs: Any,
     ) -> None:
+        check_versions()  # before the libraries' constructors: one line, not a traceback later
         self.part_learning_rates = part_learning_rates
         self.alignment = alignment
         self._alignment_terms: list[float] = []
@@ -177,14 +208,15 @@ class StageTrainerMixin:
         super().__init__(*args, **kwargs)
         if self.collates_indices:
             self.data_collator = IndexedCollator(self.data_collator)
+        self.add_callback(ArgumentsAsJson())
 
-    def _set_signature_columns_if_needed(self) -> None:
-        super()._set_signature_columns_if_needed()
-        if SAMPLE_INDEX not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, SAMPLE_INDEX]
+    def extra_columns(self) -> list[str]:
+        """Dataset columns the collator needs beyond the library's own: the record index."""
+        return [SAMPLE_INDEX]
 
-    def _get_train_sampler(self, train_dataset=None):
-        return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+    def train_sampler(self, dataset):
+        """The schedule is the dataset's order: read it in order (None: the library's)."""
+        return SequentialSampler(dataset)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -248,14 +280,9 @@ class StageTrainerMixin:
     def _ids(self, indices: list[int]) -> list:
         return [self.record_ids[i] for i in indices] if self.record_ids else indices
 
-    def _get_grad_norm(self, model, grad_norm=None):
-        # Trainer calls this once per optimizer step, after the gradients are reduced and
-        # clipped and before optimizer.step(): the last moment the update can be refused.
-        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        self._stop_if_not_finite(grad_norm)
-        return grad_norm
-
-    def _stop_if_not_finite(self, grad_norm) -> None:
+    def before_update(self, grad_norm) -> None:
+        """Once per optimizer step, after the gradients are reduced and clipped and before
+        the optimizer uses them: the last moment an update can be refused."""
         local = torch.cat(self._step_losses) if self._step_losses else torch.zeros(1)
         # Every process must decide alike (each then saves its RNG state and raises), so
         # the decision reads every process's losses; the norm is already global.
@@ -267,12 +294,17 @@ class StageTrainerMixin:
             problems.append(f"loss {losses[~torch.isfinite(losses)][0].item()}")
         if not math.isfinite(norm):
             problems.append(f"gradient norm {norm}")
-        if not problems:
-            return
-        step, what = self.state.global_step + 1, " and ".join(problems)
+        if problems:
+            self._stop(" and ".join(problems), indices)
+
+    def _stop(self, what: str, indices: list[int]) -> None:
+        """Keep the state before this step as a checkpoint and raise ``NonFiniteError``."""
+        step = self.state.global_step + 1
         saved = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
         if not checkpoint_complete(saved):
-            self._save_checkpoint(self.model, trial=None)
+            save_checkpoint_now(self)
+            if self.args.should_save:
+                keep_arguments_as_json(saved, self.args)
         ids = self._ids(indices)
         shown = ", ".join(str(i) for i in ids[:SHOWN_IDS])
         more = f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else ""
@@ -282,48 +314,36 @@ class StageTrainerMixin:
             f"{self.state.global_step} is in {saved}"
         )
 
-    def _save_checkpoint(self, model, trial) -> None:
-        if self.args.should_save:
-            # Written first: Trainer writes trainer_state.json last, so a complete checkpoint
-            # always has it.
-            step = self.state.global_step
-            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{step}"
-            folder.mkdir(parents=True, exist_ok=True)
-            # What Trainer adds up for its own train_loss: the logged (process-averaged)
-            # losses, plus this process's losses since the last log.
-            tail = self._tr_loss.item() if hasattr(self, "_tr_loss") else 0.0
-            loss_sum = getattr(self, "_total_loss_scalar", 0.0) + tail
-            write_json_atomic(folder / LOSS_FILE, {"step": step, "loss_sum": loss_sum})
-        super()._save_checkpoint(model, trial)
+    def before_checkpoint(self, folder: Path) -> None:
+        """Main process, before Trainer writes ``folder``: the running loss sum, so that a
+        resumed run reports the mean loss of the whole run. Written first: Trainer writes
+        trainer_state.json last, so a complete checkpoint always has it."""
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {"step": self.state.global_step, "loss_sum": loss_sum(self)}
+        write_json_atomic(folder / LOSS_FILE, state)
 
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        super()._save(output_dir, state_dict=state_dict)
-        if not self.args.should_save:
-            return
-        # Trainer pickles its arguments with torch.save (only weights_only=False reads them
-        # back, and nothing does): keep them as JSON so a run folder holds no pickle of code.
-        folder = Path(output_dir if output_dir is not None else self.args.output_dir)
-        (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)
-        write_text_atomic(folder / ARGS_FILE, self.args.to_json_string())
+    def restore_weights(self, checkpoint: str, model=None) -> bool:
+        """Load a checkpoint's weights for resume; False leaves it to Trainer (DeepSpeed,
+        FSDP).
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        target = self.model if model is None else model
+        transformers 5's Trainer resumes with load_state_dict(strict=False) on the raw
+        file, but save_pretrained wrote Llava's keys in their legacy layout: no key
+        matches, nothing loads, and training silently restarts from the initial weights
+        (transformers#43701). Load the checkpoint the way from_pretrained does and insist
+        on every key.
+        """
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        # transformers 5's Trainer resumes with load_state_dict(strict=False) on the raw
-        # file, but save_pretrained wrote Llava's keys in their legacy layout: no key
-        # matches, nothing loads, and training silently restarts from the initial weights
-        # (transformers#43701). Load the checkpoint the way from_pretrained does and insist
-        # on every key.
+            return False
+        target = self.model if model is None else model
         parameter = next(target.parameters())
         saved = type(target).from_pretrained(
-            resume_from_checkpoint, dtype=parameter.dtype, use_safetensors=True
+            checkpoint, dtype=parameter.dtype, use_safetensors=True
         )
         state = saved.state_dict()
         if hasattr(target, ALIGN_HEAD):  # VIRAL's head: not a Llava key, saved as it is
-            state.update(_prefixed_weights(Path(resume_from_checkpoint), f"{ALIGN_HEAD}."))
+            state.update(_prefixed_weights(Path(checkpoint), f"{ALIGN_HEAD}."))
         target.load_state_dict(state, strict=True)
-        return None
+        return True
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if "learning_rate" in logs and self.optimizer is not None:
@@ -357,18 +377,19 @@ class StageDPOTrainer(StageTrainerMixin, DPOTrainer):
         speed_up_preferences(self, prefix_sharing=prefix_sharing, reference_cache=reference_cache)
 
 
-class StageGRPOTrainer(StageTrainerMixin, GRPOTrainer):
+class StageGRPOTrainer(GRPOInternals, StageTrainerMixin, GRPOTrainer):
     """TRL's ``GRPOTrainer`` for ``post.objective: grpo``, on the same schedule as the other
     objectives: the training set is the schedule (one row per prompt, in order) and TRL's
     ``RepeatSampler`` reads it unshuffled, each prompt ``num_generations`` times, one
     generation batch of ``train.batch_size`` prompts per optimizer step (``stage_trainer``
-    sizes TRL's batches so). What it adds to the mixin:
+    sizes TRL's batches so). What it adds to the mixin, through the hooks
+    ``train.adapter.GRPOInternals`` calls:
 
     - the prompts of each generation batch go to ``samples.jsonl`` as the other objectives'
       micro-batches do (``accumulation`` lines of ``batch_size / accumulation`` ids), so the
       file is the SFT arm's line for line;
     - the generation budget: completions, generated tokens and seconds in TRL's
-      ``_generate`` (``generation_summary``);
+      generation (``generation_summary``);
     - with ``prefix_sharing``, the loss and KL forwards run each prompt's image and tokens
       once for all its replies (``train.prefix``);
     - the mean total reward and correctness per question ``category``, pooled over every
@@ -393,56 +414,52 @@ class StageGRPOTrainer(StageTrainerMixin, GRPOTrainer):
         # Completions are new every step, so there is no reference cache to keep.
         speed_up_preferences(self, prefix_sharing=prefix_sharing, reference_cache=False)
 
-    def _get_train_sampler(self, train_dataset=None):
-        # The schedule is the dataset's order; GRPOConfig(shuffle_dataset=False) keeps it.
-        return GRPOTrainer._get_train_sampler(self, train_dataset)
+    def train_sampler(self, dataset):
+        """None: TRL's own sampler; ``GRPOConfig(shuffle_dataset=False)`` keeps the order."""
+        return None
 
-    def _generate_and_score_completions(self, inputs: list[dict]) -> dict:
-        training = self.model.training
-        if training:
-            self._record_prompts(inputs)
-        output = super()._generate_and_score_completions(inputs)
-        if training:
-            local = output["prompt_mask"].sum() + output["completion_mask"].sum()
-            self.tokens_seen += int(self.accelerator.gather(local.reshape(1)).sum().item())
-        return output
-
-    def _record_prompts(self, inputs: list[dict]) -> None:
-        # Each prompt arrives num_generations times in a row; every process holds an equal,
-        # contiguous share of the step's prompts, so rank order is schedule order.
+    def before_generation_batch(self, inputs: list[dict]) -> None:
+        """Log the prompts of a generation batch. Each prompt arrives num_generations times
+        in a row; every process holds an equal, contiguous share of the step's prompts, so
+        rank order is schedule order."""
+        if not self.model.training:
+            return
         local = [row[SAMPLE_INDEX] for row in inputs[:: self.num_generations]]
         device = self.accelerator.device
         gathered = self.accelerator.gather(torch.tensor(local, device=device)).tolist()
         size = len(gathered) // self.accumulation
         self._log_consumed([gathered[i : i + size] for i in range(0, len(gathered), size)])
 
-    def _generate(self, prompts: list):
-        start = time.perf_counter()
-        result = super()._generate(prompts)
-        elapsed = time.perf_counter() - start
+    def after_generation_batch(self, output: dict) -> None:
+        """Count the prompt and reply tokens of a generation batch."""
         if self.model.training:
-            completion_ids = result[1]
-            local = torch.tensor([len(completion_ids), sum(len(ids) for ids in completion_ids)])
-            gathered = self.accelerator.gather(local.to(self.accelerator.device))
-            count, tokens = gathered.view(-1, 2).sum(0).tolist()
-            self.completions_generated += int(count)
-            self.generated_tokens += int(tokens)
-            self.generation_s += elapsed
-        return result
+            local = output["prompt_mask"].sum() + output["completion_mask"].sum()
+            self.tokens_seen += int(self.accelerator.gather(local.reshape(1)).sum().item())
 
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        if self.model.training:
-            categories = gather_object([row.get("category") or "none" for row in inputs])
-            weights = self.reward_weights.to(rewards.device)
-            totals = (rewards * weights).nansum(dim=1).tolist()  # TRL's summed reward
-            correct = rewards[:, 0].tolist()  # reward_functions puts correctness first
-            for category, total, right in zip(categories, totals, correct, strict=True):
-                sums = self._by_category.setdefault(category, [0.0, 0.0, 0])
-                sums[0] += total
-                sums[1] += right
-                sums[2] += 1
-        return rewards
+    def after_generate(self, completion_ids: list, seconds: float) -> None:
+        """Count the completions and tokens TRL generated, and the time it took."""
+        if not self.model.training:
+            return
+        local = torch.tensor([len(completion_ids), sum(len(ids) for ids in completion_ids)])
+        gathered = self.accelerator.gather(local.to(self.accelerator.device))
+        count, tokens = gathered.view(-1, 2).sum(0).tolist()
+        self.completions_generated += int(count)
+        self.generated_tokens += int(tokens)
+        self.generation_s += seconds
+
+    def after_rewards(self, inputs: list[dict], rewards: torch.Tensor) -> None:
+        """Pool each completion's total reward and correctness by question category."""
+        if not self.model.training:
+            return
+        categories = gather_object([row.get("category") or "none" for row in inputs])
+        weights = self.reward_weights.to(rewards.device)
+        totals = (rewards * weights).nansum(dim=1).tolist()  # TRL's summed reward
+        correct = rewards[:, 0].tolist()  # reward_functions puts correctness first
+        for category, total, right in zip(categories, totals, correct, strict=True):
+            sums = self._by_category.setdefault(category, [0.0, 0.0, 0])
+            sums[0] += total
+            sums[1] += right
+            sums[2] += 1
 
     def generation_summary(self) -> dict:
         """Prompts, completions and generated tokens of this invocation, and the

@@ -1,0 +1,138 @@
+"""The adapter: the versions it knows, refusing others in one line, and being the one place
+that reaches below the libraries' public API."""
+
+from __future__ import annotations
+
+import inspect
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from packaging.requirements import Requirement
+from transformers import LlavaModel
+
+from pivotlab import cli
+from pivotlab.model import load
+from pivotlab.train import adapter
+from pivotlab.train import prefix as prefix_module
+from pivotlab.train.adapter import (
+    TESTED,
+    UnsupportedVersionError,
+    cache_keyword,
+    check_versions,
+    installed_versions,
+)
+from pivotlab.train.prefix import BACKBONE_NOT_CALLED, install_prefix_sharing, sharing_counts
+from pivotlab.train.trainers import StageDPOTrainer, StageGRPOTrainer, StageSFTTrainer
+
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+NEWER = {"transformers": "5.99.0", "trl": "1.16.0", "accelerate": "1.16.0"}
+
+
+def test_the_installed_libraries_are_in_the_tested_ranges() -> None:
+    versions = installed_versions()
+    assert set(versions) == set(TESTED)
+    check_versions()  # the suite itself runs on tested versions (.ci/run: pinned and newest)
+
+
+@pytest.mark.parametrize(
+    ("versions", "named"),
+    [
+        (NEWER, "transformers 5.99.0"),
+        ({**NEWER, "transformers": "5.22.2"}, "transformers 5.22.2"),
+        ({**NEWER, "transformers": "5.23.0", "trl": "2.0.0"}, "trl 2.0.0"),
+        ({**NEWER, "transformers": "5.23.0", "accelerate": "missing"}, "accelerate missing"),
+    ],
+)
+def test_other_versions_are_refused_in_one_line_naming_them(versions, named) -> None:
+    with pytest.raises(UnsupportedVersionError) as refused:
+        check_versions(versions)
+    message = str(refused.value)
+    assert named in message and "\n" not in message
+    assert all(f"{name} {spec}" in message for name, spec in TESTED.items())
+
+
+def test_pyproject_admits_exactly_the_tested_ranges() -> None:
+    declared = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    ranges = {r.name: r.specifier for r in map(Requirement, declared)}
+    for name, spec in TESTED.items():
+        assert ranges[name] == spec, f"pyproject.toml: {name}{ranges[name]}, adapter: {spec}"
+
+
+def test_train_refuses_untested_versions_before_any_work(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(adapter, "installed_versions", lambda: NEWER)
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(CONFIGS / "tiny" / "post-dpo.yaml"), "--out", str(out)]
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert "transformers 5.99.0" in error and len(error.splitlines()) == 1
+    assert not out.exists()
+
+
+def _private_overrides(cls: type) -> dict[str, str]:
+    """Private methods pivotlab's classes in ``cls``'s MRO define over a library class's
+    same-named method: name -> the module defining pivotlab's."""
+    found = {}
+    library = [c for c in cls.__mro__ if not c.__module__.startswith("pivotlab")]
+    for klass in cls.__mro__:
+        if not klass.__module__.startswith("pivotlab"):
+            continue
+        for name, value in vars(klass).items():
+            private = name.startswith("_") and not name.startswith("__")
+            if private and callable(value) and any(name in vars(c) for c in library):
+                found.setdefault(name, klass.__module__)
+    return found
+
+
+@pytest.mark.parametrize("trainer", [StageSFTTrainer, StageDPOTrainer, StageGRPOTrainer])
+def test_only_the_adapter_overrides_the_libraries_private_methods(trainer) -> None:
+    overrides = _private_overrides(trainer)
+    assert "_get_grad_norm" in overrides  # the check sees overrides at all
+    elsewhere = {name: module for name, module in overrides.items() if module != adapter.__name__}
+    assert not elsewhere, f"private library methods overridden outside the adapter: {elsewhere}"
+
+
+def test_each_private_override_names_the_version_it_mirrors() -> None:
+    for cls in (adapter.TrainerInternals, adapter.GRPOInternals):
+        for name, method in vars(cls).items():
+            if name.startswith("_") and not name.startswith("__") and callable(method):
+                comment = inspect.getcomments(method) or ""
+                assert "transformers 5." in comment or "TRL 1." in comment, name
+
+
+def test_the_cache_keyword_follows_the_backbone_signature() -> None:
+    class Renamed(LlavaModel):
+        def forward(self, input_ids=None, past_key_values=None, mm_encoder_outputs=None):
+            raise NotImplementedError
+
+    class Cacheless(LlavaModel):
+        def forward(self, input_ids=None, mm_encoder_outputs=None):
+            raise NotImplementedError
+
+    assert cache_keyword(LlavaModel) in adapter.CACHE_KEYWORDS
+    assert cache_keyword(Renamed) == "past_key_values"
+    assert cache_keyword(Cacheless) is None
+
+
+def test_a_backbone_without_a_known_cache_keeps_the_stock_forward(
+    tiny_model_dir, monkeypatch
+) -> None:
+    model, _ = load(tiny_model_dir)
+    monkeypatch.setattr(prefix_module, "cache_keyword", lambda backbone: None)
+    reason = install_prefix_sharing(model)
+    assert reason is not None and "cache" in reason
+    assert not hasattr(model, "_pivotlab_stock_forward")
+
+
+def test_a_fused_head_that_skips_the_backbone_is_counted(tiny_model_dir) -> None:
+    model, _ = load(tiny_model_dir)
+    assert install_prefix_sharing(model) is None
+    model._pivotlab_stock_forward = lambda *args, **kwargs: "stock"  # a head of another design
+    ids = torch.tensor([[5, 6, 7, 8], [5, 6, 7, 9]])  # one prompt, two answers: they share
+    labels = ids.masked_fill(torch.tensor([True, True, True, False]), -100)
+    assert model(input_ids=ids, labels=labels, fused_lm_head=True) == "stock"
+    assert sharing_counts(model)[BACKBONE_NOT_CALLED] == 1
+    assert sharing_counts(model)["shared"] == 0
+    assert model.model._pivotlab_plan is None
