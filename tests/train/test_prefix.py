@@ -303,11 +303,11 @@ def test_other_models_and_gradient_checkpointing_keep_the_stock_forward(dpo) -> 
     assert "not a Llava model" in unsupported(text_only)
     assert install_prefix_sharing(text_only) is not None
     assert not hasattr(text_only, "_pivotlab_stock_forward")
-    dpo.model.gradient_checkpointing_enable()
+    dpo.model.activation_checkpointing_enable()
     try:
         sequence_logps(dpo.model, collated(dpo))
     finally:
-        dpo.model.gradient_checkpointing_disable()
+        dpo.model.activation_checkpointing_disable()
     assert sharing_counts(dpo.model)["gradient checkpointing"] == 1
 
 
