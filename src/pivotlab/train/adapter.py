@@ -40,9 +40,9 @@ from pivotlab.errors import PivotlabError
 
 # Ranges the adapter was tested with (docs/train.md, "Library versions"), and pyproject.toml's.
 TESTED = {
-    "transformers": SpecifierSet(">=5.23,<5.26"),
-    "trl": SpecifierSet(">=1.16,<1.17"),
-    "accelerate": SpecifierSet(">=1.15,<1.17"),
+    "transformers": ">=5.23,<5.26",
+    "trl": ">=1.16,<1.17",
+    "accelerate": ">=1.15,<1.17",
 }
 
 
@@ -66,7 +66,7 @@ def untested(versions: dict[str, str]) -> list[str]:
     outside = []
     for name, spec in TESTED.items():
         found = versions.get(name, "missing")
-        if found == "missing" or not spec.contains(Version(found), prereleases=True):
+        if found == "missing" or not SpecifierSet(spec).contains(Version(found), prereleases=True):
             outside.append(f"{name} {found}")
     return outside
 
