@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pivotlab.train.data import SAMPLE_INDEX, conversations, keep_first, schedule, trl_dataset
+from pivotlab.train.data import SAMPLE_INDEX, keep_first, schedule, trl_dataset
+from pivotlab.world.hf import conversations
 from pivotlab.world.jsonl import read_jsonl
 
 

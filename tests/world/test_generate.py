@@ -11,6 +11,7 @@ from PIL import Image
 
 from pivotlab.cli import main
 from pivotlab.world import WorldConfig, WorldConfigError, generate
+from pivotlab.world.generate import TINY_TASKS
 from pivotlab.world.jsonl import read_jsonl
 
 SCENE_FIELDS = {"scene_id", "kind", "size", "objects"}
@@ -184,6 +185,32 @@ def test_overwrite_replaces_a_previous_split(tmp_path: Path) -> None:
     generate(WorldConfig(n=3, seed=0, size=32, probe_n=0), tmp_path / "w", overwrite=True)
     assert len(read_jsonl(tmp_path / "w/scenes.jsonl")) == 3
     assert [p.name for p in tmp_path.iterdir()] == ["w"]  # no staging folder left behind
+
+
+def test_the_tiny_preset_is_objects_in_quadrants_with_open_one_word_answers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["world", "generate", "--preset", "tiny", "--out", str(tmp_path / "w"), "--n", "30"]
+    assert main([*argv, "--size", "32", "--probe-n", "0"]) == 0
+    capsys.readouterr()
+    scenes = read_jsonl(tmp_path / "w/scenes.jsonl")
+    assert {s["kind"] for s in scenes} == {"objects"}
+    assert max(len(s["objects"]) for s in scenes) <= 4
+    questions = read_jsonl(tmp_path / "w/vqa.jsonl")
+    assert {q["format"] for q in questions} == {"open"}
+    assert {q["category"] for q in questions} == {"general", "vision_centric"}
+    assert {q["task"] for q in questions} <= set(TINY_TASKS)
+    assert all(len(q["answer"].split()) == 1 for q in questions)
+    manifest = json.loads((tmp_path / "w/manifest.json").read_text())
+    assert manifest["config"]["grid"] == 2 and manifest["config"]["mc_fraction"] == 0.0
+
+
+def test_a_field_given_beside_a_preset_overrides_it() -> None:
+    cfg = WorldConfig.from_preset("tiny", grid=3, n=5)
+    assert (cfg.grid, cfg.n, cfg.mc_fraction) == (3, 5, 0.0)
+    assert WorldConfig.from_preset("default") == WorldConfig()
+    with pytest.raises(WorldConfigError, match="unknown world preset 'small'; presets are"):
+        WorldConfig.from_preset("small")
 
 
 def test_config_validation_names_the_field() -> None:

@@ -37,8 +37,9 @@ from pivotlab.plan.shapes import (
     vision_shape,
 )
 from pivotlab.train.config import PREFERENCE_LOSSES, StageConfig
-from pivotlab.train.data import conversations, resolve_split, stage_records
+from pivotlab.train.data import resolve_split, stage_records
 from pivotlab.train.stages import optimizer_steps
+from pivotlab.world.hf import conversations
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ SAMPLE_INDEX = "sample_index"
 
 
 def resolve_split(spec: str | dict[str, Any], key: str) -> Path:
-    """A split folder from a config value: a path, ``WorldConfig`` fields (cached), or a
+    """A split folder from a config value: a path, ``WorldConfig`` fields (cached; a
+    ``preset`` key starts from that world preset), or a
     dataset (``{format, path, images}``: checked into the cache, ``train/external.py``)."""
     if dataset_spec(spec, key) is not None:
         return dataset_split(spec, key)  # type: ignore[arg-type]
@@ -45,8 +46,9 @@ def resolve_split(spec: str | dict[str, Any], key: str) -> Path:
         for name in ("tasks", "kind_weights"):
             if name in fields:
                 fields[name] = tuple(fields[name])
+        preset = fields.pop("preset", "default")
         try:
-            return cached_split(WorldConfig(**fields))
+            return cached_split(WorldConfig.from_preset(preset, **fields))
         except TypeError as error:
             raise ConfigError(f"{key}: {error}") from None
         except WorldConfigError as error:
@@ -75,29 +77,6 @@ def keep_first(records: list[dict], limit: int | None, seed: int) -> list[dict]:
     order = np.random.default_rng(seed).permutation(len(records))
     kept = [records[i] for i in order]
     return kept if limit is None else kept[:limit]
-
-
-def conversations(records: list[dict], turns: int) -> list[dict]:
-    """Questions about the same image joined into conversations of at most ``turns``
-    question-answer pairs, in the order the images first appear; one record per
-    conversation, its ``id`` the joined question ids."""
-    if turns == 1:
-        return records
-    by_image: dict[str, list[dict]] = {}
-    for record in records:
-        by_image.setdefault(record["image"], []).append(record)
-    joined = []
-    for image, questions in by_image.items():
-        for start in range(0, len(questions), turns):
-            chunk = questions[start : start + turns]
-            joined.append(
-                {
-                    "id": "+".join(str(q["id"]) for q in chunk),
-                    "image": image,
-                    "turns": [(q["question"], q["answer"]) for q in chunk],
-                }
-            )
-    return joined
 
 
 def schedule(n_records: int, n_samples: int, seed: int) -> list[int]:

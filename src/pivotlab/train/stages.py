@@ -67,7 +67,6 @@ from pivotlab.train.config import (
 )
 from pivotlab.train.data import (
     SAMPLE_INDEX,
-    conversations,
     keep_first,
     resolve_split,
     schedule,
@@ -94,6 +93,7 @@ from pivotlab.train.viral import (
     load_teacher,
     resolve_layer,
 )
+from pivotlab.world.hf import conversations
 from pivotlab.world.jsonl import read_jsonl
 from pivotlab.world.onpolicy import on_policy_preferences
 

@@ -53,6 +53,27 @@ MC_INSTRUCTION = "Answer with the option's letter from the given choices directl
 # Purposes of the random streams (the last-but-one SeedSequence key).
 _LAYOUT, _PIXELS, _QUESTIONS, _PAIR, _PROBE = range(5)
 
+# The tasks of the tiny preset: the general and vision-centric questions about objects, with
+# one-word answers (no captions, no lore, no text to read).
+TINY_TASKS: tuple[str, ...] = (
+    "exists",
+    "color",
+    "shape",
+    "size",
+    "count",
+    "relation",
+    "relative_size",
+    "front",
+    "mmvp",
+)
+# Named bundles of ``WorldConfig`` fields. ``tiny`` is the world a CPU-sized MLLM can master
+# (docs/world.md, "Presets"): objects only, a 2 x 2 layout (at most four objects, one per
+# image quadrant), open answers only, and the tasks above; ``default`` is the full world.
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "tiny": {"grid": 2, "kind_weights": (1.0, 0.0, 0.0), "mc_fraction": 0.0, "tasks": TINY_TASKS},
+}
+
 
 class WorldConfigError(PivotlabError):
     """A world configuration that cannot be generated; the message is one line."""
@@ -77,6 +98,15 @@ class WorldConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+
+    @classmethod
+    def from_preset(cls, preset: str, **fields) -> WorldConfig:
+        """A config from a named preset (``PRESETS``), any field overridden by ``fields``."""
+        if preset not in PRESETS:
+            raise WorldConfigError(
+                f"unknown world preset {preset!r}; presets are {', '.join(PRESETS)}"
+            )
+        return cls(**{**PRESETS[preset], **fields})
 
     @property
     def classification_n(self) -> int:

@@ -54,6 +54,29 @@ def conversation(turns: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> 
     return messages
 
 
+def conversations(records: list[dict], turns: int) -> list[dict]:
+    """Questions about the same image joined into conversations of at most ``turns``
+    question-answer pairs, in the order the images first appear; one record per
+    conversation, its ``id`` the joined question ids."""
+    if turns == 1:
+        return records
+    by_image: dict[str, list[dict]] = {}
+    for record in records:
+        by_image.setdefault(record["image"], []).append(record)
+    joined = []
+    for image, questions in by_image.items():
+        for start in range(0, len(questions), turns):
+            chunk = questions[start : start + turns]
+            joined.append(
+                {
+                    "id": "+".join(str(q["id"]) for q in chunk),
+                    "image": image,
+                    "turns": [(q["question"], q["answer"]) for q in chunk],
+                }
+            )
+    return joined
+
+
 def _dataset(split_dir: Path | str, name: str, to_row: Callable[[dict], dict]) -> datasets.Dataset:
     root, records = _split_file(split_dir, name)
     rows = [
