@@ -42,6 +42,8 @@ def _csv(value: str) -> tuple[str, ...]:
 
 
 def _add_world(verbs: argparse._SubParsersAction) -> None:
+    from pivotlab.world.generate import PRESETS as WORLD_PRESETS
+
     world = verbs.add_parser("world", help="generate and inspect the synthetic visual world")
     world_verbs = world.add_subparsers(dest="world_verb", required=True, parser_class=_Parser)
 
@@ -55,9 +57,21 @@ def _add_world(verbs: argparse._SubParsersAction) -> None:
     gen.add_argument("--n", type=int, default=2000, help="number of scenes (default: 2000)")
     gen.add_argument("--seed", type=int, default=0, help="root seed of the world (default: 0)")
     gen.add_argument("--size", type=int, default=64, help="image side in pixels (default: 64)")
-    gen.add_argument("--grid", type=int, default=3, help="layout cells per side (default: 3)")
     gen.add_argument(
-        "--tasks", type=_csv, default=None, help="comma-separated task names (default: all)"
+        "--preset",
+        default="default",
+        choices=list(WORLD_PRESETS),
+        help="named world: default, or tiny (objects in a 2 x 2 layout, open answers, the "
+        "general and vision-centric tasks); the options below override it (default: default)",
+    )
+    gen.add_argument(
+        "--grid", type=int, default=None, help="layout cells per side (default: the preset's)"
+    )
+    gen.add_argument(
+        "--tasks",
+        type=_csv,
+        default=None,
+        help="comma-separated task names (default: the preset's)",
     )
     gen.add_argument(
         "--probe-n",
@@ -68,14 +82,14 @@ def _add_world(verbs: argparse._SubParsersAction) -> None:
     gen.add_argument(
         "--mc-fraction",
         type=float,
-        default=0.5,
-        help="share of questions asked as multiple choice (default: 0.5)",
+        default=None,
+        help="share of questions asked as multiple choice (default: the preset's)",
     )
     gen.add_argument(
         "--pair-fraction",
         type=float,
-        default=0.2,
-        help="share of scene pairs made into MMVP twins (default: 0.2)",
+        default=None,
+        help="share of scene pairs made into MMVP twins (default: the preset's)",
     )
     gen.add_argument(
         "--workers",
@@ -106,18 +120,20 @@ def _add_world(verbs: argparse._SubParsersAction) -> None:
 
 def _world_generate(args: argparse.Namespace) -> None:
     from pivotlab.world import WorldConfig, generate
-    from pivotlab.world.questions import TASK_NAMES
 
-    cfg = WorldConfig(
+    chosen = {
+        name: getattr(args, name)
+        for name in ("grid", "tasks", "mc_fraction", "pair_fraction")
+        if getattr(args, name) is not None
+    }
+    cfg = WorldConfig.from_preset(
+        args.preset,
         split=args.split,
         n=args.n,
         seed=args.seed,
         size=args.size,
-        grid=args.grid,
-        tasks=args.tasks if args.tasks is not None else TASK_NAMES,
-        mc_fraction=args.mc_fraction,
-        pair_fraction=args.pair_fraction,
         probe_n=args.probe_n,
+        **chosen,
     )
     report = generate(cfg, args.out, workers=args.workers, overwrite=args.overwrite)
     print(
@@ -354,6 +370,9 @@ def _add_zoo(verbs: argparse._SubParsersAction) -> None:
         verb.set_defaults(handler=_zoo_build if name == "build" else _zoo_list)
 
 
+CELL_SUMMARY = ("color", "shape", "size")
+
+
 def _zoo_table(zoo: str, cache: Path | None, seed: int) -> None:
     from pivotlab.zoo.build import checks, manifests
 
@@ -364,10 +383,15 @@ def _zoo_table(zoo: str, cache: Path | None, seed: int) -> None:
         compute, measured = manifest["compute"], manifest["quality"]
         if "heldout_perplexity" in measured:
             summary = f"held-out perplexity {measured['heldout_perplexity']:.2f}"
+            if "symbolic_accuracy" in measured:
+                summary += f", symbolic scenes {measured['symbolic_accuracy']['all']:.3f}"
         else:
             probe, shape = measured["linear_probe_shape_color"], measured["linear_probe_shape"]
             miou = measured["segmentation_miou"]
             summary = f"linear probe {probe:.3f} (shape {shape:.3f}), seg mIoU {miou:.3f}"
+            if "cell_probe_shape" in measured:
+                cells = "/".join(f"{measured[f'cell_probe_{a}']:.2f}" for a in CELL_SUMMARY)
+                summary += f", cells {cells} (colour/shape/size)"
         size = f"{manifest['parameters']:9,d}"
         print(
             f"{part:6s} {manifest['class']:18s} {size} {compute['seconds']:8.0f} "

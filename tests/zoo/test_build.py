@@ -14,7 +14,18 @@ from transformers.utils import logging as hf_logging
 from pivotlab.cli import main
 from pivotlab.model import assemble
 from pivotlab.zoo import build as zoo_build
-from pivotlab.zoo.build import ZOOS, ZooError, build, checks, entry_dir, manifests, part_key, verify
+from pivotlab.zoo.build import (
+    ZOOS,
+    ZooError,
+    build,
+    checks,
+    entry_dir,
+    manifests,
+    part_key,
+    ship,
+    verify,
+)
+from pivotlab.zoo.data import CELL_ATTRIBUTES
 
 hf_logging.disable_progress_bar()
 hf_logging.set_verbosity_error()
@@ -118,3 +129,51 @@ def test_manifest_records_spec_data_and_versions(tiny_zoo: Path) -> None:
     assert "random_init" in manifest["quality"]
     with pytest.raises(ZooError, match="unknown zoo part"):
         build(("enc-xl",), zoo="tiny", cache=tiny_zoo)
+
+
+def test_language_models_are_scored_on_symbolic_scenes_and_encoders_on_cells(
+    tiny_zoo: Path,
+) -> None:
+    found = manifests("tiny", tiny_zoo)
+    accuracy = found["lm-s"]["quality"]["symbolic_accuracy"]
+    assert {"all", "count", "relation"} <= accuracy.keys()
+    assert all(0.0 <= value <= 1.0 for value in accuracy.values())
+    assert found["lm-s"]["quality"]["heldout_questions"] > 0
+    for part in ("enc-s", "vfm"):
+        measured = found[part]["quality"]
+        assert {f"cell_probe_{a}" for a in CELL_ATTRIBUTES} <= measured.keys()
+
+
+def test_a_language_model_key_ignores_the_image_recipe() -> None:
+    tiny = ZOOS["tiny"]
+    more_images = replace(tiny, pretrain_images=tiny.pretrain_images + 8)
+    assert part_key(more_images, "lm-s") == part_key(tiny, "lm-s")
+    assert part_key(more_images, "enc-s") != part_key(tiny, "enc-s")
+    more_scenes = replace(tiny, symbolic_scenes=tiny.symbolic_scenes + 8)
+    assert part_key(more_scenes, "lm-s") != part_key(tiny, "lm-s")
+    assert part_key(more_scenes, "vfm") == part_key(tiny, "vfm")
+
+
+def test_shipped_weights_are_copied_instead_of_trained(
+    tiny_zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(zoo_build, "SHIPPED", tmp_path / "weights")
+    shipped = ship("lm-s", "tiny", tiny_zoo)
+    assert verify(shipped) is None
+    fresh = tmp_path / "fresh-cache"
+    messages: list[str] = []
+    folders = build(("lm-s",), zoo="tiny", cache=fresh, log=messages.append)
+    assert "copied from the weights shipped with pivotlab" in messages[0]
+    assert verify(folders["lm-s"]) is None
+    original = json.loads((entry_dir(ZOOS["tiny"], "lm-s", tiny_zoo) / "zoo_part.json").read_text())
+    copied = json.loads((folders["lm-s"] / "zoo_part.json").read_text())
+    assert copied == original
+    # --force trains even where a shipped copy exists.
+    messages.clear()
+    build(("lm-s",), zoo="tiny", cache=fresh, force=True, log=messages.append)
+    assert "rebuild asked for" in messages[0] and "built lm-s" in messages[1]
+
+
+def test_shipping_a_part_that_is_not_built_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ZooError, match="not built in the cache"):
+        ship("lm-s", "tiny", tmp_path / "empty")

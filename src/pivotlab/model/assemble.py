@@ -37,6 +37,7 @@ from pivotlab.io import write_json_atomic
 from pivotlab.model.presets import LM_PRESETS, VISION_PRESETS, VisionFamily, vision_family
 from pivotlab.zoo.build import part_path
 from pivotlab.zoo.tokenizer import CHAT_TEMPLATE, IMAGE_TOKEN, world_tokenizer
+from pivotlab.zoo.train import PROJECTOR_FEATURE_LAYER
 
 BUILD_FILE = "pivotlab_build.json"
 
@@ -153,7 +154,7 @@ def assemble(
     vision: str | Path,
     lm: str | Path,
     *,
-    feature_layer: int = -2,
+    feature_layer: int = PROJECTOR_FEATURE_LAYER,
     image_size: int | None = None,
     select_strategy: str | None = None,
     chat_template: str | None = None,

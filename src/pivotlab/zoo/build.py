@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -51,19 +52,26 @@ from pivotlab.io import write_json_atomic
 from pivotlab.world.generate import GENERATOR_VERSION
 from pivotlab.zoo import data as zoo_data
 from pivotlab.zoo import quality
-from pivotlab.zoo.tokenizer import world_tokenizer
+from pivotlab.zoo.tokenizer import IMAGE_TOKEN, world_tokenizer
 from pivotlab.zoo.train import (
+    PROJECTOR_FEATURE_LAYER,
+    CellAttributeHead,
     PatchClassHead,
     dense_loss,
     next_token_loss,
     run_steps,
-    sigmoid_pair_loss,
+    sigmoid_pair_and_cell_loss,
+    symbolic_accuracy,
+    symbolic_forward,
+    task_balanced_weights,
 )
 
 # Part of every cache key: bump it whenever a pretraining recipe changes in code (an
 # objective, an initialisation, the data mix), so stale entries are never reused.
-ZOO_VERSION = "2"
+ZOO_VERSION = "3"
 MANIFEST = "zoo_part.json"
+# Built parts that ship with the package (``ship``), copied into the cache on first use.
+SHIPPED = Path(__file__).parent / "weights"
 PARTS: tuple[str, ...] = ("enc-s", "enc-m", "vfm", "lm-s", "lm-m")
 CAPTION_TOKENS = 48
 
@@ -96,6 +104,11 @@ class TeacherSpec:
 
 @dataclass(frozen=True)
 class LMSpec:
+    """A language model: ``steps`` optimizer steps, each on ``symbolic_batch``
+    conversations of up to ``turns`` questions about symbolic scenes (every task drawn
+    equally often with ``balance_tasks``), plus ``batch_size`` blocks of world text every
+    ``text_every`` steps."""
+
     width: int
     depth: int
     heads: int
@@ -103,7 +116,11 @@ class LMSpec:
     steps: int
     batch_size: int = 32
     block: int = 64
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3
+    symbolic_batch: int = 64
+    turns: int = 1
+    text_every: int = 8
+    balance_tasks: bool = True
 
 
 @dataclass(frozen=True)
@@ -119,24 +136,41 @@ class ZooConfig:
     probe_test: int = 500
     text_scenes: int = 2000
     heldout_text_scenes: int = 200
+    symbolic_scenes: int = 40000
+    heldout_symbolic_scenes: int = 300
     enforce_checks: bool = True
 
-    def data_recipe(self) -> dict:
+    @property
+    def grid(self) -> int:
+        """Visual tokens per side: the symbolic scenes' cells per side."""
+        return self.image_size // self.patch_size
+
+    def data_recipe(self, part: str) -> dict:
+        """The data fields that determine ``part``'s weights (a language model's do not
+        move when an image recipe does, and the other way round)."""
+        text = ("text_scenes", "heldout_text_scenes", "symbolic_scenes", "heldout_symbolic_scenes")
+        images = ("pretrain_images", "probe_train", "probe_test")
+        drop = images if isinstance(self.parts[part], LMSpec) else text
         recipe = asdict(self)
-        del recipe["parts"], recipe["name"], recipe["enforce_checks"]
+        for name in ("parts", "name", "enforce_checks", *drop):
+            del recipe[name]
         return recipe
 
 
 ZOOS: dict[str, ZooConfig] = {
+    # The tiny world's zoo (docs/zoo.md): 64-px images in 32-px patches, so an image is
+    # four visual tokens, one per quadrant of the 2 x 2 layout.
     "default": ZooConfig(
         name="default",
         parts={
-            "enc-s": EncoderSpec(width=96, depth=4, heads=3, steps=500),
-            "enc-m": EncoderSpec(width=128, depth=6, heads=4, steps=500),
-            "vfm": TeacherSpec(width=128, depth=4, heads=4, steps=400),
-            "lm-s": LMSpec(width=128, depth=4, heads=4, kv_heads=2, steps=400),
-            "lm-m": LMSpec(width=192, depth=6, heads=6, kv_heads=2, steps=400),
+            "enc-s": EncoderSpec(width=96, depth=4, heads=3, steps=2000),
+            "enc-m": EncoderSpec(width=128, depth=6, heads=4, steps=3000),
+            "vfm": TeacherSpec(width=128, depth=4, heads=4, steps=2000),
+            "lm-s": LMSpec(width=128, depth=4, heads=4, kv_heads=2, steps=6000),
+            "lm-m": LMSpec(width=192, depth=6, heads=6, kv_heads=2, steps=8000),
         },
+        patch_size=32,
+        pretrain_images=12000,
     ),
     # Seconds, for tests: loadable checkpoints and manifests, no quality claims.
     "tiny": ZooConfig(
@@ -149,8 +183,26 @@ ZOOS: dict[str, ZooConfig] = {
                 width=48, depth=2, heads=2, steps=3, batch_size=8, text_width=32, text_depth=1
             ),
             "vfm": TeacherSpec(width=32, depth=1, heads=2, steps=3, batch_size=8),
-            "lm-s": LMSpec(width=32, depth=1, heads=2, kv_heads=1, steps=3, batch_size=4, block=32),
-            "lm-m": LMSpec(width=48, depth=2, heads=2, kv_heads=1, steps=3, batch_size=4, block=32),
+            "lm-s": LMSpec(
+                width=32,
+                depth=1,
+                heads=2,
+                kv_heads=1,
+                steps=3,
+                batch_size=4,
+                block=32,
+                symbolic_batch=4,
+            ),
+            "lm-m": LMSpec(
+                width=48,
+                depth=2,
+                heads=2,
+                kv_heads=1,
+                steps=3,
+                batch_size=4,
+                block=32,
+                symbolic_batch=4,
+            ),
         },
         image_size=32,
         pretrain_images=48,
@@ -158,6 +210,8 @@ ZOOS: dict[str, ZooConfig] = {
         probe_test=24,
         text_scenes=12,
         heldout_text_scenes=6,
+        symbolic_scenes=12,
+        heldout_symbolic_scenes=6,
         enforce_checks=False,
     ),
 }
@@ -180,7 +234,7 @@ def part_key(zoo: ZooConfig, part: str, seed: int = 0) -> str:
         "part": part,
         "seed": seed,
         "spec": asdict(zoo.parts[part]),
-        "data": zoo.data_recipe(),
+        "data": zoo.data_recipe(part),
         "zoo_version": ZOO_VERSION,
         "world_generator_version": GENERATOR_VERSION,
     }
@@ -255,6 +309,20 @@ class _Data:
     def segmentation(self) -> tuple[zoo_data.ImageSet, zoo_data.ImageSet]:
         return self._train_test("segmentation", zoo_data.scene_images)
 
+    def symbolic(self, turns: int) -> tuple[zoo_data.SymbolicSet, zoo_data.SymbolicSet]:
+        """Conversations of up to ``turns`` questions about the tiny world's symbolic scenes
+        (train stream), and held-out single questions (val stream)."""
+        z = self.zoo
+
+        def make(split: str, n: int, turns: int) -> zoo_data.SymbolicSet:
+            folder = zoo_data.tiny_split(split, n, z.image_size)
+            return zoo_data.symbolic_set(folder, z.grid, turns, world_tokenizer())
+
+        return self._once(("symbolic", turns), lambda: (
+            make("train", z.symbolic_scenes, turns),
+            make("val", z.heldout_symbolic_scenes, 1),
+        ))  # fmt: skip
+
     def text_blocks(self, block: int) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.zoo
         return self._once(("text", block), lambda: (
@@ -301,12 +369,21 @@ def _shapes(labels: list[str]) -> list[str]:
 
 
 def _encoder_quality(tower, processor, has_cls: bool, data: _Data) -> dict:
-    """Linear probe (colour + shape, and shape alone) and segmentation probe of a tower."""
+    """Linear probe (colour + shape, and shape alone), segmentation probe and cell probe
+    (what each patch token says of its symbolic cell, at the projector's layer)."""
     train, test = data.probes()
     seg_train, seg_test = data.segmentation()
 
-    def tokens(images):
-        return quality.patch_tokens(tower, _pixels(processor, images), has_cls)
+    def tokens(images, layer: int = -1):
+        return quality.patch_tokens(tower, _pixels(processor, images), has_cls, layer=layer)
+
+    cells = quality.cell_probe(
+        tokens(seg_train.images, PROJECTOR_FEATURE_LAYER),
+        seg_train.cells,
+        tokens(seg_test.images, PROJECTOR_FEATURE_LAYER),
+        seg_test.cells,
+        tuple(zoo_data.CELL_ATTRIBUTES),
+    )
 
     train_tokens, test_tokens = tokens(train.images), tokens(test.images)
     segmentation = quality.segmentation_probe(
@@ -323,6 +400,7 @@ def _encoder_quality(tower, processor, has_cls: bool, data: _Data) -> dict:
             train_tokens, _shapes(train.labels), test_tokens, _shapes(test.labels)
         ),
         **{f"segmentation_{name}": value for name, value in segmentation.items()},
+        **{f"cell_probe_{name}": value for name, value in cells.items()},
     }
 
 
@@ -360,10 +438,13 @@ def _build_encoder(spec: EncoderSpec, zoo: ZooConfig, data: _Data, seed: int):
         model.logit_scale.fill_(math.log(10.0))
         model.logit_bias.fill_(-10.0)
     random_init = copy.deepcopy(model.vision_model)  # the baseline of the ordering check
+    head = CellAttributeHead(spec.width)
     model.train()
     compute = run_steps(
-        list(model.parameters()),
-        lambda i: sigmoid_pair_loss(model, pixels[i], captions[i]),
+        list(model.parameters()) + list(head.parameters()),
+        lambda i: sigmoid_pair_and_cell_loss(
+            model, head, pixels[i], captions[i], scenes.cells[i], PROJECTOR_FEATURE_LAYER
+        ),
         len(pixels),
         spec.steps,
         spec.batch_size,
@@ -432,25 +513,42 @@ def causal_lm_config(
 
 def _build_lm(spec: LMSpec, zoo: ZooConfig, data: _Data, seed: int):
     tokenizer = world_tokenizer()
-    train, heldout = data.text_blocks(spec.block)
+    text, heldout_text = data.text_blocks(spec.block)
+    symbolic, heldout_symbolic = data.symbolic(spec.turns)
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    pad_id = tokenizer.pad_token_id
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(
         causal_lm_config(Qwen2Config, spec.width, spec.depth, spec.heads, spec.kv_heads)
     )
     model.train()
+    text_order = torch.Generator().manual_seed(seed + 1)
+    steps_done = itertools.count()
+
+    def loss_of_batch(indices: torch.Tensor) -> torch.Tensor:
+        loss = symbolic_forward(model, symbolic, indices.tolist(), image_id, pad_id)[0].loss
+        if spec.text_every and next(steps_done) % spec.text_every == 0:
+            blocks = torch.randint(len(text), (spec.batch_size,), generator=text_order)
+            loss = loss + next_token_loss(model, text[blocks])
+        return loss
+
     compute = run_steps(
         list(model.parameters()),
-        lambda i: next_token_loss(model, train[i]),
-        len(train),
+        loss_of_batch,
+        len(symbolic.ids),
         spec.steps,
-        spec.batch_size,
+        spec.symbolic_batch,
         spec.learning_rate,
         seed,
+        weights=task_balanced_weights(symbolic) if spec.balance_tasks else None,
     )
     measured = {
-        "heldout_perplexity": quality.perplexity(model, heldout),
-        "heldout_blocks": len(heldout),
-        "train_blocks": len(train),
+        "heldout_perplexity": quality.perplexity(model, heldout_text),
+        "heldout_blocks": len(heldout_text),
+        "train_blocks": len(text),
+        "train_conversations": len(symbolic.ids),
+        "symbolic_accuracy": symbolic_accuracy(model, heldout_symbolic, image_id, pad_id),
+        "heldout_questions": sum(len(t) for t in heldout_symbolic.tasks),
     }
     return model, tokenizer, compute, measured
 
@@ -481,7 +579,7 @@ def _write_entry(zoo: ZooConfig, part: str, entry: Path, data: _Data, seed: int)
         "class": type(model).__name__,
         "parameters": sum(p.numel() for p in model.parameters()),
         "spec": asdict(zoo.parts[part]),
-        "data": zoo.data_recipe(),
+        "data": zoo.data_recipe(part),
         "seed": seed,
         "compute": asdict(compute),
         "quality": measured,
@@ -519,6 +617,8 @@ def build(
         problem = "rebuild asked for" if force else verify(entry)
         if problem is None:
             log(f"zoo: {part} cached at {entry}")
+        elif not force and _copy_shipped(config, part, entry, seed):
+            log(f"zoo: {part} copied from the weights shipped with pivotlab -> {entry}")
         else:
             if entry.exists():
                 log(f"zoo: {part} cache entry {entry.name} is unusable ({problem}); rebuilding")
@@ -528,6 +628,42 @@ def build(
             log(f"zoo: built {part} ({cost}) -> {entry}")
         folders[part] = entry
     return folders
+
+
+def shipped_dir(zoo: ZooConfig, part: str, seed: int = 0) -> Path:
+    """Where the package keeps a built part: ``pivotlab/zoo/weights/<zoo>/<part>-<key>``."""
+    return SHIPPED / zoo.name / entry_dir(zoo, part, Path(), seed).name
+
+
+def _copy_shipped(zoo: ZooConfig, part: str, entry: Path, seed: int) -> bool:
+    """Copy the package's own build of ``part`` into the cache, when it ships one for this
+    exact recipe (same key) and its files match their hashes; False otherwise."""
+    shipped = shipped_dir(zoo, part, seed)
+    if verify(shipped) is not None:
+        return False
+    staging = entry.with_name(f".{entry.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(shipped, staging)
+    if entry.exists():
+        shutil.rmtree(entry)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(entry)
+    return True
+
+
+def ship(part: str, zoo: str = "default", cache: Path | None = None, seed: int = 0) -> Path:
+    """Copy a built, intact cache entry into the package's weights (what a maintainer runs
+    after ``pivotlab zoo build``), so a fresh install copies instead of training it."""
+    config = _zoo(zoo)
+    entry = entry_dir(config, part, cache or default_cache(), seed)
+    problem = verify(entry)
+    if problem is not None:
+        raise ZooError(f"zoo: {part} is not built in the cache ({problem}); build it first")
+    target = shipped_dir(config, part, seed)
+    for stale in target.parent.glob(f"{part}-*"):
+        shutil.rmtree(stale)
+    shutil.copytree(entry, target)
+    return target
 
 
 def part_path(part: str, zoo: str = "default", cache: Path | None = None, seed: int = 0) -> Path:

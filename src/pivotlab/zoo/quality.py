@@ -1,7 +1,8 @@
 """Quality checks of zoo parts: linear probe, patch-level segmentation probe, perplexity.
 
 Every encoder is read the same way here: the final layer's tokens (``last_hidden_state``),
-CLS dropped, mean-pooled for the linear probe and per patch for the segmentation probe.
+CLS dropped, mean-pooled for the linear probe and per patch for the segmentation probe; the
+cell probe reads the hidden state an MLLM's projector takes (``vision_feature_layer``).
 Probes are scikit-learn logistic regressions with a fixed regularisation (C = 1 on
 standardised features): nothing is tuned, so nothing is tuned on the test split. The
 analysis layer's probes (validation-selected, with intervals) are the study's instrument;
@@ -21,13 +22,14 @@ from threadpoolctl import threadpool_limits
 
 @torch.inference_mode()
 def patch_tokens(
-    model, pixel_values: torch.Tensor, has_cls: bool, batch_size: int = 128
+    model, pixel_values: torch.Tensor, has_cls: bool, batch_size: int = 128, layer: int = -1
 ) -> torch.Tensor:
-    """(N, patches, width) final-layer patch tokens."""
+    """(N, patches, width) patch tokens of hidden state ``layer`` (-1: the final layer)."""
     model.eval()
     chunks = []
     for start in range(0, len(pixel_values), batch_size):
-        hidden = model(pixel_values=pixel_values[start : start + batch_size]).last_hidden_state
+        batch = pixel_values[start : start + batch_size]
+        hidden = model(pixel_values=batch, output_hidden_states=True).hidden_states[layer]
         chunks.append(hidden[:, 1:] if has_cls else hidden)
     return torch.cat(chunks)
 
@@ -75,6 +77,29 @@ def segmentation_probe(
         union = np.sum((predicted == c) | (test_y == c))
         ious.append(intersection / union)
     return {"patch_accuracy": float((predicted == test_y).mean()), "miou": float(np.mean(ious))}
+
+
+def cell_probe(
+    train_tokens: torch.Tensor,
+    train_cells: torch.Tensor,
+    test_tokens: torch.Tensor,
+    test_cells: torch.Tensor,
+    attributes: tuple[str, ...],
+) -> dict[str, float]:
+    """Per-patch logistic regression onto each attribute of the patch's symbolic cell,
+    scored on the test patches that hold an object (an empty cell has no colour to read)."""
+    width = train_tokens.shape[-1]
+    train_x, test_x = train_tokens.reshape(-1, width), test_tokens.reshape(-1, width)
+    train_y, test_y = (
+        train_cells.reshape(-1, len(attributes)),
+        test_cells.reshape(-1, len(attributes)),
+    )
+    holds = test_y[:, 0] > 0  # the colour class is "none" exactly for empty cells
+    scores = {}
+    for k, name in enumerate(attributes):
+        predicted = _fit_predict(train_x.numpy(), train_y[:, k].numpy(), test_x[holds].numpy())
+        scores[name] = float((predicted == test_y[holds, k].numpy()).mean())
+    return scores
 
 
 @torch.inference_mode()

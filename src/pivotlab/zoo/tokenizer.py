@@ -19,7 +19,17 @@ PAD_TOKEN = "<|pad|>"
 END_OF_TEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
-SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, END_OF_TEXT, IM_START, IM_END, IMAGE_TOKEN)
+# Words of symbolic scenes (``pivotlab.world.symbolic``) that the world's text never says:
+# a cell holding an object, an empty cell, and an object's occlusion.
+CELL_TOKENS: tuple[str, ...] = ("<obj>", "<bg>", "<hidden>", "<front>")
+SPECIAL_TOKENS: tuple[str, ...] = (
+    PAD_TOKEN,
+    END_OF_TEXT,
+    IM_START,
+    IM_END,
+    IMAGE_TOKEN,
+    *CELL_TOKENS,
+)
 
 # ChatML (Qwen's format). Content may be a string or a list of {"type": "image"|"text"}
 # items, as TRL's conversational datasets write it; each image becomes one <image>
@@ -67,7 +77,7 @@ def train_world_tokenizer(lines: list[str], vocab_size: int = 1024) -> PreTraine
         eos_token=IM_END,
         bos_token=None,
         unk_token=None,
-        additional_special_tokens=[END_OF_TEXT, IM_START, IMAGE_TOKEN],
+        additional_special_tokens=[END_OF_TEXT, IM_START, IMAGE_TOKEN, *CELL_TOKENS],
         chat_template=CHAT_TEMPLATE,
         model_max_length=2048,
         padding_side="left",

@@ -1,12 +1,17 @@
 """The zoo's three pretraining objectives, on standard HF model classes.
 
-- contrastive: a ``SiglipModel`` (vision tower + tiny text tower) trained with SigLIP's own
-  sigmoid image-text loss (``return_loss=True``) on world image-caption pairs; the vision
-  tower is kept as a ``SiglipVisionModel``;
+- contrastive and dense: a ``SiglipModel`` (vision tower + tiny text tower) trained with
+  SigLIP's own sigmoid image-text loss (``return_loss=True``) on world image-caption pairs,
+  plus a per-patch prediction of each patch's symbolic cell (the object in that part of the
+  image: colour, shape, size, occlusion); the vision tower is kept as a
+  ``SiglipVisionModel``;
 - dense: a ``Dinov2Model`` trained to predict, from each patch token, the share of every
   semantic class inside that patch (images and masks only, never questions): spatially rich
   patch features, the teacher's role DINOv2 plays for VIRAL;
-- language: a ``Qwen2ForCausalLM`` trained by next-token prediction on world text only.
+- language: a ``Qwen2ForCausalLM`` trained by next-token prediction on world text, and on
+  the tiny world's questions about symbolic scenes (``pivotlab.world.symbolic``): the
+  image's cells given as sums of word embeddings where the MLLM's visual tokens go, the
+  answers the only supervised tokens (reasoning learned as text, before pixels).
 
 The loops are small plain-PyTorch loops (AdamW, warm-up + cosine from transformers): each
 part is pretrained once, on tensors already in memory, for a few hundred steps; the stage
@@ -21,9 +26,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import get_cosine_schedule_with_warmup
+
+from pivotlab.zoo.data import CELL_ATTRIBUTES, NO_TARGET, SymbolicSet
+
+# The tower hidden state a LLaVA projector reads: the penultimate block's output (the
+# default of ``pivotlab.model.assemble``); the encoders' dense objective is applied there.
+PROJECTOR_FEATURE_LAYER = -2
 
 
 @dataclass
@@ -45,8 +57,10 @@ def run_steps(
     batch_size: int,
     learning_rate: float,
     seed: int,
+    weights: torch.Tensor | None = None,
 ) -> Compute:
-    """Optimise ``loss_of_batch(indices)`` over random batches of ``n_items`` items."""
+    """Optimise ``loss_of_batch(indices)`` over random batches of ``n_items`` items, drawn
+    uniformly or, with ``weights``, in proportion to them (with replacement)."""
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 10), steps)
     order = torch.Generator().manual_seed(seed)
@@ -54,7 +68,10 @@ def run_steps(
     loss = torch.tensor(float("nan"))
     start = time.perf_counter()
     for step in range(steps):
-        indices = torch.randint(n_items, (batch_size,), generator=order)
+        if weights is None:
+            indices = torch.randint(n_items, (batch_size,), generator=order)
+        else:
+            indices = torch.multinomial(weights, batch_size, replacement=True, generator=order)
         if step == 0:
             with FlopCounterMode(display=False) as counter:
                 loss = loss_of_batch(indices)
@@ -71,9 +88,41 @@ def run_steps(
     return Compute(steps, steps * batch_size, flops_per_step * steps, seconds, float(loss.detach()))
 
 
-def sigmoid_pair_loss(model, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """SigLIP's loss as transformers implements it (``SiglipModel(..., return_loss=True)``)."""
-    return model(pixel_values=pixel_values, input_ids=input_ids, return_loss=True).loss
+class CellAttributeHead(nn.Module):
+    """One linear map per attribute of ``CELL_ATTRIBUTES`` from each patch token to that
+    attribute's class logits (discarded after training)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.linears = nn.ModuleList(nn.Linear(width, len(c)) for c in CELL_ATTRIBUTES.values())
+
+    def forward(self, patch_tokens: torch.Tensor) -> list[torch.Tensor]:
+        return [linear(patch_tokens) for linear in self.linears]
+
+
+def sigmoid_pair_and_cell_loss(
+    model,
+    head: CellAttributeHead,
+    pixel_values: torch.Tensor,
+    input_ids: torch.Tensor,
+    cells: torch.Tensor,
+    feature_layer: int,
+) -> torch.Tensor:
+    """SigLIP's image-text loss, plus cross-entropy of each patch token's symbolic cell
+    (colour, shape, size, occlusion) at the hidden state the MLLM's projector reads (as
+    SigLIP 2 adds dense objectives to the contrastive one). Images without cells
+    (``NO_TARGET``) add nothing to the second term."""
+    output = model(
+        pixel_values=pixel_values, input_ids=input_ids, return_loss=True, output_hidden_states=True
+    )
+    tokens = output.vision_model_output.hidden_states[feature_layer]
+    dense = sum(
+        F.cross_entropy(logits.flatten(0, 1), cells[..., k].flatten(), ignore_index=NO_TARGET)
+        for k, logits in enumerate(head(tokens))
+    )
+    if (cells == NO_TARGET).all():  # cross-entropy over no target is nan
+        return output.loss
+    return output.loss + dense
 
 
 class PatchClassHead(nn.Module):
@@ -98,3 +147,58 @@ def dense_loss(
 
 def next_token_loss(model, blocks: torch.Tensor) -> torch.Tensor:
     return model(input_ids=blocks, labels=blocks).loss
+
+
+def _pad(rows: list[torch.Tensor], value: int) -> torch.Tensor:
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=value)
+
+
+def symbolic_forward(model, data: SymbolicSet, indices: list[int], image_id: int, pad_id: int):
+    """The LM's output on conversations about symbolic scenes: each image placeholder's
+    embedding replaced by the sum of its cell's word embeddings, in raster order (where a
+    Llava projector puts its visual tokens). Returns the output and the padded labels."""
+    ids = _pad([data.ids[i] for i in indices], pad_id)
+    labels = _pad([data.labels[i] for i in indices], -100)
+    tables = [data.cells[i] for i in indices]
+    width = max(t.shape[1] for t in tables)
+    cells = torch.stack([F.pad(t, (0, width - t.shape[1]), value=-1) for t in tables])
+    embed = model.get_input_embeddings()
+    cell_vectors = (embed(cells.clamp(min=0)) * (cells >= 0).unsqueeze(-1)).sum(2)
+    inputs = embed(ids)
+    slots = (ids == image_id).unsqueeze(-1).expand_as(inputs)
+    inputs = inputs.masked_scatter(slots, cell_vectors.to(inputs.dtype))
+    output = model(inputs_embeds=inputs, attention_mask=(ids != pad_id).long(), labels=labels)
+    return output, labels
+
+
+def task_balanced_weights(data: SymbolicSet) -> torch.Tensor:
+    """A weight per conversation such that every task (of its first question) is drawn
+    equally often: the rare tasks that compare two objects are seen as often as look-ups."""
+    firsts = [tasks[0] for tasks in data.tasks]
+    counts = {task: firsts.count(task) for task in set(firsts)}
+    return torch.tensor([1.0 / counts[task] for task in firsts])
+
+
+@torch.inference_mode()
+def symbolic_accuracy(
+    model, data: SymbolicSet, image_id: int, pad_id: int, batch_size: int = 64
+) -> dict[str, float]:
+    """Share of answers right (every answer token the argmax), per task and over all."""
+    model.eval()
+    right: dict[str, list[bool]] = {}
+    for start in range(0, len(data.ids), batch_size):
+        indices = list(range(start, min(start + batch_size, len(data.ids))))
+        output, labels = symbolic_forward(model, data, indices, image_id, pad_id)
+        predicted, targets = output.logits[:, :-1].argmax(-1), labels[:, 1:]
+        for row, index in enumerate(indices):
+            answer = (targets[row] != -100).int()
+            # Each turn's answer is one run of labelled tokens.
+            starts = (answer.diff(prepend=answer.new_zeros(1)) == 1).nonzero().flatten()
+            ends = (answer.diff(append=answer.new_zeros(1)) == -1).nonzero().flatten() + 1
+            for task, a, b in zip(data.tasks[index], starts, ends, strict=True):
+                ok = bool((predicted[row, a:b] == targets[row, a:b]).all())
+                right.setdefault(task, []).append(ok)
+    model.train()
+    every = [ok for oks in right.values() for ok in oks]
+    scores = {task: sum(oks) / len(oks) for task, oks in sorted(right.items())}
+    return {"all": sum(every) / len(every), **scores}
