@@ -165,7 +165,7 @@ def test_full_preset_has_its_arms_sweep_and_claims(tmp_path: Path) -> None:
     from pivotlab.study.pipeline import seed_steps, tracks
 
     study = load_study("full")
-    assert [t.name for t in tracks(study)] == ["main", "enc-s+lm-m", "enc-m+lm-s", "enc-m+lm-m"]
+    assert [t.name for t in tracks(study)] == ["main", "enc-m+lm-s"]
     first, later = (seed_steps(study, tmp_path, s, _planned_world(study)) for s in (0, 1))
     assert "seed0/full" in [s.name for s in first]
     assert not [

@@ -120,6 +120,24 @@ def test_cli_build_and_list(tiny_zoo: Path, capsys: pytest.CaptureFixture[str]) 
     assert "unknown zoo 'huge'" in err and "unknown zoo part 'enc-xl'" in err
 
 
+def test_cli_build_exits_1_when_an_enforced_ordering_fails(
+    tiny_zoo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pivotlab.zoo.build as zoo_build
+
+    strict = replace(ZOOS["tiny"], enforce_checks=True)
+    monkeypatch.setitem(zoo_build.ZOOS, "tiny", strict)
+    failing = [
+        zoo_build.Check("linear probe: random-init < enc-s < enc-m", False, "0.3 < 0.6 < 0.5")
+    ]
+    monkeypatch.setattr(zoo_build, "checks", lambda found: failing)
+    argv = ["zoo", "build", "--zoo", "tiny", "--cache", str(tiny_zoo), "--parts", "enc-s"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("pivotlab: zoo checks failed: linear probe")
+    assert verify(entry_dir(strict, "enc-s", tiny_zoo)) is None  # built and kept
+
+
 def test_manifest_records_spec_data_and_versions(tiny_zoo: Path) -> None:
     manifest = json.loads(
         (entry_dir(ZOOS["tiny"], "enc-s", tiny_zoo) / "zoo_part.json").read_text()
