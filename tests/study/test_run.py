@@ -288,7 +288,8 @@ def test_a_study_may_grow_by_arms_but_not_change_in_place(preset: Path, tmp_path
 def test_a_claim_against_a_one_seed_sweep_uses_the_seeds_both_sides_have(tmp_path: Path) -> None:
     from pivotlab.study.run import ENCODER, ENCODER_MEASUREMENT, _claim_row
 
-    study = load_study("full", ["sweeps.scale.seeds=[0]"])
+    lms = "sweeps.scale.lms=[zoo:lm-s, zoo:lm-m]"  # the LM-size claim needs a larger LM
+    study = load_study("full", ["sweeps.scale.seeds=[0]", lms])
     claim = next(c for c in claims(study) if c.where == ENCODER and c.treated_track != "main")
     values = {(0, "main"): 0.30, (1, "main"): 0.32, (2, "main"): 0.31, (0, "sweep"): 0.36}
     for (seed, track), value in values.items():

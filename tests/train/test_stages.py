@@ -140,10 +140,19 @@ def test_a_frozen_vision_encoder_stays_bit_identical(preset, stage1_dir, tmp_pat
     assert table[0] == {**table[0], "part": "vision", "trainable": 0, "learning_rate": None}
 
 
-def test_align_trains_the_projector_only_on_captions(preset, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("stage", "captions"),
+    [("align", True), ("full", False)],
+    ids=["align-stage-on-captions", "tiny-align-config-on-questions"],
+)
+def test_align_trains_the_projector_only(preset, tmp_path, stage: str, captions: bool) -> None:
+    # configs/tiny/align.yaml is a `full` stage limited to the projector, on questions
+    # (the zoo's LM answers questions, it never learnt to caption); the `align` stage
+    # itself trains the projector on captions.
     cfg = tiny_config(
         "align",
         preset,
+        f"stage={stage}",
         "model.init=null",
         "model.vision=tiny-siglip",
         "model.lm=tiny-qwen2",
@@ -157,7 +166,8 @@ def test_align_trains_the_projector_only_on_captions(preset, tmp_path) -> None:
     assert changed and all(k.startswith("multi_modal_projector.") for k in changed)
     assert result.summary["heldout"]["loss"] > 0
     ids = [i for row in read_jsonl(tmp_path / "align" / "samples.jsonl") for i in row["ids"]]
-    assert all(i.startswith("train-") and i.count("-") == 1 for i in ids)  # scene ids: captions
+    scene_ids = [i.startswith("train-") and i.count("-") == 1 for i in ids]  # captions
+    assert all(scene_ids) if captions else not any(scene_ids)
     table = json.loads((tmp_path / "align" / "parts.json").read_text())
     assert [r["part"] for r in table if r["trainable"]] == ["projector"]
     # The held-out evaluation after training logs into the same TensorBoard folder.
