@@ -302,3 +302,18 @@ def test_a_claim_against_a_one_seed_sweep_uses_the_seeds_both_sides_have(tmp_pat
     result = _claim_row(study, tmp_path, claim)
     assert result["n_seeds"] == 1  # seed 0 only: the sweep ran there alone
     assert result["diff"] == pytest.approx(0.36 - 0.30)
+
+
+def test_vqa_rows_name_a_sweep_s_models_apart_from_the_main_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pivotlab.study.run as study_run
+
+    def one_row(folder: Path, **labels) -> list[dict]:
+        return [{**labels, "category": "vision_centric", "value": 0.5}]
+
+    monkeypatch.setattr(study_run, "_category_rows", one_row)
+    rows = study_run._vqa_rows(load_study("full"), tmp_path)
+    stage1 = {(r["arm"], r["track"]) for r in rows if r["arm"].startswith("stage1")}
+    assert stage1 == {("stage1", "main"), ("stage1@enc-m+lm-s", "enc-m+lm-s")}
+    assert all(r["arm"].endswith(f"@{r['track']}") for r in rows if r["track"] != "main")

@@ -184,11 +184,8 @@ def _claim_row(study: StudyConfig, run: Path, claim: Claim) -> dict:
         difference = stats.paired_accuracy_difference(control, treated, category=claim.category)
         metric = f"{claim.category} accuracy"
 
-    def label(arm: str, track: str) -> str:
-        return arm if track == "main" else f"{arm}@{track}"
-
-    treated_name = label(claim.treated, claim.treated_track)
-    control_name = label(claim.control, claim.control_track)
+    treated_name = arm_label(claim.treated, claim.treated_track)
+    control_name = arm_label(claim.control, claim.control_track)
     return {
         "claim": claim.question,
         "comparison": f"{treated_name} - {control_name} ({claim.where})",
@@ -248,6 +245,12 @@ def _pictures(study: StudyConfig, run: Path) -> dict[str, dict[str, list[str]]]:
     }
 
 
+def arm_label(arm: str, track: str) -> str:
+    """How the report names an arm: plain on the main track, ``arm@track`` on a sweep's, so
+    that a scale point's models are never averaged with the main ones as if seeds."""
+    return arm if track == "main" else f"{arm}@{track}"
+
+
 def _vqa_rows(study: StudyConfig, run: Path) -> list[dict]:
     rows = []
     for track in tracks(study):
@@ -256,7 +259,8 @@ def _vqa_rows(study: StudyConfig, run: Path) -> list[dict]:
             arms = [*(stage1 if seed in stage1_seeds(study) else []), *track.arms]
             for arm in arms:
                 folder = _eval_folder(track.root(run, seed), arm, VQA)
-                rows += _category_rows(folder, arm=arm, seed=seed, track=track.name)
+                label = arm_label(arm, track.name)
+                rows += _category_rows(folder, arm=label, seed=seed, track=track.name)
     return rows
 
 
@@ -277,7 +281,7 @@ def _analysis_rows(study: StudyConfig, run: Path) -> list[dict]:
         for seed in track_seeds(study, track):
             path = track.root(run, seed) / "analysis" / "metrics.jsonl"
             for row in read_jsonl(path) if path.is_file() else []:
-                arm = row.get("encoder") if track.main else f"{row.get('encoder')}@{track.name}"
+                arm = arm_label(row.get("encoder"), track.name)
                 labels = {"arm": arm, "seed": seed, "track": track.name, "source": str(path)}
                 rows.append({**row, **labels})
     return rows
