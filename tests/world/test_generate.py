@@ -205,12 +205,20 @@ def test_the_tiny_preset_is_objects_in_quadrants_with_open_one_word_answers(
     assert manifest["config"]["grid"] == 2 and manifest["config"]["mc_fraction"] == 0.0
 
 
-def test_a_field_given_beside_a_preset_overrides_it() -> None:
+def test_a_field_given_beside_a_preset_overrides_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = WorldConfig.from_preset("tiny", grid=3, n=5)
     assert (cfg.grid, cfg.n, cfg.mc_fraction) == (3, 5, 0.0)
     assert WorldConfig.from_preset("default") == WorldConfig()
     with pytest.raises(WorldConfigError, match="unknown world preset 'small'; presets are"):
         WorldConfig.from_preset("small")
+    argv = ["world", "generate", "--preset", "small", "--out", str(tmp_path / "w"), "--n", "2"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        "pivotlab: error: unknown world preset 'small'; presets are default, tiny"
+    )
+    assert not (tmp_path / "w").exists()
 
 
 def test_config_validation_names_the_field() -> None:
