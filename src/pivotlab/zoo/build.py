@@ -157,6 +157,9 @@ class ZooConfig:
         return recipe
 
 
+# The tiny zoo's language models train for seconds on a handful of batches.
+_SECONDS_LM = {"kv_heads": 1, "steps": 3, "batch_size": 4, "block": 32, "symbolic_batch": 4}
+
 ZOOS: dict[str, ZooConfig] = {
     # The tiny world's zoo (docs/zoo.md): 64-px images in 32-px patches, so an image is
     # four visual tokens, one per quadrant of the 2 x 2 layout.
@@ -183,26 +186,8 @@ ZOOS: dict[str, ZooConfig] = {
                 width=48, depth=2, heads=2, steps=3, batch_size=8, text_width=32, text_depth=1
             ),
             "vfm": TeacherSpec(width=32, depth=1, heads=2, steps=3, batch_size=8),
-            "lm-s": LMSpec(
-                width=32,
-                depth=1,
-                heads=2,
-                kv_heads=1,
-                steps=3,
-                batch_size=4,
-                block=32,
-                symbolic_batch=4,
-            ),
-            "lm-m": LMSpec(
-                width=48,
-                depth=2,
-                heads=2,
-                kv_heads=1,
-                steps=3,
-                batch_size=4,
-                block=32,
-                symbolic_batch=4,
-            ),
+            "lm-s": LMSpec(width=32, depth=1, heads=2, **_SECONDS_LM),
+            "lm-m": LMSpec(width=48, depth=2, heads=2, **_SECONDS_LM),
         },
         image_size=32,
         pretrain_images=48,
@@ -567,8 +552,7 @@ def _train_part(zoo: ZooConfig, part: str, data: _Data, seed: int):
 # ---------------------------------------------------------------------------------------
 def _write_entry(zoo: ZooConfig, part: str, entry: Path, data: _Data, seed: int) -> dict:
     model, companion, compute, measured = _train_part(zoo, part, data, seed)
-    staging = entry.with_name(f".{entry.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = _staging(entry)
     model.save_pretrained(staging)
     companion.save_pretrained(staging)
     files = {p.name: _sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
@@ -588,11 +572,23 @@ def _write_entry(zoo: ZooConfig, part: str, entry: Path, data: _Data, seed: int)
         "files": files,
     }
     write_json_atomic(staging / MANIFEST, manifest)
+    _move_into_place(staging, entry)
+    return manifest
+
+
+def _staging(entry: Path) -> Path:
+    """An empty folder beside ``entry`` to write it in; ``_move_into_place`` publishes it, so
+    an interrupted write never leaves a half entry under the entry's name."""
+    staging = entry.with_name(f".{entry.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    return staging
+
+
+def _move_into_place(staging: Path, entry: Path) -> None:
     if entry.exists():
         shutil.rmtree(entry)
     entry.parent.mkdir(parents=True, exist_ok=True)
     staging.rename(entry)
-    return manifest
 
 
 def build(
@@ -641,13 +637,9 @@ def _copy_shipped(zoo: ZooConfig, part: str, entry: Path, seed: int) -> bool:
     shipped = shipped_dir(zoo, part, seed)
     if verify(shipped) is not None:
         return False
-    staging = entry.with_name(f".{entry.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = _staging(entry)
     shutil.copytree(shipped, staging)
-    if entry.exists():
-        shutil.rmtree(entry)
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(entry)
+    _move_into_place(staging, entry)
     return True
 
 

@@ -1,4 +1,4 @@
-"""The zoo's three pretraining objectives, on standard HF model classes.
+"""The zoo's pretraining objectives, on standard HF model classes.
 
 - contrastive and dense: a ``SiglipModel`` (vision tower + tiny text tower) trained with
   SigLIP's own sigmoid image-text loss (``return_loss=True``) on world image-caption pairs,
@@ -22,6 +22,7 @@ recipes of the papers run on TRL (the train layer). Compute is accounted with
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -115,13 +116,13 @@ def sigmoid_pair_and_cell_loss(
     output = model(
         pixel_values=pixel_values, input_ids=input_ids, return_loss=True, output_hidden_states=True
     )
+    if (cells == NO_TARGET).all():  # cross-entropy over no target is nan
+        return output.loss
     tokens = output.vision_model_output.hidden_states[feature_layer]
     dense = sum(
         F.cross_entropy(logits.flatten(0, 1), cells[..., k].flatten(), ignore_index=NO_TARGET)
         for k, logits in enumerate(head(tokens))
     )
-    if (cells == NO_TARGET).all():  # cross-entropy over no target is nan
-        return output.loss
     return output.loss + dense
 
 
@@ -175,7 +176,7 @@ def task_balanced_weights(data: SymbolicSet) -> torch.Tensor:
     """A weight per conversation such that every task (of its first question) is drawn
     equally often: the rare tasks that compare two objects are seen as often as look-ups."""
     firsts = [tasks[0] for tasks in data.tasks]
-    counts = {task: firsts.count(task) for task in set(firsts)}
+    counts = Counter(firsts)
     return torch.tensor([1.0 / counts[task] for task in firsts])
 
 
