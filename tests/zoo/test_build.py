@@ -195,3 +195,19 @@ def test_shipped_weights_are_copied_instead_of_trained(
 def test_shipping_a_part_that_is_not_built_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ZooError, match="not built in the cache"):
         ship("lm-s", "tiny", tmp_path / "empty")
+
+
+def test_task_balanced_weights_draw_every_task_equally_often() -> None:
+    import torch
+
+    from pivotlab.zoo.data import SymbolicSet
+    from pivotlab.zoo.train import task_balanced_weights
+
+    tasks = [["count"]] * 6 + [["relation"]] * 2 + [["color", "shape"]]  # first question's task
+    weights = task_balanced_weights(SymbolicSet([], [], [], tasks))
+    per_task = {
+        t: float(sum(w for w, ts in zip(weights, tasks, strict=True) if ts[0] == t))
+        for t in ("count", "relation", "color")
+    }
+    assert per_task == pytest.approx({"count": 1.0, "relation": 1.0, "color": 1.0})
+    assert torch.equal(weights[:6], torch.full((6,), 1 / 6))
