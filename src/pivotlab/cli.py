@@ -17,21 +17,83 @@ Heavy libraries (torch, transformers) are imported inside the verbs that need th
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from pivotlab.errors import PivotlabError
+from pivotlab import __version__
+from pivotlab.cache import cache_root
+from pivotlab.errors import PivotlabError, one_line
 
 PROG = "pivotlab"
+
+# Exit statuses, the same for every verb (README, "Exit status").
+EXIT_PROBLEMS = 1  # data check: the data has problems
+EXIT_USAGE = 2  # a bad argument or input, named in one line
+EXIT_INTERNAL = 3  # a bug: one line, the traceback in a log file
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
 
 
 class UsageError(Exception):
     """A bad command line; reported as one line, exit status 2."""
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that ``finally`` blocks and staging-folder
+    cleanups run as they do for Ctrl-C (the default action kills without unwinding)."""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's default in its help, and help given as a callable computed only when
+    shown: listing a registry (world presets, tasks, study presets) then costs nothing on
+    the commands that do not print help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help() if callable(action.help) else action.help or ""
+        shown = action.default not in (None, False, (), [], argparse.SUPPRESS)
+        if action.option_strings and shown and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _world_presets() -> str:
+    from pivotlab.world.generate import PRESETS
+
+    return ", ".join(PRESETS)
+
+
+def _world_tasks() -> str:
+    from pivotlab.world.questions import TASK_NAMES
+
+    return ", ".join(TASK_NAMES)
+
+
+def _study_presets() -> str:
+    from pivotlab.study.config import known_presets
+
+    return ", ".join(known_presets()) or "none found"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors as a single line instead of usage + message."""
+    """argparse that reports errors as a single line instead of usage + message, and shows
+    defaults in help."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def format_help(self) -> str:
+        for action in self._actions:
+            if callable(action.help):
+                action.help = action.help()
+        return super().format_help()
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}")
@@ -59,9 +121,12 @@ def _add_world(verbs: argparse._SubParsersAction) -> None:
         "--preset",
         default="default",
         # Checked by WorldConfig.from_preset, which names the presets: importing the world
-        # generator here would cost every command 0.16 s at start-up.
-        help="named world: default, or tiny (objects in a 2 x 2 layout, open answers, the "
-        "general and vision-centric tasks); the options below override it (default: default)",
+        # generator to pass `choices` would cost every command 0.16 s at start-up.
+        help=lambda: (
+            f"named world, one of: {_world_presets()} (tiny: objects in a 2 x 2 layout, "
+            "open answers, the general and vision-centric tasks); the options below override it "
+            "(default: default)"
+        ),
     )
     gen.add_argument(
         "--grid", type=int, default=None, help="layout cells per side (default: the preset's)"
@@ -70,7 +135,7 @@ def _add_world(verbs: argparse._SubParsersAction) -> None:
         "--tasks",
         type=_csv,
         default=None,
-        help="comma-separated task names (default: the preset's)",
+        help=lambda: f"comma-separated task names from: {_world_tasks()} (default: the preset's)",
     )
     gen.add_argument(
         "--probe-n",
@@ -548,7 +613,11 @@ def _add_study(verbs: argparse._SubParsersAction) -> None:
         help="the PIVOT study end to end: Stage 1, SFT vs DPO, analyses, transplant, report",
     )
     study.add_argument(
-        "--preset", default="quick", help="configs/study/NAME.yaml (quick, full, paper) or a path"
+        "--preset",
+        default="quick",
+        help=lambda: (
+            f"configs/study/NAME.yaml, one of: {_study_presets()}; or a YAML path (default: quick)"
+        ),
     )
     study.add_argument("--out", type=Path, required=True, help="study run folder (re-run resumes)")
     study.add_argument(
@@ -556,8 +625,18 @@ def _add_study(verbs: argparse._SubParsersAction) -> None:
         action="store_true",
         help="validate every step's config and plan each training step's compute; run nothing",
     )
-    study.add_argument("--gpus", type=int, default=8, help="dry run: GPUs (default 8)")
-    study.add_argument("--gpu", default="h100", help="dry run: GPU kind (default h100)")
+    study.add_argument(
+        "--gpus",
+        type=_positive,
+        default=None,
+        help="dry run: processes to plan for (default: this machine's GPUs, or 1 without one)",
+    )
+    study.add_argument(
+        "--gpu",
+        default=None,
+        help="dry run: GPU kind, h100, h200 or a100 (default: this machine's when it is one of "
+        "them, else h100 as the reference)",
+    )
     study.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. seeds=[0,1]"
     )
@@ -570,10 +649,13 @@ def _study(args: argparse.Namespace) -> None:
 
     study = load_study(args.preset, args.overrides)
     if args.dry_run:
-        from pivotlab.plan.estimate import PlanOptions
+        from pivotlab.plan.estimate import PlanOptions, local_launch
         from pivotlab.study.dryrun import dry_run
 
-        dry_run(study, args.out, PlanOptions(gpus=args.gpus, gpu=args.gpu))
+        gpus, gpu = local_launch()
+        options = PlanOptions(gpus=args.gpus or gpus, gpu=args.gpu or gpu)
+        print(f"planning for {options.gpus} x {options.gpu} (--gpus, --gpu to change)")
+        dry_run(study, args.out, options)
         return
     command = " ".join([PROG, "study", "--preset", args.preset, "--out", str(args.out)])
     markdown, html = run_study(study, args.out, command + "".join(f" {o}" for o in args.overrides))
@@ -591,7 +673,8 @@ def _add_data(verbs: argparse._SubParsersAction) -> None:
         description="Validate every row (JSON, fields, images, placeholders, answers, token "
         "lengths) and print rows, valid rows, images, categories, the length distribution "
         "and the problems by kind (docs/data.md).",
-        epilog="exit status: 0 no problems, 1 problems found, 2 unusable arguments",
+        epilog="exit status: 0 no problems, 1 problems found, 2 unusable arguments, "
+        "3 internal error",
     )
     _data_source_arguments(check)
     check.add_argument(
@@ -680,7 +763,7 @@ def _data_check(args: argparse.Namespace) -> int:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         print(f"wrote {write_skipped([p.to_json() for p in loaded.problems], args.out)}")
-    return 1 if loaded.problems else 0
+    return EXIT_PROBLEMS if loaded.problems else 0
 
 
 def _data_subset(args: argparse.Namespace) -> None:
@@ -761,6 +844,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description="Study and improve the vision encoders of multimodal LLMs."
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     _add_world(verbs)
     _add_zoo(verbs)
@@ -774,18 +858,83 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``pivotlab`` console script; returns the exit status."""
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While the verb runs, SIGTERM raises ``Terminated`` (main thread only: a caller
+    running ``main`` in a thread keeps its own handling)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        args = build_parser().parse_args(argv)
-        status = args.handler(args)  # None, or a verb's own status (data check: 1)
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _crash_log(argv: Sequence[str] | None) -> Path | None:
+    """Write the current exception's traceback to a log file; its path, or None when no
+    log could be written (the traceback then goes to stderr)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = cache_root("logs") / f"crash-{stamp}-{os.getpid()}.log"
+    command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{command}\npivotlab {__version__}\n\n{traceback.format_exc()}")
+    except OSError:
+        return None
+    return path
+
+
+def _report(message: str) -> None:
+    if not message.startswith(PROG):
+        message = f"{PROG}: error: {message}"
+    print(message, file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pivotlab`` console script; returns the exit status.
+
+    The one error boundary of every verb: a bad argument or input is one line naming it
+    (exit 2); a file the system refuses (missing, unreadable, unwritable, disk full) is one
+    line naming the file (exit 2); Ctrl-C and SIGTERM unwind, so staging folders are
+    removed (130, 143); anything else is a bug, reported in one line that points to a log
+    file holding the traceback (exit 3).
+    """
+    try:
+        with _sigterm_unwinds():
+            args = build_parser().parse_args(argv)
+            status = args.handler(args)  # None, or a verb's own status (data check: 1)
     except (UsageError, PivotlabError) as error:
-        message = str(error)
-        if not message.startswith(PROG):
-            message = f"{PROG}: error: {message}"
-        print(message, file=sys.stderr)
-        return 2
+        _report(str(error))
+        return EXIT_USAGE
+    except OSError as error:
+        if error.filename is None:
+            return _internal_error(error, argv)
+        reason = error.strerror or one_line(error) or type(error).__name__
+        _report(f"{error.filename}: {reason}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _report(f"{PROG}: interrupted")
+        return EXIT_INTERRUPTED
+    except Terminated:
+        _report(f"{PROG}: terminated")
+        return EXIT_TERMINATED
+    except Exception as error:
+        return _internal_error(error, argv)
     return status or 0
+
+
+def _internal_error(error: BaseException, argv: Sequence[str] | None) -> int:
+    log = _crash_log(argv)
+    where = f"traceback in {log}" if log else "no log could be written:\n" + traceback.format_exc()
+    reason = one_line(error)[:200] or "no message"
+    _report(f"{PROG}: internal error ({type(error).__name__}: {reason}); {where}")
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ can take a run before the run starts.
   A line cut short by a kill lacks its closing brace and newline, so it never parses as a
   valid JSON object; the next append drops such a tail before it writes, and
   ``complete_lines`` reads a log without it.
+- ``staging_folder`` gives a folder beside a target to build it in and rename into place,
+  and removes the staging folders that killed processes left beside it.
+- ``removed_on_failure`` takes back a run folder that a failed command created before it
+  produced anything.
 - ``check_output`` fails in one line when a folder cannot be created or written, or when its
   disk has less free space than the caller's estimate.
 
@@ -18,11 +22,12 @@ survive the process being killed, not the machine losing power. Whole-file write
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from pivotlab.errors import PivotlabError
@@ -36,6 +41,15 @@ class OutputError(PivotlabError):
 
 
 TEMPORARY_SUFFIX = ".tmp"  # ".<name>.<random>.tmp" beside the file being replaced
+# ".<name>.partial-<pid>" (being written) and ".<name>.old-<pid>" (being replaced)
+STAGING_KINDS = ("partial", "old")
+
+
+def _file_mode() -> int:
+    """What ``open()`` would give a new file under the current umask (mkstemp gives 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_text_atomic(path: Path | str, text: str) -> None:
@@ -51,6 +65,7 @@ def write_bytes_atomic(path: Path | str, data: bytes) -> None:
         prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent
     )
     try:
+        os.fchmod(handle, _file_mode())
         with os.fdopen(handle, "wb") as out:
             out.write(data)
             out.flush()
@@ -69,6 +84,49 @@ def remove_temporaries(folder: Path | str) -> list[Path]:
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def staging_folder(target: Path | str, kind: str = "partial") -> Path:
+    """``.NAME.<kind>-PID`` beside ``target``, absent: a place to build ``target`` in (or to
+    move an old one aside) before a rename publishes it. Staging folders beside ``target``
+    whose process no longer runs (a kill, a crash) are removed first."""
+    target = Path(target)
+    for name in STAGING_KINDS:
+        pattern = f".{glob.escape(target.name)}.{name}-*"
+        for stale in target.parent.glob(pattern):
+            pid = stale.name.rpartition("-")[2]
+            if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+    staging = target.with_name(f".{target.name}.{kind}-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    return staging
+
+
+@contextlib.contextmanager
+def removed_on_failure(
+    folder: Path | str, produced: Callable[[], bool] = lambda: False
+) -> Iterator[None]:
+    """Remove ``folder`` when the block fails, if the folder did not exist before it and
+    ``produced()`` says it holds no results yet: a folder holding only a config would make
+    the corrected command look like another run, and results made are never thrown away."""
+    folder = Path(folder)
+    created = not folder.exists()
+    try:
+        yield
+    except BaseException:
+        if created and not produced():
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def write_json_atomic(path: Path | str, value: object, **dumps: object) -> None:

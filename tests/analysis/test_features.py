@@ -16,6 +16,7 @@ from pivotlab.analysis.features import (
     load_encoder,
     probe_images,
 )
+from pivotlab.errors import PivotlabError
 from pivotlab.model import export_encoder, load
 
 
@@ -88,7 +89,7 @@ def test_impossible_features_are_one_line_errors(
 
 
 def test_bad_sources_name_what_is_wrong(tmp_path: Path) -> None:
-    with pytest.raises(AnalysisError, match=r"no config\.json"):
+    with pytest.raises(PivotlabError, match=r"no config\.json"):
         load_encoder(tmp_path)
     with pytest.raises(AnalysisError, match="pooling 'max'"):
         FeatureSpec(pooling="max")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -177,12 +178,13 @@ def test_bad_data_is_reported_with_file_and_line(tmp_path: Path, eval_split: Pat
     (broken / "vqa.jsonl").write_text(
         lines[0] + "\n" + json.dumps({"id": "x", "image": "i.png"}) + "\n"
     )
-    (broken / "images").symlink_to(eval_split / "images")
+    shutil.copytree(eval_split / "images", broken / "images")
     with pytest.raises(PivotlabError, match=r"vqa\.jsonl:2: missing field 'category'"):
         load_items(broken)
     record = json.loads(lines[0]) | {"image": "images/nowhere.png"}
     (broken / "vqa.jsonl").write_text(json.dumps(record) + "\n")
-    with pytest.raises(PivotlabError, match=r"vqa\.jsonl:1: image 'images/nowhere.png' not found"):
+    missing = r"vqa\.jsonl:1: image 'images/nowhere.png' not found under"
+    with pytest.raises(PivotlabError, match=missing):
         load_items(broken)
     with pytest.raises(PivotlabError, match="batch_size"):
         EvalConfig(model="m", data="d", out="o", batch_size=0)

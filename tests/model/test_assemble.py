@@ -26,6 +26,7 @@ from transformers import (
 
 from pivotlab.errors import PivotlabError
 from pivotlab.model import AssemblyError, UnsupportedModelError, assemble, load
+from pivotlab.model.folders import ModelFolderError
 from pivotlab.model.presets import VISION_PRESETS
 
 from .conftest import chat
@@ -160,16 +161,22 @@ def test_assembles_from_local_folders_with_their_weights(hub_style_folders, imag
 
 def test_clear_errors_for_what_cannot_be_assembled(hub_style_folders, tmp_path: Path) -> None:
     siglip_dir, qwen_dir = hub_style_folders
-    with pytest.raises(AssemblyError, match="not a preset"):
+    with pytest.raises(ModelFolderError, match=r"no preset or folder named .*missing"):
         assemble(tmp_path / "missing", "tiny-qwen2")
     with pytest.raises(AssemblyError, match="trained at 32 px"):
         assemble(siglip_dir, qwen_dir, image_size=64)
     with pytest.raises(AssemblyError, match="feature_layer 5"):
         assemble("tiny-siglip", "tiny-qwen2", image_size=32, feature_layer=5)
-    with pytest.raises(UnsupportedModelError, match="qwen2"):
+    with pytest.raises(ModelFolderError, match=r"Qwen2ForCausalLM .*expected a vision tower"):
         assemble(qwen_dir, "tiny-qwen2")  # an LM is no vision tower
-    with pytest.raises(AssemblyError, match=r"no config\.json"):
+    with pytest.raises(ModelFolderError, match="expected a causal language model"):
+        assemble("tiny-siglip", siglip_dir)  # nor is a tower an LM
+    with pytest.raises(ModelFolderError, match=r"no config\.json"):
         load(tmp_path)
+    with pytest.raises(ModelFolderError, match="expected an MLLM"):
+        load(qwen_dir)  # refused before Llava builds a default 7B-class LM around it
+    with pytest.raises(AssemblyError, match="below the tower's patch size"):
+        assemble("tiny-siglip", "tiny-qwen2", image_size=4)
 
 
 def test_processor_and_model_agree_after_save(tiny_model_dir: Path) -> None:

@@ -34,9 +34,11 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from pivotlab.cache import cache_root
 from pivotlab.errors import PivotlabError
+from pivotlab.images import open_image
 from pivotlab.model import load, truncated_tower
-from pivotlab.model.assemble import BUILD_FILE, resolve_zoo
+from pivotlab.model.assemble import resolve_zoo
 from pivotlab.model.export import ENCODER_FILE
+from pivotlab.model.folders import Kind, check_model_folder, folder_config, kind_of
 from pivotlab.model.presets import vision_family
 from pivotlab.world.jsonl import read_jsonl
 
@@ -176,15 +178,10 @@ def load_encoder(source: str | Path, seed: int = 0, trust_remote_code: bool = Fa
     if name.startswith(RANDOM_PREFIX):
         return random_init(load_encoder(name[len(RANDOM_PREFIX) :], 0, trust_remote_code), seed)
     folder = Path(resolve_zoo(name))
-    if not (folder / "config.json").is_file():
-        raise AnalysisError(f"encoder {name!r}: {folder} holds no config.json")
-    if (folder / BUILD_FILE).is_file() or _model_type(folder) == "llava":
+    if kind_of(folder_config(folder)) is Kind.MLLM:
         return _from_mllm(folder, name)
+    check_model_folder(folder, Kind.VISION, f"encoder {name!r}")
     return _from_vision_folder(folder, name, trust_remote_code)
-
-
-def _model_type(folder: Path) -> str | None:
-    return json.loads((folder / "config.json").read_text()).get("model_type")
 
 
 # ---------------------------------------------------------------------------- features
@@ -260,16 +257,6 @@ def probe_rows(data: Path | str, probe: str) -> list[dict]:
     if not rows:
         raise AnalysisError(f"{path} is empty")
     return rows
-
-
-def open_image(data: Path, relative: str, where: str) -> Image.Image:
-    """An RGB image of a split, with an error naming the row when it cannot be read."""
-    path = Path(data) / relative
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError) as error:
-        raise AnalysisError(f"{where}: cannot read image {path} ({error})") from None
 
 
 def probe_images(data: Path | str, probe: str, rows: list[dict] | None = None) -> list[Image.Image]:

@@ -59,9 +59,10 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import nn
 
-from pivotlab.analysis.features import PROBE_FILES, AnalysisError, open_image, probe_rows
+from pivotlab.analysis.features import PROBE_FILES, AnalysisError, probe_rows
 from pivotlab.errors import PivotlabError
 from pivotlab.evaluate.metrics import bootstrap_interval
+from pivotlab.images import open_image
 from pivotlab.model import load
 from pivotlab.model.generation import chat_prompt
 from pivotlab.model.presets import vision_family
@@ -349,9 +350,8 @@ def _read_items(data: Path, rows: list[dict], positions: list[int]) -> tuple[lis
         if missing:
             raise AnalysisError(f"{where}: missing field {missing[0]!r}")
         image = open_image(data, row["image"], where)
+        instances = np.asarray(open_image(data, row["instances"], where, mode=None))
         try:
-            with Image.open(data / row["instances"]) as opened:
-                instances = np.asarray(opened)
             mask = target_mask(instances, row["target_objects"])
         except (OSError, ValueError) as error:
             raise AnalysisError(f"{where}: cannot read instance mask ({error})") from None

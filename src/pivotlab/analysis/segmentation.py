@@ -39,6 +39,7 @@ from pivotlab.analysis.features import (
     probe_rows,
 )
 from pivotlab.evaluate.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from pivotlab.images import open_image
 from pivotlab.world.vocab import SEMANTIC_CLASSES
 
 HEADS = ("mlp", "linear")
@@ -69,13 +70,10 @@ def patch_labels(
 
 def _read_mask(data: Path, row: dict, where: str, size: int) -> np.ndarray:
     path = data / row.get("mask", "")
-    try:
-        with Image.open(path) as image:
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.Resampling.NEAREST)
-            mask = np.asarray(image)
-    except (OSError, ValueError) as error:
-        raise AnalysisError(f"{where}: cannot read mask {path} ({error})") from None
+    image = open_image(data, row.get("mask", ""), where, mode=None)
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.NEAREST)
+    mask = np.asarray(image)
     if mask.ndim != 2 or mask.max() >= NUM_CLASSES:
         raise AnalysisError(
             f"{where}: {path} is not a semantic mask (one channel, classes 0-{NUM_CLASSES - 1})"

@@ -17,7 +17,14 @@ from threadpoolctl import threadpool_limits
 
 from pivotlab.analysis import ANALYSES, ENCODER_ANALYSES, MODEL_ANALYSES
 from pivotlab.analysis.features import AnalysisError, Encoder, FeatureSpec, load_encoder
-from pivotlab.io import MiB, append_jsonl, check_output, write_json_atomic, write_text_atomic
+from pivotlab.io import (
+    MiB,
+    append_jsonl,
+    check_output,
+    removed_on_failure,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 @dataclass
@@ -135,10 +142,17 @@ def run_analyses(cfg: AnalyzeConfig, log: Callable[[str], None] = print) -> list
     """Every requested analysis on every encoder and model; rows also go to
     ``out/metrics.jsonl`` as they are made, and the comparison to ``out/table.md``."""
     check_output(cfg.out, 64 * MiB, "a fixed 64 MiB for tables and pictures")
+    rows: list[dict] = []
+    with removed_on_failure(cfg.out, produced=lambda: bool(rows)):
+        _run_into(cfg, rows, log)
+    write_text_atomic(cfg.out / "table.md", comparison_table(rows))
+    return rows
+
+
+def _run_into(cfg: AnalyzeConfig, rows: list[dict], log: Callable[[str], None]) -> None:
     cfg.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cfg.out / "config.json", asdict(cfg), default=str)
     base = {"run": cfg.out.name, "stage": "analyze", "seed": cfg.seed}
-    rows: list[dict] = []
     write_text_atomic(cfg.out / "metrics.jsonl", "")
 
     def keep(new: list[dict], name: str) -> None:
@@ -152,8 +166,6 @@ def run_analyses(cfg: AnalyzeConfig, log: Callable[[str], None] = print) -> list
     # own kernels are not limited by this.
     with threadpool_limits(limits=1, user_api="blas"):
         _run_each(cfg, keep, log)
-    write_text_atomic(cfg.out / "table.md", comparison_table(rows))
-    return rows
 
 
 def _run_each(

@@ -38,9 +38,10 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.decomposition import PCA
 
-from pivotlab.analysis.features import AnalysisError, open_image
+from pivotlab.analysis.features import AnalysisError
 from pivotlab.evaluate.metrics import bootstrap_interval
 from pivotlab.evaluate.runner import EvalConfig, evaluate, load_items
+from pivotlab.images import open_image
 from pivotlab.model import load
 from pivotlab.model.generation import chat_prompt
 

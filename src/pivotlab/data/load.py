@@ -17,10 +17,10 @@ from itertools import islice
 from pathlib import Path
 
 from pivotlab.data.formats import FORMATS, PARSERS, WORLD_FILES, Limits, Parser, parse_row
-from pivotlab.data.images import ImageChecks
 from pivotlab.data.reading import RawRow, read_rows
 from pivotlab.data.records import DataError, Loaded, Problem, Record, check_policy
 from pivotlab.data.tokens import Length, TokenCounter, length_finding
+from pivotlab.images import ImageChecks
 
 CHUNK = 256
 

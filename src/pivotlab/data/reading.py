@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pivotlab.data.records import Problem, one_line
+from pivotlab.data.records import Problem
+from pivotlab.errors import one_line
 
 _SPACE = re.compile(r"[ \t\n\r]*")
 

@@ -119,11 +119,6 @@ def _where(file: str, line: int, item: int | None) -> str:
     return f"{file}:{line}" + (f" (item {item})" if item is not None else "")
 
 
-def one_line(text: str) -> str:
-    """A library's message squeezed onto one line."""
-    return " ".join(str(text).split())
-
-
 @dataclass
 class Loaded:
     """What a loader found: the records, the problems, how many rows it read, and a length

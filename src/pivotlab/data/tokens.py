@@ -19,7 +19,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from pivotlab.data.records import DataError, Record, one_line
+from pivotlab.data.records import DataError, Record
+from pivotlab.errors import one_line
 from pivotlab.world.hf import conversation
 
 TEMPLATES: tuple[str, ...] = ("chat", "plain")

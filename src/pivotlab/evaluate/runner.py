@@ -21,6 +21,7 @@ from PIL import Image
 from pivotlab import __version__
 from pivotlab.errors import PivotlabError
 from pivotlab.evaluate.metrics import accuracy_rows
+from pivotlab.images import ImageChecks, open_image
 from pivotlab.io import MiB, check_output, write_json_atomic, write_jsonl_atomic
 from pivotlab.model import load
 from pivotlab.model.generation import chat_prompt, generate_replies
@@ -76,24 +77,33 @@ def load_items(
     path = data / "vqa.jsonl"
     if not path.is_file():
         raise PivotlabError(f"{data} has no vqa.jsonl: not a world split or VQA folder")
-    items = []
+    items, lines = [], []
     for line, record in enumerate(read_jsonl(path), start=1):
         missing = [name for name in REQUIRED_FIELDS if name not in record]
         if missing:
             raise PivotlabError(f"{path}:{line}: missing field {missing[0]!r}")
+        if not isinstance(record["image"], str):
+            raise PivotlabError(f"{path}:{line}: field 'image' must be a string path")
         if categories and record["category"] not in categories:
             continue
-        if not (data / record["image"]).is_file():
-            raise PivotlabError(f"{path}:{line}: image {record['image']!r} not found under {data}")
         items.append(record)
+        lines.append(line)
     if categories and not items:
         raise PivotlabError(f"{path}: no question in categories {', '.join(categories)}")
-    return items[:limit] if limit else items
+    if limit:
+        items, lines = items[:limit], lines[:limit]
+    # Every image is checked (inside the split, complete) before the model is loaded.
+    images = ImageChecks(data)
+    images.run([record["image"] for record in items])
+    for line, record in zip(lines, items, strict=True):
+        finding = images[record["image"]]
+        if finding is not None:
+            raise PivotlabError(f"{path}:{line}: {finding[1]}")
+    return items
 
 
 def _image(data: Path, record: dict, blind: bool) -> Image.Image:
-    with Image.open(data / record["image"]) as image:
-        rgb = image.convert("RGB")
+    rgb = open_image(data, record["image"], f"{data / 'vqa.jsonl'} (question {record['id']})")
     return Image.new("RGB", rgb.size, BLANK_GREY) if blind else rgb
 
 

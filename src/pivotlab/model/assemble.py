@@ -34,6 +34,7 @@ from transformers import (
 
 from pivotlab.errors import PivotlabError
 from pivotlab.io import write_json_atomic
+from pivotlab.model.folders import Kind, check_model_folder, check_source
 from pivotlab.model.presets import LM_PRESETS, VISION_PRESETS, VisionFamily, vision_family
 from pivotlab.zoo.build import part_path
 from pivotlab.zoo.tokenizer import CHAT_TEMPLATE, IMAGE_TOKEN, world_tokenizer
@@ -169,6 +170,10 @@ def assemble(
     key checks; the projector (and preset parts) are initialised from ``seed``.
     """
     vision, lm = resolve_zoo(str(vision)), resolve_zoo(str(lm))
+    if vision not in VISION_PRESETS:
+        check_source(vision, Kind.VISION, VISION_PRESETS, "vision")
+    if lm not in LM_PRESETS:
+        check_source(lm, Kind.LANGUAGE, LM_PRESETS, "lm")
     tower = _vision(vision, image_size, trust_remote_code)
     tokenizer = _tokenizer(lm, chat_template, trust_remote_code)
     language = _language_model(lm, tokenizer, trust_remote_code)
@@ -177,6 +182,11 @@ def assemble(
     if strategy not in ("default", "full"):
         raise AssemblyError(f"select_strategy must be 'default' or 'full', got {strategy!r}")
     tokens = visual_token_count(tower.config, tower.family, strategy)
+    if tower.config.image_size < tower.config.patch_size:
+        raise AssemblyError(
+            f"image_size {tower.config.image_size} is below the tower's patch size "
+            f"{tower.config.patch_size}: images would give no visual tokens"
+        )
     config = LlavaConfig(
         vision_config=tower.config.to_dict(),
         text_config=text_config.to_dict(),
@@ -241,8 +251,9 @@ def save(
 def load(path: Path | str) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """A saved MLLM folder, with plain transformers classes."""
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise AssemblyError(f"{path} holds no config.json: not a saved model folder")
+    if not path.is_dir():
+        raise AssemblyError(f"model {path}: no such folder")
+    check_model_folder(path, Kind.MLLM, "model")
     model = LlavaForConditionalGeneration.from_pretrained(path, use_safetensors=True)
     processor = LlavaProcessor.from_pretrained(path)
     check_geometry(model, source=str(path))

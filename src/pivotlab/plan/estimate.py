@@ -72,6 +72,18 @@ DEFAULT_TOKENS: dict[str, tuple[int, int]] = {
 }
 
 
+def local_launch() -> tuple[int, str]:
+    """What this machine would launch: its CUDA devices (or one process without any) and
+    their kind when ``GPUS`` knows it, else ``h100`` as the reference kind."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return 1, "h100"
+    name = torch.cuda.get_device_name(0).lower()
+    kind = next((key for key in GPUS if key in name), "h100")
+    return torch.cuda.device_count(), kind
+
+
 @dataclass(frozen=True)
 class PlanOptions:
     """The cluster and the assumptions a plan is made for."""

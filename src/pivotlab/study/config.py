@@ -163,6 +163,15 @@ def _repository_root() -> Path | None:
     return None
 
 
+def _preset_roots() -> list[Path]:
+    return [root / PRESETS_DIR for root in (Path.cwd(), _repository_root()) if root is not None]
+
+
+def known_presets() -> list[str]:
+    """The study presets found (``configs/study/*.yaml`` here and in the checkout)."""
+    return sorted({p.stem for root in _preset_roots() for p in root.glob("*.yaml")})
+
+
 def preset_path(preset: str) -> Path:
     """A preset name (``quick``) or a YAML path, as a file that exists."""
     candidate = Path(preset).expanduser()
@@ -170,15 +179,11 @@ def preset_path(preset: str) -> Path:
         if not candidate.is_file():
             raise StudyError(f"{candidate}: no such study preset file")
         return candidate
-    roots = [Path.cwd(), _repository_root()]
-    for root in filter(None, roots):
-        path = root / PRESETS_DIR / f"{preset}.yaml"
-        if path.is_file():
-            return path
-    known = sorted(
-        p.stem for root in filter(None, roots) for p in (root / PRESETS_DIR).glob("*.yaml")
-    )
-    raise StudyError(f"unknown study preset {preset!r}; known: {', '.join(known) or 'none found'}")
+    for root in _preset_roots():
+        if (root / f"{preset}.yaml").is_file():
+            return root / f"{preset}.yaml"
+    known = ", ".join(known_presets()) or "none found"
+    raise StudyError(f"unknown study preset {preset!r}; known: {known}")
 
 
 def recipe_path(study: StudyConfig, recipe: Recipe, key: str) -> Path:

@@ -24,6 +24,7 @@ from typing import Any
 import datasets
 import numpy as np
 
+from pivotlab.images import ImageChecks, ImageError
 from pivotlab.train.config import ConfigError, StageConfig, dataset_spec
 from pivotlab.train.external import dataset_records, dataset_split, is_dataset_split
 from pivotlab.train.rewards import GROUND_TRUTH, ground_truth
@@ -121,6 +122,17 @@ def ground_truths(records: list[dict], split: Path) -> list[str]:
         ground_truth(questions.get(record.get("vqa_id")) or {"answer": record["chosen"]})
         for record in records
     ]
+
+
+def check_images(records: list[dict], split: Path) -> None:
+    """Raise ``ImageError`` naming the first record whose image is outside ``split``,
+    missing or unreadable."""
+    images = ImageChecks(split)
+    images.run([record["image"] for record in records])
+    for index, record in enumerate(records):
+        finding = images[record["image"]]
+        if finding is not None:
+            raise ImageError(f"{split}: record {index + 1}: {finding[1]}")
 
 
 def trl_dataset(

@@ -21,6 +21,7 @@ file is written atomically and every log line appended whole (``pivotlab.io``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -34,22 +35,24 @@ from typing import Any
 import torch
 import yaml
 from accelerate import PartialState
-from PIL import Image
 from transformers import set_seed
 
 from pivotlab import __version__
+from pivotlab.images import open_image
 from pivotlab.io import (
     MiB,
     append_jsonl,
     check_output,
     complete_lines,
     remove_temporaries,
+    removed_on_failure,
     write_json_atomic,
     write_jsonl_atomic,
     write_text_atomic,
 )
-from pivotlab.model import assemble, load, save
-from pivotlab.model.assemble import BUILD_FILE
+from pivotlab.model import LM_PRESETS, VISION_PRESETS, assemble, load, save
+from pivotlab.model.assemble import BUILD_FILE, ZOO_PREFIX
+from pivotlab.model.folders import Kind, check_model_folder, check_source
 from pivotlab.model.generation import generate_replies
 from pivotlab.model.parts import (
     ALIGN_HEAD,
@@ -67,6 +70,7 @@ from pivotlab.train.config import (
 )
 from pivotlab.train.data import (
     SAMPLE_INDEX,
+    check_images,
     keep_first,
     resolve_split,
     schedule,
@@ -208,14 +212,24 @@ def space_needed(cfg: StageConfig, model, steps: int, out: Path) -> tuple[int, s
 
 
 def check_init(cfg: StageConfig) -> None:
-    """Fail before any folder or data work when ``model.init`` is not a saved model (the
-    previous stage not run yet, a typo)."""
-    init = cfg.model.init
-    if init is not None and not (Path(init) / "config.json").is_file():
-        raise ConfigError(
-            f"model.init: {init} holds no saved model (config.json); run the stage that "
-            "writes it first, or point model.init at a model folder"
-        )
+    """Fail before any folder or data work when ``model.init`` is not a saved MLLM (the
+    previous stage not run yet, a typo, another kind of model) or ``model.vision``/``lm``
+    name no preset, folder or hub id of the right kind."""
+    m = cfg.model
+    if m.init is not None:
+        if not (Path(m.init) / "config.json").is_file():
+            raise ConfigError(
+                f"model.init: {m.init} holds no saved model (config.json); run the stage that "
+                "writes it first, or point model.init at a model folder"
+            )
+        check_model_folder(m.init, Kind.MLLM, "model.init")
+        return
+    for source, kind, presets, key in (
+        (m.vision, Kind.VISION, VISION_PRESETS, "model.vision"),
+        (m.lm, Kind.LANGUAGE, LM_PRESETS, "model.lm"),
+    ):
+        if source and source not in presets and not source.startswith(ZOO_PREFIX):
+            check_source(source, kind, presets, key)
 
 
 def initial_model(cfg: StageConfig, trust_remote_code: bool = False):
@@ -253,7 +267,8 @@ def _sample_on_policy(cfg: StageConfig, model, processor, split: Path) -> list[d
     replies: dict[str, list[str]] = {}
     for start in range(0, len(questions), cfg.train.per_device_batch_size):
         batch = questions[start : start + cfg.train.per_device_batch_size]
-        images = [Image.open(split / r["image"]).convert("RGB") for r in batch]
+        where = f"{split / 'vqa.jsonl'} (question {{}})"
+        images = [open_image(split, r["image"], where.format(r["id"])) for r in batch]
         sampled = generate_replies(
             model,
             processor,
@@ -590,48 +605,58 @@ def run_stage(
             # Before the folder records this config: a refused dataset leaves nothing that
             # would make the same command with ``skip`` look like another run.
             screen_data(cfg, out)
-    with state.main_process_first():
-        complete = _prepare_folder(cfg, out, overwrite) if state.is_main_process else _complete(out)
-    if complete:
-        summary = json.loads((out / "summary.json").read_text())
-        return StageResult(out, out / "final", summary)
-    set_seed(cfg.seed)
-    with state.main_process_first():
-        split = resolve_split(cfg.data.train, "data.train")
-        if cfg.data.eval is not None:
-            resolve_split(cfg.data.eval, "data.eval")
-        screen_data(cfg, out)  # datasets: fail at a bad row, or list skipped rows
-    model, processor = initial_model(cfg, trust_remote_code)
-    viral = prepare_viral(cfg, model, processor, trust_remote_code)
-    trained = [*cfg.parts, *([ALIGN_HEAD] if viral else [])]
-    set_trainable(model, trained)
-    check_trainable(model, trained)
-    table = _write_parts(model, cfg.learning_rates(), out) if state.is_main_process else ""
-    if state.is_main_process:
-        print(f"{cfg.stage}: parts table\n{table}", flush=True)
-    records = training_records(cfg, split, model, processor, out)
-    steps = optimizer_steps(cfg, len(records))
-    if state.is_main_process:
-        check_output(out, *space_needed(cfg, model, steps, out))
-    order = schedule(len(records), steps * cfg.train.batch_size, cfg.seed)
-    train_data = trl_dataset(
-        records,
-        split,
-        stage=cfg.stage,
-        objective=cfg.post.objective,
-        eos=processor.tokenizer.eos_token,
-        order=order,
-    )
-    args = trl_arguments(cfg, out, steps, accumulation(cfg, state.num_processes))
-    ids = [str(r.get("id", r.get("scene_id"))) for r in records]
-    alignment = VisualAlignment(model, processor, *viral, cfg.viral.weight) if viral else None
-    trainer = stage_trainer(cfg, model, processor, args, train_data, ids, out, alignment)
-    run_name = cfg.run or out.name
-    trainer.add_callback(MetricsFileCallback(out / "metrics.jsonl", run_name, cfg.stage, cfg.seed))
-    if state.is_main_process:
-        trainer.add_callback(_tensorboard_callback(out))
-    if state.is_main_process:
-        _resume_point(out)
+    # A run that fails before training begins leaves no folder (other processes never
+    # remove it: the main process made it).
+    with removed_on_failure(out) if state.is_main_process else contextlib.nullcontext():
+        with state.main_process_first():
+            complete = (
+                _prepare_folder(cfg, out, overwrite) if state.is_main_process else _complete(out)
+            )
+        if complete:
+            summary = json.loads((out / "summary.json").read_text())
+            return StageResult(out, out / "final", summary)
+        set_seed(cfg.seed)
+        with state.main_process_first():
+            split = resolve_split(cfg.data.train, "data.train")
+            if cfg.data.eval is not None:
+                resolve_split(cfg.data.eval, "data.eval")
+            screen_data(cfg, out)  # datasets: fail at a bad row, or list skipped rows
+            # Every image as `data check` reads it (inside the split, complete), before
+            # a model is loaded.
+            check_images(stage_records(cfg, split), split)
+        model, processor = initial_model(cfg, trust_remote_code)
+        viral = prepare_viral(cfg, model, processor, trust_remote_code)
+        trained = [*cfg.parts, *([ALIGN_HEAD] if viral else [])]
+        set_trainable(model, trained)
+        check_trainable(model, trained)
+        table = _write_parts(model, cfg.learning_rates(), out) if state.is_main_process else ""
+        if state.is_main_process:
+            print(f"{cfg.stage}: parts table\n{table}", flush=True)
+        records = training_records(cfg, split, model, processor, out)
+        steps = optimizer_steps(cfg, len(records))
+        if state.is_main_process:
+            check_output(out, *space_needed(cfg, model, steps, out))
+        order = schedule(len(records), steps * cfg.train.batch_size, cfg.seed)
+        train_data = trl_dataset(
+            records,
+            split,
+            stage=cfg.stage,
+            objective=cfg.post.objective,
+            eos=processor.tokenizer.eos_token,
+            order=order,
+        )
+        args = trl_arguments(cfg, out, steps, accumulation(cfg, state.num_processes))
+        ids = [str(r.get("id", r.get("scene_id"))) for r in records]
+        alignment = VisualAlignment(model, processor, *viral, cfg.viral.weight) if viral else None
+        trainer = stage_trainer(cfg, model, processor, args, train_data, ids, out, alignment)
+        run_name = cfg.run or out.name
+        trainer.add_callback(
+            MetricsFileCallback(out / "metrics.jsonl", run_name, cfg.stage, cfg.seed)
+        )
+        if state.is_main_process:
+            trainer.add_callback(_tensorboard_callback(out))
+        if state.is_main_process:
+            _resume_point(out)
     state.wait_for_everyone()
     found = last_complete_checkpoint(out)
     checkpoint = str(found) if found is not None else None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections import Counter
@@ -27,7 +26,7 @@ import numpy as np
 
 from pivotlab import __version__
 from pivotlab.errors import PivotlabError
-from pivotlab.io import MiB, check_output, write_json_atomic
+from pivotlab.io import MiB, check_output, staging_folder, write_json_atomic
 from pivotlab.world import vocab
 from pivotlab.world.pairs import pair_items, plan_pair
 from pivotlab.world.png import encode_png
@@ -537,9 +536,7 @@ def _prepare_output(out: Path, overwrite: bool) -> Path:
             raise WorldConfigError(
                 f"{out} is not empty and holds no world manifest.json; refusing to replace it"
             )
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    if staging.exists():
-        shutil.rmtree(staging)
+    staging = staging_folder(out)
     for sub in (
         "images",
         "masks",
@@ -643,7 +640,7 @@ def generate(
 def _publish(staging: Path, out: Path) -> None:
     """Swap the finished staging folder into place; the old split goes only after."""
     if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        old = staging_folder(out, "old")
         out.rename(old)
         staging.rename(out)
         shutil.rmtree(old)

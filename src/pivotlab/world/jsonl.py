@@ -9,14 +9,22 @@ from pivotlab.errors import PivotlabError
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Records of a JSON-lines file; a malformed line is reported with its number."""
+    """Records of a JSON-lines file; a line that is not one JSON object (malformed, cut
+    short, not UTF-8) is reported with its number."""
     records = []
-    with Path(path).open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with Path(path).open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise PivotlabError(f"{path}:{number}: not UTF-8 text") from None
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise PivotlabError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise PivotlabError(f"{path}:{number}: expected a JSON object")
+            records.append(record)
     return records

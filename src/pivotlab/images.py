@@ -14,7 +14,12 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from PIL import Image
 
-from pivotlab.data.records import one_line
+from pivotlab.errors import PivotlabError, one_line
+
+
+class ImageError(PivotlabError):
+    """An image a dataset names that may not or cannot be read."""
+
 
 Finding = tuple[str, str] | None  # (problem kind, message), or None for a good image
 
@@ -60,6 +65,21 @@ def check_image(root: Path, name: str) -> Finding:
     None when it is inside the root and PIL reads it completely."""
     path, finding = locate(root, name)
     return finding if path is None else inspect_file(path, name)
+
+
+def open_image(root: Path | str, name: str, where: str, mode: str | None = "RGB") -> Image.Image:
+    """Image ``name`` under ``root``, read only after the checks ``data check`` makes
+    (inside the root, present, complete), converted to ``mode`` (None keeps a mask's own).
+
+    Every verb that reads a dataset's images reads them here. Raises ``ImageError``
+    starting with ``where`` (the file and line that named the image).
+    """
+    finding = check_image(Path(root).resolve(), name)
+    if finding is not None:
+        raise ImageError(f"{where}: {finding[1]}")
+    with Image.open(Path(root).resolve() / name) as image:
+        image.load()
+        return image.convert(mode) if mode else image.copy()
 
 
 class ImageChecks:
