@@ -17,6 +17,8 @@ from pivotlab.io import (
     check_output,
     complete_lines,
     remove_temporaries,
+    removed_on_failure,
+    staging_folder,
     write_json_atomic,
     write_jsonl_atomic,
     write_text_atomic,
@@ -203,3 +205,38 @@ def test_the_verbs_fail_early_on_a_full_disk(verb, two_scenes, tmp_path, monkeyp
     assert message.startswith(f"pivotlab: error: {out}: 1.0 MiB free on its disk, ")
     assert "\n" not in message and "needed" in message
     assert list(tmp_path.iterdir()) == []  # nothing loaded, nothing written
+
+
+def test_files_are_written_with_the_umask_mode(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "a.txt", "x")
+        with open(tmp_path / "b.txt", "w") as handle:
+            handle.write("x")
+    finally:
+        os.umask(previous)
+    modes = [(tmp_path / name).stat().st_mode & 0o777 for name in ("a.txt", "b.txt")]
+    assert modes[0] == modes[1] == 0o644
+
+
+def test_staging_folder_removes_only_what_dead_processes_left(tmp_path: Path) -> None:
+    target = tmp_path / "split"
+    dead = tmp_path / ".split.partial-999999999"  # no process has this pid
+    alive = tmp_path / f".split.old-{os.getppid()}"  # the test runner's parent is running
+    other = tmp_path / ".other.partial-999999999"  # beside another target
+    for folder in (dead, alive, other):
+        folder.mkdir()
+    staging = staging_folder(target)
+    assert staging == tmp_path / f".split.partial-{os.getpid()}" and not staging.exists()
+    assert not dead.exists() and alive.exists() and other.exists()
+
+
+def test_a_failed_block_takes_back_only_the_empty_folder_it_created(tmp_path: Path) -> None:
+    made, kept, existing = tmp_path / "made", tmp_path / "kept", tmp_path / "existing"
+    existing.mkdir()
+    for folder, produced in ((made, False), (kept, True), (existing, False)):
+        with pytest.raises(RuntimeError), removed_on_failure(folder, lambda p=produced: p):
+            folder.mkdir(exist_ok=True)
+            (folder / "config.json").write_text("{}")
+            raise RuntimeError("failed before training")
+    assert not made.exists() and kept.exists() and existing.exists()
