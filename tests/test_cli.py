@@ -302,3 +302,32 @@ def test_version_and_help_list_choices_and_defaults(capsys: pytest.CaptureFixtur
             main(argv)
         text = " ".join(capsys.readouterr().out.split())
         assert all(s in text for s in shown), (argv, text)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["plan", "--config", "configs/tiny/full.yaml"],
+        ["study", "--preset", "quick", "--out", "{out}", "--dry-run"],
+    ],
+    ids=["plan", "study --dry-run"],
+)
+def test_planning_never_imports_trl(argv: list[str], tmp_path: Path) -> None:
+    # Planning reads configs; TRL (seconds to import) is for training alone.
+    script = (
+        "import sys; from pivotlab.cli import main; code = main(sys.argv[1:]); "
+        "print(sorted(m for m in sys.modules if m == 'trl' or m.startswith('trl.')))"
+    )
+    argv = [arg.format(out=tmp_path / "study") for arg in argv]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    root = Path(__file__).parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", script, *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

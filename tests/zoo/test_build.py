@@ -51,6 +51,9 @@ def test_tiny_build_gives_standard_checkpoints_and_manifests(tiny_zoo: Path) -> 
                 AutoTokenizer.from_pretrained(folder).convert_tokens_to_ids("<image>") is not None
             )
             assert manifest["quality"]["heldout_perplexity"] > 1
+            spec = manifest["spec"]  # the curriculum's phases all ran
+            phases = spec["steps"] + spec["focus_steps"] + spec["settle_steps"]
+            assert manifest["compute"]["steps"] == phases > spec["steps"]
         else:
             model = AutoModel.from_pretrained(folder)
             assert 0 <= manifest["quality"]["linear_probe_shape_color"] <= 1
@@ -211,3 +214,16 @@ def test_task_balanced_weights_draw_every_task_equally_often() -> None:
     }
     assert per_task == pytest.approx({"count": 1.0, "relation": 1.0, "color": 1.0})
     assert torch.equal(weights[:6], torch.full((6,), 1 / 6))
+
+
+def test_focus_weights_keep_only_the_focus_tasks_and_phases_add_up() -> None:
+    from pivotlab.zoo.data import SymbolicSet
+    from pivotlab.zoo.train import Compute, add_computes, focus_weights
+
+    tasks = [["count"], ["relation"], ["relation", "count"], ["color"]]
+    weights = focus_weights(SymbolicSet([], [], [], tasks), ("relation",))
+    assert weights.tolist() == [0.0, 1.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="no symbolic conversation asks front"):
+        focus_weights(SymbolicSet([], [], [], tasks), ("front",))
+    total = add_computes([Compute(6, 384, 1e9, 10.0, 0.5), Compute(2, 128, 3e8, 3.0, 0.2)])
+    assert total == Compute(8, 512, 1.3e9, 13.0, 0.2)

@@ -180,7 +180,7 @@ def load_encoder(source: str | Path, seed: int = 0, trust_remote_code: bool = Fa
     folder = Path(resolve_zoo(name))
     if kind_of(folder_config(folder)) is Kind.MLLM:
         return _from_mllm(folder, name)
-    check_model_folder(folder, Kind.VISION, f"encoder {name!r}")
+    check_model_folder(folder, Kind.VISION, "encoder")
     return _from_vision_folder(folder, name, trust_remote_code)
 
 

@@ -69,21 +69,24 @@ def kind_of(config: dict) -> Kind | None:
 
 
 def _describe(config: dict) -> str:
-    architectures = ", ".join(str(a) for a in config.get("architectures") or []) or "no class"
-    return f"a {architectures} folder (model_type {config.get('model_type')!r})"
+    architectures = ", ".join(str(a) for a in config.get("architectures") or [])
+    model_type = f"model_type {config.get('model_type')!r}"
+    return f"a {architectures} folder ({model_type})" if architectures else f"a {model_type} folder"
 
 
 def check_model_folder(folder: Path | str, expected: Kind, what: str = "model") -> dict:
     """The ``config.json`` of ``folder`` as a dict, when it holds an ``expected`` model.
 
     Raises ``ModelFolderError`` naming the folder, what it holds and what was expected.
-    A folder of an unknown kind passes only for language models (any causal LM family
-    transformers knows may stand there).
+    A folder of an unknown kind passes for language models (any causal LM family
+    transformers knows may stand there) and when it ships its own code (``auto_map``:
+    ``--trust-remote-code`` decides).
     """
     folder = Path(folder)
     config = folder_config(folder)
     kind = kind_of(config)
-    if kind is expected or (kind is None and expected is Kind.LANGUAGE):
+    unknown_may_pass = expected is Kind.LANGUAGE or "auto_map" in config
+    if kind is expected or (kind is None and unknown_may_pass):
         return config
     raise ModelFolderError(f"{what} {folder} is {_describe(config)}; expected {expected.value}")
 

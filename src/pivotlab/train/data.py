@@ -18,6 +18,7 @@ the same number of optimizer steps, on one process or many.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,13 @@ def keep_first(records: list[dict], limit: int | None, seed: int) -> list[dict]:
     return kept if limit is None else kept[:limit]
 
 
+def optimizer_steps(cfg: StageConfig, n_records: int) -> int:
+    """``train.steps``, else enough steps for ``train.epochs`` passes over the records."""
+    if cfg.train.steps is not None:
+        return cfg.train.steps
+    return max(1, math.ceil(cfg.train.epochs * n_records / cfg.train.batch_size))
+
+
 def schedule(n_records: int, n_samples: int, seed: int) -> list[int]:
     """Record indices in training order: a fresh seeded permutation per epoch, cut at
     ``n_samples`` (steps x global batch)."""
@@ -126,7 +134,10 @@ def ground_truths(records: list[dict], split: Path) -> list[str]:
 
 def check_images(records: list[dict], split: Path) -> None:
     """Raise ``ImageError`` naming the first record whose image is outside ``split``,
-    missing or unreadable."""
+    missing or unreadable. A dataset's records were screened against its own image root
+    when it was checked into the cache (``train/external.py``), so they pass."""
+    if is_dataset_split(split):
+        return
     images = ImageChecks(split)
     images.run([record["image"] for record in records])
     for index, record in enumerate(records):

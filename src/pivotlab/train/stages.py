@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import math
 import shutil
 import sys
 import time
@@ -72,6 +71,7 @@ from pivotlab.train.data import (
     SAMPLE_INDEX,
     check_images,
     keep_first,
+    optimizer_steps,
     resolve_split,
     schedule,
     stage_records,
@@ -308,13 +308,6 @@ def training_records(cfg: StageConfig, split: Path, model, processor, out: Path)
     if not records:
         raise ConfigError(f"{out}: no preference records to train on (every sampled reply right?)")
     return records
-
-
-def optimizer_steps(cfg: StageConfig, n_records: int) -> int:
-    """``train.steps``, else enough steps for ``train.epochs`` passes over the records."""
-    if cfg.train.steps is not None:
-        return cfg.train.steps
-    return max(1, math.ceil(cfg.train.epochs * n_records / cfg.train.batch_size))
 
 
 def accumulation(cfg: StageConfig, processes: int) -> int:

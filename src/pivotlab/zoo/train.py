@@ -180,6 +180,26 @@ def task_balanced_weights(data: SymbolicSet) -> torch.Tensor:
     return torch.tensor([1.0 / counts[task] for task in firsts])
 
 
+def focus_weights(data: SymbolicSet, tasks: tuple[str, ...]) -> torch.Tensor:
+    """Weight 1 for each conversation whose first question is one of ``tasks``, else 0: a
+    curriculum phase that trains those tasks alone."""
+    weights = torch.tensor([float(asked[0] in tasks) for asked in data.tasks])
+    if not weights.any():
+        raise ValueError(f"no symbolic conversation asks {', '.join(tasks)}")
+    return weights
+
+
+def add_computes(phases: list[Compute]) -> Compute:
+    """What a run made of ``phases`` cost, as one ``Compute`` (its last phase's loss)."""
+    return Compute(
+        sum(c.steps for c in phases),
+        sum(c.samples for c in phases),
+        sum(c.flops for c in phases),
+        sum(c.seconds for c in phases),
+        phases[-1].final_loss,
+    )
+
+
 @torch.inference_mode()
 def symbolic_accuracy(
     model, data: SymbolicSet, image_id: int, pad_id: int, batch_size: int = 64
