@@ -166,6 +166,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
         ("data subset: missing file", ["data", "subset", "--format", "mmpr", "--path", "{root}/no-such-folder", "--n", "2", "--seed", "0", "--sft-out", "{out}/a.json", "--dpo-out", "{out}/b.json"], 2, "no-such-folder"),
         ("train: missing config", ["train", "--config", "{root}/no-such-folder.yaml", "--out", "{out}"], 2, "no-such-folder"),
         ("train: LM folder as init", ["train", "--config", "configs/tiny/full.yaml", "--out", "{out}", "model.init={lm}", "data.train={split}"], 2, "Qwen2ForCausalLM"),
+        ("train: LM folder as VIRAL teacher", ["train", "--config", "configs/tiny/full.yaml", "--out", "{out}", "model.init={mllm}", "data.train={split}", "viral.enabled=true", "viral.teacher={lm}"], 2, "viral.teacher"),
         ("train: wrong type", ["train", "--config", "configs/tiny/full.yaml", "--out", "{out}", "train.epochs=many"], 2, "train.epochs"),
         ("train: escaping image", ["train", "--config", "configs/tiny/full.yaml", "--out", "{out}", "model.init={mllm}", "data.train={root}/dotdot", "data.limit=null"], 2, "leaves the image root"),
         ("evaluate: LM folder", ["evaluate", "--model", "{lm}", "--data", "{split}", "--out", "{out}"], 2, "Qwen2ForCausalLM"),

@@ -76,7 +76,7 @@ def _world_tasks() -> str:
 
 
 def _study_presets() -> str:
-    from pivotlab.study.config import known_presets
+    from pivotlab.study.presets import known_presets
 
     return ", ".join(known_presets()) or "none found"
 
@@ -566,14 +566,22 @@ def _add_analyze(verbs: argparse._SubParsersAction) -> None:
         "--labels",
         type=_csv,
         default=("shape", "color", "shape_color"),
-        help="classification labels to probe",
+        help="classification labels to probe (default: shape,color,shape_color)",
     )
     run.add_argument("--epochs", type=int, default=5, help="segmentation probe epochs")
-    run.add_argument("--limit", type=int, default=None, help="items per model analysis")
+    run.add_argument(
+        "--limit", type=int, default=None, help="items per model analysis (default: all)"
+    )
     run.add_argument("--teacher", default=None, help="encoder for the layer-wise curve (zoo:vfm)")
     run.add_argument("--lm", default=None, help="MLLM whose LM aligns with every --encoder")
-    run.add_argument("--cache", type=Path, default=None, help="feature cache folder")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="feature cache folder (default: $PIVOTLAB_CACHE/features or "
+        "~/.cache/pivotlab/features)",
+    )
+    run.add_argument("--seed", type=int, default=0, help="seed of the probes and random inits")
     run.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     run.set_defaults(handler=_analyze)
 

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from pivotlab.errors import PivotlabError
+from pivotlab.study.presets import known_presets, preset_roots
 from pivotlab.train.config import ConfigError, apply_override, build_dataclass
 
 
@@ -152,26 +153,6 @@ class StudyConfig:
         return dataclasses.asdict(self)
 
 
-PRESETS_DIR = "configs/study"
-
-
-def _repository_root() -> Path | None:
-    """The checkout this package runs from (editable installs), where ``configs/`` lives."""
-    for parent in Path(__file__).resolve().parents:
-        if (parent / PRESETS_DIR).is_dir():
-            return parent
-    return None
-
-
-def _preset_roots() -> list[Path]:
-    return [root / PRESETS_DIR for root in (Path.cwd(), _repository_root()) if root is not None]
-
-
-def known_presets() -> list[str]:
-    """The study presets found (``configs/study/*.yaml`` here and in the checkout)."""
-    return sorted({p.stem for root in _preset_roots() for p in root.glob("*.yaml")})
-
-
 def preset_path(preset: str) -> Path:
     """A preset name (``quick``) or a YAML path, as a file that exists."""
     candidate = Path(preset).expanduser()
@@ -179,7 +160,7 @@ def preset_path(preset: str) -> Path:
         if not candidate.is_file():
             raise StudyError(f"{candidate}: no such study preset file")
         return candidate
-    for root in _preset_roots():
+    for root in preset_roots():
         if (root / f"{preset}.yaml").is_file():
             return root / f"{preset}.yaml"
     known = ", ".join(known_presets()) or "none found"

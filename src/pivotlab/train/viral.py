@@ -39,6 +39,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, LlavaForCond
 from pivotlab.errors import PivotlabError
 from pivotlab.model.assemble import resolve_zoo
 from pivotlab.model.export import truncated_tower
+from pivotlab.model.folders import Kind, check_source
 from pivotlab.model.parts import ALIGN_HEAD
 from pivotlab.model.presets import vision_family
 
@@ -175,6 +176,7 @@ def load_teacher(
             cache=store,
         )
     folder = resolve_zoo(source)
+    check_source(folder, Kind.VISION, (), "viral.teacher")
     try:
         trust = {"trust_remote_code": trust_remote_code}
         config = AutoConfig.from_pretrained(folder, **trust)
