@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -84,6 +85,12 @@ def remove_temporaries(folder: Path | str) -> list[Path]:
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
+
+
+def file_sha256(path: Path | str) -> str:
+    """The sha256 of a file's bytes, hex (``hashlib.file_digest``: read in blocks)."""
+    with Path(path).open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _running(pid: int) -> bool:

@@ -48,6 +48,7 @@ def test_per_part_rates_and_stage_defaults() -> None:
         (["post.loss_weights=[1.0]", "post.objective=mpo"], r"mpo combines 3 losses"),
         (["train.parts=[eyes]"], r"train\.parts is 'eyes'"),
         (["beta"], r"override 'beta' is not of the form key=value"),
+        (["train.warmup_ratio=3"], r"train\.warmup_ratio must be in \[0, 1\), got 3"),
     ],
 )
 def test_mistakes_are_named(overrides: list[str], message: str) -> None:

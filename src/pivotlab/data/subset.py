@@ -18,7 +18,6 @@ crash it; here each such row is excluded and counted.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 from pivotlab.data.formats import IMAGE
 from pivotlab.data.load import Source, Validator, chunks
 from pivotlab.data.records import DataError, Problem, Record
-from pivotlab.io import write_jsonl_atomic, write_text_atomic
+from pivotlab.io import file_sha256, write_jsonl_atomic, write_text_atomic
 
 RECIPE = "pivot-matched-subset"
 
@@ -92,15 +91,6 @@ def write_rows(path: Path, rows: list[dict]) -> None:
     write_text_atomic(path, f"[\n{items}\n]\n")
 
 
-def sha256(path: Path) -> str:
-    """The file's sha256, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_subset(
     source: Source,
     n: int,
@@ -131,7 +121,7 @@ def write_subset(
     manifest = {
         "recipe": RECIPE,
         "source": str(source.path),
-        "source_sha256": sha256(Path(source.path)),
+        "source_sha256": file_sha256(source.path),
         "format": source.format,
         "images": str(source.images),
         "seed": seed,

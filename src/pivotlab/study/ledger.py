@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pivotlab.io import write_json_atomic
+from pivotlab.io import file_sha256, write_json_atomic
 
 # Files larger than this are checked by size and a hash of their first and last MiB:
 # re-hashing multi-GB checkpoints on every resume would cost minutes at paper scale.
@@ -27,17 +27,15 @@ _CHUNK = 2**20
 
 def file_digest(path: Path) -> str:
     """sha256 of a file (of its first and last MiB plus its size when it is large)."""
-    digest = hashlib.sha256()
     size = path.stat().st_size
+    if size <= FULL_HASH_LIMIT:
+        return file_sha256(path)
+    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        if size <= FULL_HASH_LIMIT:
-            for block in iter(lambda: handle.read(_CHUNK), b""):
-                digest.update(block)
-        else:
-            digest.update(handle.read(_CHUNK))
-            handle.seek(size - _CHUNK)
-            digest.update(handle.read(_CHUNK))
-            digest.update(str(size).encode())
+        digest.update(handle.read(_CHUNK))
+        handle.seek(size - _CHUNK)
+        digest.update(handle.read(_CHUNK))
+    digest.update(str(size).encode())
     return digest.hexdigest()
 
 

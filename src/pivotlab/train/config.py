@@ -440,6 +440,11 @@ def validate(cfg: StageConfig, source: str = "config") -> None:
     for key in ("batch_size", "per_device_batch_size", "steps", "epochs", "logging_steps"):
         _check_positive(getattr(cfg.train, key), f"train.{key}", source)
     _check_positive(cfg.train.save_steps, "train.save_steps", source)
+    if not 0 <= cfg.train.warmup_ratio < 1:
+        # transformers reads warmup_steps below 1 as a share of the steps, 1 or more as steps.
+        raise ConfigError(
+            f"{source}: train.warmup_ratio must be in [0, 1), got {cfg.train.warmup_ratio}"
+        )
     _check_positive(cfg.data.limit, "data.limit", source)
     _check_positive(cfg.data.turns, "data.turns", source)
     if cfg.data.turns > 1 and cfg.stage != "full":

@@ -47,7 +47,7 @@ from transformers import (
 from pivotlab import __version__
 from pivotlab.cache import cache_root
 from pivotlab.errors import PivotlabError
-from pivotlab.io import staging_folder, write_json_atomic
+from pivotlab.io import file_sha256, staging_folder, write_json_atomic
 from pivotlab.world.generate import GENERATOR_VERSION
 from pivotlab.zoo import data as zoo_data
 from pivotlab.zoo import quality
@@ -250,14 +250,6 @@ def entry_dir(zoo: ZooConfig, part: str, cache: Path, seed: int = 0) -> Path:
     return cache / zoo.name / f"{part}-{part_key(zoo, part, seed)[:12]}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify(entry: Path) -> str | None:
     """``None`` if the entry is complete and intact, else what is wrong with it."""
     manifest_path = entry / MANIFEST
@@ -271,7 +263,7 @@ def verify(entry: Path) -> str | None:
         path = entry / name
         if not path.is_file():
             return f"{name} is missing"
-        if _sha256(path) != digest:
+        if file_sha256(path) != digest:
             return f"{name} does not match its sha256"
     return None if manifest.get("files") else "manifest lists no files"
 
@@ -586,7 +578,7 @@ def _write_entry(zoo: ZooConfig, part: str, entry: Path, data: _Data, seed: int)
     staging = _staging(entry)
     model.save_pretrained(staging)
     companion.save_pretrained(staging)
-    files = {p.name: _sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
+    files = {p.name: file_sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
     manifest = {
         "part": part,
         "zoo": zoo.name,
