@@ -16,6 +16,7 @@ from pivotlab.io import (
     append_jsonl,
     check_output,
     complete_lines,
+    read_jsonl,
     remove_temporaries,
     removed_on_failure,
     staging_folder,
@@ -23,7 +24,6 @@ from pivotlab.io import (
     write_jsonl_atomic,
     write_text_atomic,
 )
-from pivotlab.world.jsonl import read_jsonl
 
 Usage = namedtuple("Usage", "total used free")
 

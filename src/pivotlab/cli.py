@@ -220,8 +220,8 @@ def _world_show(args: argparse.Namespace) -> None:
 
 
 def _world_audit(args: argparse.Namespace) -> None:
+    from pivotlab.io import read_jsonl
     from pivotlab.world.audit import text_only_baseline
-    from pivotlab.world.jsonl import read_jsonl
 
     records = []
     for split_dir in (args.train, args.test):

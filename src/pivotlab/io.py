@@ -1,5 +1,5 @@
-"""Result files that a crash never leaves half-written, and the checks that an output folder
-can take a run before the run starts.
+"""Result files that a crash never leaves half-written, JSON-lines reading, and the checks
+that an output folder can take a run before the run starts.
 
 - ``write_text_atomic`` / ``write_json_atomic`` / ``write_jsonl_atomic`` write a sibling
   temporary file, flush and fsync it, and ``os.replace`` it over the target: a reader sees
@@ -8,6 +8,8 @@ can take a run before the run starts.
   A line cut short by a kill lacks its closing brace and newline, so it never parses as a
   valid JSON object; the next append drops such a tail before it writes, and
   ``complete_lines`` reads a log without it.
+- ``read_jsonl`` reads records back, naming the file and line of one that is not a JSON
+  object.
 - ``staging_folder`` gives a folder beside a target to build it in and rename into place,
   and removes the staging folders that killed processes left beside it.
 - ``removed_on_failure`` takes back a run folder that a failed command created before it
@@ -184,6 +186,28 @@ def append_jsonl(path: Path | str, rows: Iterable[dict], ensure_ascii: bool = Tr
             raise OutputError(f"{path}: disk full while appending ({written} of {len(data)} bytes)")
     finally:
         os.close(descriptor)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Records of a JSON-lines file; a line that is not one JSON object (malformed, cut
+    short, not UTF-8) is reported with its number."""
+    records = []
+    with Path(path).open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise PivotlabError(f"{path}:{number}: not UTF-8 text") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise PivotlabError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise PivotlabError(f"{path}:{number}: expected a JSON object")
+            records.append(record)
+    return records
 
 
 def complete_lines(path: Path | str) -> list[str]:

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from transformers.utils import logging as hf_logging
 
+from pivotlab.io import read_jsonl
 from pivotlab.model import assemble, save
 from pivotlab.world import WorldConfig, generate
-from pivotlab.world.jsonl import read_jsonl
 
 hf_logging.disable_progress_bar()
 hf_logging.set_verbosity_error()

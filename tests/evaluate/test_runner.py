@@ -17,9 +17,9 @@ from pivotlab.cli import main
 from pivotlab.errors import PivotlabError
 from pivotlab.evaluate import EvalConfig, evaluate
 from pivotlab.evaluate.runner import _image
+from pivotlab.io import read_jsonl
 from pivotlab.model import load
 from pivotlab.world.answers import score_reply
-from pivotlab.world.jsonl import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 PREDICTION_FIELDS = {

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from pivotlab.cli import main
+from pivotlab.io import read_jsonl
 from pivotlab.model import load, parts_table
 from pivotlab.plan import PlanError, PlanOptions, estimate
 from pivotlab.plan.architectures import resolve
@@ -18,7 +19,6 @@ from pivotlab.plan.flops import Sequence, count, mllm_ops
 from pivotlab.plan.shapes import head_parameters, vision_shape
 from pivotlab.train import load_config
 from pivotlab.world import WorldConfig, generate
-from pivotlab.world.jsonl import read_jsonl
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PAPER_STACK = {"vision": "google/siglip2-so400m-patch16-384", "lm": "Qwen/Qwen2.5-1.5B-Instruct"}

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from transformers.utils import logging as hf_logging
 
+from pivotlab.io import read_jsonl
 from pivotlab.train import StageConfig, load_config
 from pivotlab.world import WorldConfig, generate
-from pivotlab.world.jsonl import read_jsonl
 
 hf_logging.disable_progress_bar()
 hf_logging.set_verbosity_error()

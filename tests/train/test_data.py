@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pivotlab.io import read_jsonl
 from pivotlab.train.data import SAMPLE_INDEX, keep_first, schedule, trl_dataset
 from pivotlab.world.hf import conversations
-from pivotlab.world.jsonl import read_jsonl
 
 
 def test_schedule_is_a_fresh_permutation_per_epoch_and_repeatable() -> None:

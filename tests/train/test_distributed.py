@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pivotlab.world.jsonl import read_jsonl
+from pivotlab.io import read_jsonl
 from tests.train.conftest import assert_same_curves, launch_training, train_curve
 
 

@@ -23,6 +23,8 @@ from transformers.trainer_pt_utils import safe_globals
 
 import pivotlab
 from pivotlab import cli, io
+from pivotlab.errors import PivotlabError
+from pivotlab.io import read_jsonl
 from pivotlab.model import load
 from pivotlab.model.parts import set_trainable
 from pivotlab.train import run_stage, stages
@@ -33,7 +35,6 @@ from pivotlab.train.trainers import (
     loss_so_far,
     run_mean_loss,
 )
-from pivotlab.world.jsonl import read_jsonl
 from tests.train.conftest import CONFIGS, tiny_config
 
 # The resumed run replays the same records from the same weights, optimizer and RNG state
@@ -377,9 +378,9 @@ def test_a_model_that_ships_code_is_refused_unless_trusted(custom_code_folder, c
 
 
 def test_a_viral_teacher_that_ships_code_is_refused_unless_trusted(custom_code_folder) -> None:
-    from pivotlab.train.viral import ViralError, load_teacher
+    from pivotlab.train.viral import load_teacher
 
-    with pytest.raises(ViralError, match="ships its own Python code; pass --trust-remote-code"):
+    with pytest.raises(PivotlabError, match="ships its own Python code; pass --trust-remote-code"):
         load_teacher(str(custom_code_folder), None, None, cache=False)
     with pytest.raises(SystemExit, match="remote code ran"):
         load_teacher(str(custom_code_folder), None, None, cache=False, trust_remote_code=True)
@@ -388,7 +389,7 @@ def test_a_viral_teacher_that_ships_code_is_refused_unless_trusted(custom_code_f
 def test_an_analysis_encoder_that_ships_code_runs_it_only_when_trusted(custom_code_folder) -> None:
     from pivotlab.analysis.features import load_encoder
 
-    with pytest.raises(ValueError, match="trust_remote_code=True"):
+    with pytest.raises(PivotlabError, match="ships its own Python code; pass --trust-remote-code"):
         load_encoder(custom_code_folder)
     with pytest.raises(SystemExit, match="remote code ran"):
         load_encoder(custom_code_folder, trust_remote_code=True)

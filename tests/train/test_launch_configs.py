@@ -23,7 +23,7 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin
 from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
-from pivotlab.world.jsonl import read_jsonl
+from pivotlab.io import read_jsonl
 from tests.train.conftest import CONFIGS, assert_same_curves, launch_training, train_curve
 
 LAUNCH = CONFIGS / "accelerate"

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from transformers import Qwen2Config, Qwen2ForCausalLM
 from trl import DPOConfig
 
+from pivotlab.io import read_jsonl
 from pivotlab.model import load
 from pivotlab.model.parts import part_modules
 from pivotlab.train import load_config
@@ -27,7 +28,6 @@ from pivotlab.train.prefix import (
     unsupported,
 )
 from pivotlab.train.trainers import StageDPOTrainer
-from pivotlab.world.jsonl import read_jsonl
 
 PAIRS = 6
 RELATIVE = 1e-5

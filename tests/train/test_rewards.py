@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from pivotlab.io import read_jsonl
 from pivotlab.train.rewards import (
     correctness,
     ground_truth,
@@ -15,7 +16,6 @@ from pivotlab.train.rewards import (
     reward_functions,
 )
 from pivotlab.world.answers import score_reply
-from pivotlab.world.jsonl import read_jsonl
 
 MC = {
     "answer": "C",

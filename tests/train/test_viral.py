@@ -19,6 +19,8 @@ from transformers import (
     SiglipVisionModel,
 )
 
+from pivotlab.errors import PivotlabError
+from pivotlab.io import read_jsonl
 from pivotlab.model import load
 from pivotlab.train import ConfigError, run_stage
 from pivotlab.train.viral import (
@@ -26,10 +28,8 @@ from pivotlab.train.viral import (
     alignment_loss,
     image_stats,
     load_teacher,
-    resize_patch_grid,
     resolve_layer,
 )
-from pivotlab.world.jsonl import read_jsonl
 from tests.train.conftest import tiny_config
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -77,15 +77,6 @@ def test_alignment_loss_is_one_minus_cosine_over_full_grids() -> None:
     loss, counted = alignment_loss(hidden, mask, targets, nn.Identity())
     assert counted == 2
     assert math.isclose(loss.item(), (0.0 + 2.0) / 2, abs_tol=1e-6)
-
-
-def test_patch_grid_resize_halves_a_raster_grid_by_block_means() -> None:
-    tokens = torch.randn(2, 64, 3, generator=torch.Generator().manual_seed(0))  # 8x8 grid
-    blocks = tokens.reshape(2, 4, 2, 4, 2, 3).mean((2, 4)).reshape(2, 16, 3)
-    torch.testing.assert_close(resize_patch_grid(tokens, 4), blocks)
-    assert resize_patch_grid(tokens, 8) is tokens
-    with pytest.raises(ViralError, match="square grid"):
-        resize_patch_grid(tokens[:, :60], 4)
 
 
 def test_teacher_sees_pixels_normalised_its_own_way(tiny_model_dir: Path, teacher_dir) -> None:
@@ -210,5 +201,5 @@ def test_bad_viral_settings_are_one_line_errors(preset, teacher_dir, tmp_path) -
         tiny_config("full", preset, *viral(teacher_dir, "viral.weight=0"))
     with pytest.raises(ViralError, match=r"viral\.layer 7"):
         run_stage(tiny_config("full", preset, *viral(teacher_dir, "viral.layer=7")), tmp_path / "a")
-    with pytest.raises(ViralError, match="cannot be loaded"):
+    with pytest.raises(PivotlabError, match=r"viral\.teacher: no preset or folder named"):
         run_stage(tiny_config("full", preset, *viral(tmp_path / "nowhere")), tmp_path / "b")

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from pivotlab.cli import main
+from pivotlab.io import read_jsonl
 from pivotlab.world import WorldConfig, WorldConfigError, generate
 from pivotlab.world.generate import TINY_TASKS
-from pivotlab.world.jsonl import read_jsonl
 
 SCENE_FIELDS = {"scene_id", "kind", "size", "objects"}
 OBJECT_FIELDS = {"index", "shape", "color", "size", "bbox", "z", "glyph"}

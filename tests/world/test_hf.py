@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from pivotlab.errors import PivotlabError
+from pivotlab.io import read_jsonl
 from pivotlab.world import WorldConfigError
 from pivotlab.world.hf import caption_dataset, preference_dataset, vqa_dataset
-from pivotlab.world.jsonl import read_jsonl
 
 
 def test_vqa_rows_are_conversations_with_their_image(small_split: Path) -> None:

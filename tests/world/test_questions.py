@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from scipy.stats import chisquare
 
+from pivotlab.io import read_jsonl
 from pivotlab.world import NEGATIVE_TYPES, vocab
 from pivotlab.world.answers import is_correct
 from pivotlab.world.audit import text_only_baseline
-from pivotlab.world.jsonl import read_jsonl
 from pivotlab.world.questions import COUNT_SPACE, GEM_SPACE, GUILD_SPACE, RELATIONS, SIDES_SPACE
 
 PLURALS = {vocab.plural(s): s for s in vocab.SHAPES}

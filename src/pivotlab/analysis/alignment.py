@@ -44,7 +44,7 @@ from pivotlab.analysis.features import (
 from pivotlab.analysis.tokens import projector_inputs
 from pivotlab.model import load
 from pivotlab.model.generation import chat_prompt
-from pivotlab.train.viral import resize_patch_grid
+from pivotlab.model.grid import resize_patch_grid
 
 # The world's caption question (docs/world.md, task `caption`).
 CAPTION_QUESTION = "Describe the image in one short sentence."

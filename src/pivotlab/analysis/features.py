@@ -29,18 +29,18 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, LlavaConfig, PreTrainedModel
+from transformers import LlavaConfig, PreTrainedModel
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from pivotlab.cache import cache_root
 from pivotlab.errors import PivotlabError
 from pivotlab.images import open_image
+from pivotlab.io import read_jsonl
 from pivotlab.model import load, truncated_tower
-from pivotlab.model.assemble import resolve_zoo
+from pivotlab.model.assemble import load_vision_tower, resolve_zoo
 from pivotlab.model.export import ENCODER_FILE
-from pivotlab.model.folders import Kind, check_model_folder, folder_config, kind_of
+from pivotlab.model.folders import Kind, folder_config, kind_of
 from pivotlab.model.presets import vision_family
-from pivotlab.world.jsonl import read_jsonl
 
 POOLINGS = ("mean", "cls", "patch")
 RANDOM_PREFIX = "random:"
@@ -133,20 +133,17 @@ def _from_mllm(folder: Path, name: str) -> Encoder:
 
 
 def _from_vision_folder(folder: Path, name: str, trust_remote_code: bool) -> Encoder:
-    trust = {"trust_remote_code": trust_remote_code}
-    config = AutoConfig.from_pretrained(folder, **trust)
-    config = getattr(config, "vision_config", None) or config
-    tower = AutoModel.from_pretrained(folder, config=config, **trust)
+    loaded = load_vision_tower(str(folder), trust_remote_code, "encoder")
+    tower = loaded.model
     info_path = folder / ENCODER_FILE
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    vision_family(tower.config)  # refuses, in one line, a family pivotlab has not registered
     projector = None
     if info.get("projector"):
         projector = _projector_from_file(tower, folder / info["projector"])
     return Encoder(
         name=name,
         tower=tower,
-        image_processor=AutoImageProcessor.from_pretrained(folder, **trust),
+        image_processor=loaded.image_processor,
         projector=projector,
         fingerprint=weights_fingerprint(tower, projector),
     )
@@ -180,7 +177,6 @@ def load_encoder(source: str | Path, seed: int = 0, trust_remote_code: bool = Fa
     folder = Path(resolve_zoo(name))
     if kind_of(folder_config(folder)) is Kind.MLLM:
         return _from_mllm(folder, name)
-    check_model_folder(folder, Kind.VISION, "encoder")
     return _from_vision_folder(folder, name, trust_remote_code)
 
 
@@ -202,7 +198,7 @@ def hidden_tokens(encoder: Encoder, pixels: torch.Tensor, layer: int = -1) -> to
     return encoder.tower(pixel_values=pixels, output_hidden_states=True).hidden_states[layer]
 
 
-def patch_tokens(tokens: torch.Tensor, encoder: Encoder) -> torch.Tensor:
+def without_cls(tokens: torch.Tensor, encoder: Encoder) -> torch.Tensor:
     """``tokens`` without the CLS token, when the encoder has one."""
     return tokens[:, 1:] if vision_family(encoder.tower.config).has_cls else tokens
 
@@ -216,7 +212,7 @@ def select(tokens: torch.Tensor, encoder: Encoder, spec: FeatureSpec) -> torch.T
         if spec.projector:
             raise AnalysisError("the projector never sees the CLS token; pool 'mean' or 'patch'")
         return tokens[:, 0]
-    patches = patch_tokens(tokens, encoder)
+    patches = without_cls(tokens, encoder)
     if spec.projector:
         if encoder.projector is None:
             raise AnalysisError(

@@ -22,11 +22,10 @@ from pivotlab import __version__
 from pivotlab.errors import PivotlabError
 from pivotlab.evaluate.metrics import accuracy_rows
 from pivotlab.images import ImageChecks, open_image
-from pivotlab.io import MiB, check_output, write_json_atomic, write_jsonl_atomic
+from pivotlab.io import MiB, check_output, read_jsonl, write_json_atomic, write_jsonl_atomic
 from pivotlab.model import load
 from pivotlab.model.generation import chat_prompt, generate_replies
 from pivotlab.world.answers import LETTERS, score_reply
-from pivotlab.world.jsonl import read_jsonl
 
 REQUIRED_FIELDS = ("id", "image", "category", "task", "question", "answer")
 BLANK_GREY = (128, 128, 128)

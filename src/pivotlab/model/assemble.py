@@ -61,9 +61,12 @@ class BuildInfo:
 
 
 @dataclass
-class _Vision:
+class VisionTower:
+    """A vision tower's config, weights (None for a preset: random init inside the MLLM),
+    image processor and family."""
+
     config: PretrainedConfig
-    model: PreTrainedModel | None  # None for presets (random init inside the MLLM)
+    model: PreTrainedModel | None
     image_processor: object
     family: VisionFamily
 
@@ -97,24 +100,36 @@ def _from_pretrained(auto_class, source: str, trust_remote_code: bool, **kwargs)
         ) from None
 
 
-def _vision(source: str, image_size: int | None, trust_remote_code: bool) -> _Vision:
-    if source in VISION_PRESETS:
-        preset = VISION_PRESETS[source]
-        size = image_size or 64
-        config = preset.config(size)
-        return _Vision(config, None, preset.image_processor(size), vision_family(config))
+def load_vision_tower(
+    source: str, trust_remote_code: bool = False, what: str = "vision"
+) -> VisionTower:
+    """A pretrained vision tower and its image processor from a folder or hub id (the
+    vision half of a dual-encoder checkpoint). Its kind is checked before anything loads
+    (a refusal names ``what``); every failure is one line naming the source. The one
+    loader of vision folders: assembly, VIRAL's teacher and the analyses' encoders."""
+    check_source(source, Kind.VISION, VISION_PRESETS, what)
     config = _from_pretrained(AutoConfig, source, trust_remote_code)
     # Dual-encoder checkpoints (SigLIP, CLIP) hold the tower under `vision_config`.
     config = getattr(config, "vision_config", None) or config
     family = vision_family(config)
-    if image_size is not None and image_size != config.image_size:
-        raise AssemblyError(
-            f"{source} was trained at {config.image_size} px; image_size={image_size} would need "
-            "position-embedding interpolation, which Llava does not do"
-        )
     model = _from_pretrained(AutoModel, source, trust_remote_code, config=config)
     processor = _from_pretrained(AutoImageProcessor, source, trust_remote_code)
-    return _Vision(config, model, processor, family)
+    return VisionTower(config, model, processor, family)
+
+
+def _vision(source: str, image_size: int | None, trust_remote_code: bool) -> VisionTower:
+    if source in VISION_PRESETS:
+        preset = VISION_PRESETS[source]
+        size = image_size or 64
+        config = preset.config(size)
+        return VisionTower(config, None, preset.image_processor(size), vision_family(config))
+    tower = load_vision_tower(source, trust_remote_code)
+    if image_size is not None and image_size != tower.config.image_size:
+        raise AssemblyError(
+            f"{source} was trained at {tower.config.image_size} px; image_size={image_size} "
+            "would need position-embedding interpolation, which Llava does not do"
+        )
+    return tower
 
 
 def _tokenizer(lm: str, chat_template: str | None, trust_remote_code: bool):
@@ -170,8 +185,6 @@ def assemble(
     key checks; the projector (and preset parts) are initialised from ``seed``.
     """
     vision, lm = resolve_zoo(str(vision)), resolve_zoo(str(lm))
-    if vision not in VISION_PRESETS:
-        check_source(vision, Kind.VISION, VISION_PRESETS, "vision")
     if lm not in LM_PRESETS:
         check_source(lm, Kind.LANGUAGE, LM_PRESETS, "lm")
     tower = _vision(vision, image_size, trust_remote_code)

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from pivotlab.io import write_json_atomic, write_text_atomic
+from pivotlab.io import read_jsonl, write_json_atomic, write_text_atomic
 from pivotlab.study.config import Recipe, StudyConfig, StudyError
 from pivotlab.study.ledger import Ledger
 from pivotlab.study.pipeline import (
@@ -31,7 +31,6 @@ from pivotlab.study.pipeline import (
     world_splits,
 )
 from pivotlab.train.config import ConfigError, build_dataclass
-from pivotlab.world.jsonl import read_jsonl
 
 HEADLINE_CATEGORY = "vision_centric"
 # The encoder measurement claims about encoders read: the logistic probe of shape and

@@ -26,13 +26,13 @@ import datasets
 import numpy as np
 
 from pivotlab.images import ImageChecks, ImageError
+from pivotlab.io import read_jsonl
 from pivotlab.train.config import ConfigError, StageConfig, dataset_spec
 from pivotlab.train.external import dataset_records, dataset_split, is_dataset_split
 from pivotlab.train.rewards import GROUND_TRUTH, ground_truth
 from pivotlab.world.cache import cached_split
 from pivotlab.world.generate import WorldConfig, WorldConfigError
 from pivotlab.world.hf import assistant_turn, conversation, user_turn
-from pivotlab.world.jsonl import read_jsonl
 
 SAMPLE_INDEX = "sample_index"
 

@@ -35,9 +35,8 @@ from pivotlab.data import DataError, Limits, Problem, Record, Source, TokenCount
 from pivotlab.data.formats import WORLD_FILES
 from pivotlab.data.records import write_skipped
 from pivotlab.data.tokens import length_finding, load_processor
-from pivotlab.io import write_json_atomic, write_jsonl_atomic
+from pivotlab.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 from pivotlab.train.config import DatasetSpec, StageConfig, dataset_spec
-from pivotlab.world.jsonl import read_jsonl
 
 LOADER_VERSION = 1
 MARKER = "dataset.json"

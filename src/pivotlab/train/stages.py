@@ -43,6 +43,7 @@ from pivotlab.io import (
     append_jsonl,
     check_output,
     complete_lines,
+    read_jsonl,
     remove_temporaries,
     removed_on_failure,
     write_json_atomic,
@@ -98,7 +99,6 @@ from pivotlab.train.viral import (
     resolve_layer,
 )
 from pivotlab.world.hf import conversations
-from pivotlab.world.jsonl import read_jsonl
 from pivotlab.world.onpolicy import on_policy_preferences
 
 STAGE_FILE = "pivotlab_stage.json"

@@ -34,12 +34,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration
 
 from pivotlab.errors import PivotlabError
-from pivotlab.model.assemble import resolve_zoo
+from pivotlab.model.assemble import load_vision_tower, resolve_zoo
 from pivotlab.model.export import truncated_tower
-from pivotlab.model.folders import Kind, check_source
+from pivotlab.model.grid import resize_patch_grid
 from pivotlab.model.parts import ALIGN_HEAD
 from pivotlab.model.presets import vision_family
 
@@ -71,19 +71,6 @@ def alignment_head(width_in: int, hidden: int, width_out: int) -> nn.Sequential:
         nn.SiLU(),
         nn.Linear(hidden, width_out),
     )
-
-
-def resize_patch_grid(tokens: torch.Tensor, side: int) -> torch.Tensor:
-    """(N, g*g, D) raster-order patch tokens -> (N, side*side, D), bilinear on the grid."""
-    count, patches, width = tokens.shape
-    grid = round(patches**0.5)
-    if grid * grid != patches:
-        raise ViralError(f"{patches} patch tokens do not form a square grid")
-    if grid == side:
-        return tokens
-    maps = tokens.transpose(1, 2).reshape(count, width, grid, grid)
-    maps = F.interpolate(maps, size=(side, side), mode="bilinear", align_corners=False)
-    return maps.reshape(count, width, side * side).transpose(1, 2)
 
 
 def image_stats(image_processor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,24 +162,8 @@ def load_teacher(
             has_cls=vision_family(tower.config).has_cls,
             cache=store,
         )
-    folder = resolve_zoo(source)
-    check_source(folder, Kind.VISION, (), "viral.teacher")
-    try:
-        trust = {"trust_remote_code": trust_remote_code}
-        config = AutoConfig.from_pretrained(folder, **trust)
-        config = getattr(config, "vision_config", None) or config
-        model = AutoModel.from_pretrained(folder, config=config, **trust)
-        image_processor = AutoImageProcessor.from_pretrained(folder, **trust)
-    except OSError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "not found"
-        raise ViralError(f"viral.teacher {source!r} cannot be loaded: {first}") from None
-    except ValueError as error:
-        if "trust_remote_code" not in str(error):
-            raise
-        raise ViralError(
-            f"viral.teacher {source!r} ships its own Python code; pass --trust-remote-code "
-            "to run it"
-        ) from None
+    tower = load_vision_tower(resolve_zoo(source), trust_remote_code, "viral.teacher")
+    config, model, image_processor = tower.config, tower.model, tower.image_processor
     mean, std = image_stats(image_processor)
     return Teacher(
         name=source,

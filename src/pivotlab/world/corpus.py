@@ -5,9 +5,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from pivotlab.io import read_jsonl
 from pivotlab.world import vocab
 from pivotlab.world.generate import WorldConfig, generate
-from pivotlab.world.jsonl import read_jsonl
 
 
 def vocabulary_lines() -> list[str]:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import datasets
 
+from pivotlab.io import read_jsonl
 from pivotlab.world.generate import WorldConfigError
-from pivotlab.world.jsonl import read_jsonl
 
 
 def _split_file(split_dir: Path | str, name: str) -> tuple[Path, list[dict]]:

@@ -12,8 +12,8 @@ from PIL import Image, ImageDraw
 
 from pivotlab.errors import PivotlabError
 from pivotlab.images import open_image
+from pivotlab.io import read_jsonl
 from pivotlab.world import vocab
-from pivotlab.world.jsonl import read_jsonl
 
 # A fixed, well-separated colour per semantic class and per instance id.
 _PALETTE = np.array(

@@ -372,7 +372,7 @@ def _encoder_quality(tower, processor, has_cls: bool, data: _Data) -> dict:
     seg_train, seg_test = data.segmentation()
 
     def tokens(images, layer: int = -1):
-        return quality.patch_tokens(tower, _pixels(processor, images), has_cls, layer=layer)
+        return quality.hidden_patch_tokens(tower, _pixels(processor, images), has_cls, layer=layer)
 
     cells = quality.cell_probe(
         tokens(seg_train.images, PROJECTOR_FEATURE_LAYER),

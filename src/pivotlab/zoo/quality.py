@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 
 
 @torch.inference_mode()
-def patch_tokens(
+def hidden_patch_tokens(
     model, pixel_values: torch.Tensor, has_cls: bool, batch_size: int = 128, layer: int = -1
 ) -> torch.Tensor:
     """(N, patches, width) patch tokens of hidden state ``layer`` (-1: the final layer)."""
