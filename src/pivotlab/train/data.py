@@ -32,7 +32,7 @@ from pivotlab.train.external import dataset_records, dataset_split, is_dataset_s
 from pivotlab.train.rewards import GROUND_TRUTH, ground_truth
 from pivotlab.world.cache import cached_split
 from pivotlab.world.generate import WorldConfig, WorldConfigError
-from pivotlab.world.hf import assistant_turn, conversation, user_turn
+from pivotlab.world.hf import image_rows_dataset, instruction_row, preference_row
 
 SAMPLE_INDEX = "sample_index"
 
@@ -104,20 +104,13 @@ def _row(stage: str, objective: str, record: dict, eos: str) -> dict:
     if stage == "align":
         return {"prompt": "<image>", "completion": record["caption"] + eos}
     if stage == "full":
-        turns = record.get("turns") or [(record["question"], record["answer"])]
-        return {"messages": conversation(turns)}
+        return instruction_row(record)
+    pair = preference_row(record)
     if objective == "grpo":
-        return {"prompt": user_turn(record["prompt"])}
-    if objective == "sft":
-        return {
-            "prompt": user_turn(record["prompt"]),
-            "completion": assistant_turn(record["chosen"]),
-        }
-    return {
-        "prompt": user_turn(record["prompt"]),
-        "chosen": assistant_turn(record["chosen"]),
-        "rejected": assistant_turn(record["rejected"]),
-    }
+        return {"prompt": pair["prompt"]}
+    if objective == "sft":  # the same records as DPO: the prompt and its chosen answer
+        return {"prompt": pair["prompt"], "completion": pair["chosen"]}
+    return pair
 
 
 def ground_truths(records: list[dict], split: Path) -> list[str]:
@@ -170,6 +163,5 @@ def trl_dataset(
     if stage == "post" and objective == "grpo":
         for row, record, truth in zip(rows, records, ground_truths(records, split), strict=True):
             row.update({GROUND_TRUTH: truth, "category": record.get("category") or "none"})
-    data = datasets.Dataset.from_list(rows)
-    data = data.cast_column("images", datasets.List(datasets.Image()))
+    data = image_rows_dataset(rows)
     return data if order is None else data.select(order)

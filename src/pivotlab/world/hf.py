@@ -77,34 +77,44 @@ def conversations(records: list[dict], turns: int) -> list[dict]:
     return joined
 
 
+def instruction_row(record: dict) -> dict:
+    """A question record (or a joined conversation, with ``turns``) as TRL's
+    conversational instruction row: ``{"messages": [...]}``."""
+    turns = record.get("turns") or [(record["question"], record["answer"])]
+    return {"messages": conversation(turns)}
+
+
+def preference_row(record: dict) -> dict:
+    """A preference record as TRL's conversational preference row."""
+    return {
+        "prompt": user_turn(record["prompt"]),
+        "chosen": assistant_turn(record["chosen"]),
+        "rejected": assistant_turn(record["rejected"]),
+    }
+
+
+def image_rows_dataset(rows: list[dict]) -> datasets.Dataset:
+    """Rows whose ``images`` hold file paths, as a ``Dataset`` decoding them lazily."""
+    data = datasets.Dataset.from_list(rows)
+    return data.cast_column("images", datasets.List(datasets.Image()))
+
+
 def _dataset(split_dir: Path | str, name: str, to_row: Callable[[dict], dict]) -> datasets.Dataset:
     root, records = _split_file(split_dir, name)
     rows = [
         dict(record, images=[str(root / record["image"])], **to_row(record)) for record in records
     ]
-    return datasets.Dataset.from_list(rows).cast_column("images", datasets.List(datasets.Image()))
+    return image_rows_dataset(rows)
 
 
 def vqa_dataset(split_dir: Path | str) -> datasets.Dataset:
     """Every question of a split as an instruction-tuning conversation."""
-    return _dataset(
-        split_dir,
-        "vqa.jsonl",
-        lambda r: {"messages": user_turn(r["question"]) + assistant_turn(r["answer"])},
-    )
+    return _dataset(split_dir, "vqa.jsonl", instruction_row)
 
 
 def preference_dataset(split_dir: Path | str) -> datasets.Dataset:
     """Every preference pair of a split in TRL's conversational preference format."""
-    return _dataset(
-        split_dir,
-        "preferences.jsonl",
-        lambda r: {
-            "prompt": user_turn(r["prompt"]),
-            "chosen": assistant_turn(r["chosen"]),
-            "rejected": assistant_turn(r["rejected"]),
-        },
-    )
+    return _dataset(split_dir, "preferences.jsonl", preference_row)
 
 
 def caption_dataset(split_dir: Path | str) -> datasets.Dataset:
