@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
+from pivotlab.configtree import ConfigError, apply_override, build_dataclass
 from pivotlab.errors import PivotlabError
 from pivotlab.study.presets import known_presets, preset_roots
-from pivotlab.train.config import ConfigError, apply_override, build_dataclass
 
 
 class StudyError(PivotlabError):

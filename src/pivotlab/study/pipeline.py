@@ -20,9 +20,10 @@ from typing import Any
 
 import yaml
 
+from pivotlab.configtree import apply_override, set_dotted
 from pivotlab.study.config import Recipe, StudyConfig, recipe_path
 from pivotlab.study.ledger import Ledger, fingerprint
-from pivotlab.train.config import StageConfig, apply_override, config_from_dict
+from pivotlab.train.config import StageConfig, config_from_dict
 
 STAGE1 = "stage1"
 BLIND = "blind"
@@ -54,14 +55,7 @@ def stage_config(study: StudyConfig, recipe: Recipe, key: str, sets: dict[str, A
     for assignment in recipe.overrides:
         apply_override(tree, assignment)
     for dotted, value in sets.items():
-        node = tree
-        *parents, last = dotted.split(".")
-        for name in parents:
-            node = node.setdefault(name, {})
-        if value is None:
-            node.pop(last, None)
-        else:
-            node[last] = value
+        set_dotted(tree, dotted, value, f"study setting {dotted}", drop_none=True)
     return config_from_dict(tree, f"{path} (study {key})")
 
 

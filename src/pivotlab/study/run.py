@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from pivotlab.configtree import ConfigError, build_dataclass
 from pivotlab.io import read_jsonl, write_json_atomic, write_text_atomic
 from pivotlab.study.config import Recipe, StudyConfig, StudyError
 from pivotlab.study.ledger import Ledger
@@ -30,7 +31,6 @@ from pivotlab.study.pipeline import (
     transplanted,
     world_splits,
 )
-from pivotlab.train.config import ConfigError, build_dataclass
 
 HEADLINE_CATEGORY = "vision_centric"
 # The encoder measurement claims about encoders read: the logistic probe of shape and
