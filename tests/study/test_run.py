@@ -285,6 +285,14 @@ def test_a_study_may_grow_by_arms_but_not_change_in_place(preset: Path, tmp_path
         _check_folder(changed, tmp_path)  # an existing arm's recipe changed
 
 
+def _steps(study, run: Path) -> list:
+    """Every step of ``study`` into ``run``, over split folders that need not exist."""
+    from pivotlab.study.pipeline import seed_steps
+
+    splits = {name: run / "world" / name for name in ("train", "val", "test", "probes")}
+    return [step for seed in study.seeds for step in seed_steps(study, run, seed, splits)]
+
+
 def test_a_claim_against_a_one_seed_sweep_uses_the_seeds_both_sides_have(tmp_path: Path) -> None:
     from pivotlab.study.run import ENCODER, ENCODER_MEASUREMENT, _claim_row
 
@@ -299,7 +307,7 @@ def test_a_claim_against_a_one_seed_sweep_uses_the_seeds_both_sides_have(tmp_pat
         row = {**ENCODER_MEASUREMENT, "encoder": claim.treated, "value": value}
         row.update(ci_low=value - 0.01, ci_high=value + 0.01)
         (folder / "analysis" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
-    result = _claim_row(study, tmp_path, claim)
+    result = _claim_row(study, _steps(study, tmp_path), claim)
     assert result["n_seeds"] == 1  # seed 0 only: the sweep ran there alone
     assert result["diff"] == pytest.approx(0.36 - 0.30)
 
@@ -313,7 +321,8 @@ def test_vqa_rows_name_a_sweep_s_models_apart_from_the_main_ones(
         return [{**labels, "category": "vision_centric", "value": 0.5}]
 
     monkeypatch.setattr(study_run, "_category_rows", one_row)
-    rows = study_run._vqa_rows(load_study("full"), tmp_path)
+    study = load_study("full")
+    rows = study_run._vqa_rows(study, _steps(study, tmp_path))
     stage1 = {(r["arm"], r["track"]) for r in rows if r["arm"].startswith("stage1")}
     assert stage1 == {("stage1", "main"), ("stage1@enc-m+lm-s", "enc-m+lm-s")}
     assert all(r["arm"].endswith(f"@{r['track']}") for r in rows if r["track"] != "main")

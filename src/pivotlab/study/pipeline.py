@@ -27,6 +27,8 @@ from pivotlab.train.config import StageConfig, config_from_dict
 
 STAGE1 = "stage1"
 BLIND = "blind"
+# What an evaluation measures: a model of a track, or a transplanted encoder's MLLM.
+VQA, TRANSPLANT = "VQA", "after transplant"
 # Seconds a step of each kind is assumed to take before one has been measured in the run
 # (the tiny preset on 2 cores); the estimate of what is left uses measured steps first.
 DEFAULT_SECONDS = {"train": 120.0, "evaluate": 60.0, "analyze": 120.0, "export": 5.0}
@@ -43,6 +45,8 @@ class Step:
     action: Callable[[], dict[str, Any]]
     seed: int = 0
     arm: str | None = None
+    track: str = "main"
+    measures: str | None = None  # evaluate steps: VQA or TRANSPLANT
     results: dict[str, Any] = field(default_factory=dict)
     config: StageConfig | None = None  # training steps: what a dry run plans
     architecture: tuple[str, str] | None = None  # (vision, lm) the step's model is made of
@@ -98,6 +102,8 @@ def _eval_step(
     seed: int,
     arm: str,
     blind: bool,
+    track: str = "main",
+    measures: str = VQA,
 ) -> Step:
     spec = {"model": str(model), "data": str(data), "blind": blind, **study.evaluate.__dict__}
     spec["seed"] = seed
@@ -118,7 +124,7 @@ def _eval_step(
         return {"items_per_second": report.items_per_second}
 
     outputs = [out / "predictions.jsonl", out / "metrics.jsonl"]
-    return Step(name, "evaluate", spec, outputs, action, seed, arm)
+    return Step(name, "evaluate", spec, outputs, action, seed, arm, track, measures)
 
 
 def _analysis_step(
@@ -129,6 +135,7 @@ def _analysis_step(
     splits: dict[str, Path],
     out: Path,
     seed: int,
+    track: str = "main",
 ) -> Step:
     spec = {
         "models": {k: str(v) for k, v in models.items()},
@@ -153,7 +160,8 @@ def _analysis_step(
         )
         return {"rows": len(run_analyses(cfg, log=lambda line: None))}
 
-    return Step(name, "analyze", spec, [out / "metrics.jsonl", out / "table.md"], action, seed)
+    outputs = [out / "metrics.jsonl", out / "table.md"]
+    return Step(name, "analyze", spec, outputs, action, seed, track=track)
 
 
 def _export_step(name: str, model: Path, out: Path, lm: str, seed: int, arm: str) -> Step:
@@ -255,6 +263,7 @@ def _transplant_steps(
                 seed,
                 arm,
                 blind=False,
+                measures=TRANSPLANT,
             )
         )
     return steps
@@ -344,7 +353,7 @@ def _stage1_steps(
     for arm in [STAGE1, *([BLIND] if study.evaluate.blind and track.main else [])]:
         name, out = track.step(seed, f"eval-{arm}"), root / "eval" / arm
         steps.append(
-            _eval_step(study, name, model, splits["test"], out, seed, arm, blind=arm == BLIND)
+            _eval_step(study, name, model, splits["test"], out, seed, arm, arm == BLIND, track.name)
         )
     return steps
 
@@ -370,10 +379,12 @@ def track_steps(
         steps.append(_train_step(track.step(seed, f"post-{arm}"), cfg, out, seed, arm, pair))
         models[arm] = out / "final"
         name, out = track.step(seed, f"eval-{arm}"), root / "eval" / arm
-        steps.append(_eval_step(study, name, models[arm], splits["test"], out, seed, arm, False))
+        test = splits["test"]
+        steps.append(_eval_step(study, name, models[arm], test, out, seed, arm, False, track.name))
     if track.analyses:
         name, out = track.step(seed, "analysis"), root / "analysis"
-        steps.append(_analysis_step(study, name, list(track.analyses), models, splits, out, seed))
+        analyses = list(track.analyses)
+        steps.append(_analysis_step(study, name, analyses, models, splits, out, seed, track.name))
     return steps, models
 
 

@@ -6,12 +6,10 @@ embeds every picture as a base64 data URI and carries its own small stylesheet: 
 from an e-mail attachment or a laptop with no network. Markdown refers to ``figures/*.png``
 next to it, where pictures from the study's runs are copied.
 
-``study`` keys (all but ``title`` optional; a missing or empty one leaves its section out
-with a line saying so): ``title``, ``preset``, ``command``, ``seeds``, ``setup``,
-``warnings`` and ``notes`` (lists of lines), ``claims``, ``vqa``, ``analysis``,
-``transplant``, ``compute`` (lists of rows), ``pivot_fraction`` and ``pictures``
-(``{kind: {arm: [paths]}}``). A row may name the file its numbers come from in ``source``;
-each section ends with those files.
+``study`` is a ``StudyResults`` (what ``study/run.py`` collects and saves as
+``results.json``): every key but ``title`` is optional; a missing or empty one leaves its
+section out with a line saying so. A row may name the file its numbers come from in
+``source``; each section ends with those files.
 """
 
 from __future__ import annotations
@@ -24,12 +22,33 @@ from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Required, TypedDict
 
 from matplotlib.figure import Figure as PlotFigure
 
 from pivotlab.analysis.suite import measurement
 from pivotlab.io import write_text_atomic
 from pivotlab.study.stats import HOLDS, REVERSED, seed_summary
+
+
+class StudyResults(TypedDict, total=False):
+    """The contract between the study's run and its report (``RUN/results.json``)."""
+
+    title: Required[str]
+    preset: str
+    command: str
+    seeds: list[int]
+    setup: list[str]  # what every number was measured on, one line each
+    warnings: list[str]  # what the reader must know first
+    notes: list[str]
+    claims: list[dict[str, Any]]  # one row per claim: difference, interval, verdict, sources
+    vqa: list[dict[str, Any]]  # accuracy per arm, seed, track and category
+    analysis: list[dict[str, Any]]  # the analysis suite's rows, labelled by arm and track
+    transplant: list[dict[str, Any]]  # accuracy per transplanted encoder, seed and category
+    compute: list[dict[str, Any]]  # one row per step: wall seconds, FLOPs
+    pivot_fraction: dict[str, float] | None  # the evolving step against pretraining FLOPs
+    pictures: dict[str, dict[str, list[str]]]  # {kind: {arm: [paths]}}
+
 
 # Metric names shown as percentages (with one decimal); every other number gets three decimals.
 PERCENT_METRICS = frozenset({"accuracy", "pair_accuracy", "average", "top1"})
@@ -188,7 +207,7 @@ INTERVAL_NOTE = (
 # ---- sections --------------------------------------------------------------------------------
 
 
-def _header(study: dict) -> list[Block]:
+def _header(study: StudyResults) -> list[Block]:
     blocks: list[Block] = [Heading(study.get("title") or "PIVOT study", 1)]
     seeds = ", ".join(str(s) for s in study.get("seeds", [])) or "none recorded"
     blocks.append(Text(f"Preset: {study.get('preset', 'unknown')}. Seeds: {seeds}."))
@@ -202,7 +221,7 @@ def _header(study: dict) -> list[Block]:
     return blocks
 
 
-def _claims(study: dict, run_dir: Path) -> list[Block]:
+def _claims(study: StudyResults, run_dir: Path) -> list[Block]:
     rows = study.get("claims") or []
     blocks: list[Block] = [Heading("Answers")]
     if not rows:
@@ -271,7 +290,7 @@ def _bar_chart(summaries: dict, categories: list, arms: list, chance: dict, path
     figure.savefig(path, format="png")
 
 
-def _vqa(study: dict, run_dir: Path) -> list[Block]:
+def _vqa(study: StudyResults, run_dir: Path) -> list[Block]:
     rows = study.get("vqa") or []
     blocks: list[Block] = [Heading("VQA accuracy by category")]
     if not rows:
@@ -298,7 +317,7 @@ def _vqa(study: dict, run_dir: Path) -> list[Block]:
     ]
 
 
-def _analysis(study: dict, run_dir: Path) -> list[Block]:
+def _analysis(study: StudyResults, run_dir: Path) -> list[Block]:
     rows = study.get("analysis") or []
     blocks: list[Block] = [Heading("Encoder analyses (probes, alignment, saliency scores)")]
     if not rows:
@@ -314,7 +333,7 @@ def _analysis(study: dict, run_dir: Path) -> list[Block]:
     return [*blocks, table, Note(INTERVAL_NOTE), _sources(rows, run_dir)]
 
 
-def _transplant(study: dict, run_dir: Path) -> list[Block]:
+def _transplant(study: StudyResults, run_dir: Path) -> list[Block]:
     rows = study.get("transplant") or []
     blocks: list[Block] = [Heading("PIVOT transplant: each encoder, frozen, into a fresh LM")]
     if not rows:
@@ -339,7 +358,7 @@ def _picture_name(kind: str, arm: str, index: int, source: Path) -> str:
 PICTURE_ROWS = 4
 
 
-def _pictures(study: dict, run_dir: Path) -> list[Block]:
+def _pictures(study: StudyResults, run_dir: Path) -> list[Block]:
     """One gallery per picture kind, arms side by side (saliency: SFT next to DPO), the
     first ``PICTURE_ROWS`` pictures of each arm copied under ``RUN/figures/`` so the
     markdown can refer to them (the rest stay in the analysis folders the note names)."""
@@ -377,7 +396,7 @@ def _pictures(study: dict, run_dir: Path) -> list[Block]:
     return blocks
 
 
-def _compute(study: dict, run_dir: Path) -> list[Block]:
+def _compute(study: StudyResults, run_dir: Path) -> list[Block]:
     rows = study.get("compute") or []
     blocks: list[Block] = [Heading("Compute")]
     fraction = study.get("pivot_fraction")
@@ -406,12 +425,12 @@ def _flops(value: float | None) -> str:
     return f"{value:.2e}".replace("e+", "e") if value is not None else "–"
 
 
-def _notes(study: dict) -> list[Block]:
+def _notes(study: StudyResults) -> list[Block]:
     notes = study.get("notes") or []
     return [Heading("Notes"), Bullets(list(notes)) if notes else Text("No notes.")]
 
 
-def build(study: dict, run_dir: Path) -> list[Block]:
+def build(study: StudyResults, run_dir: Path) -> list[Block]:
     """The report's blocks, in order: the answers first, then the evidence, then the costs."""
     return [
         *_header(study),

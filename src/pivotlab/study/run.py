@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -20,23 +20,27 @@ from pivotlab.study.ledger import Ledger
 from pivotlab.study.pipeline import (
     BLIND,
     STAGE1,
+    TRANSPLANT,
+    VQA,
     Step,
     Track,
     original_name,
     run_steps,
     seed_steps,
-    stage1_seeds,
     track_seeds,
     tracks,
     transplanted,
     world_splits,
 )
 
+if TYPE_CHECKING:  # the report (matplotlib) is imported when it is written
+    from pivotlab.study.report import StudyResults
+
 HEADLINE_CATEGORY = "vision_centric"
 # The encoder measurement claims about encoders read: the logistic probe of shape and
 # colour jointly, the label that needs both attributes the world's questions ask about.
 ENCODER_MEASUREMENT = {"analysis": "linear_probe", "method": "logistic", "label": "shape_color"}
-VQA, TRANSPLANT, ENCODER = "VQA", "after transplant", "encoder probe"
+ENCODER = "encoder probe"  # a claim measured on the encoder (VQA, TRANSPLANT: pipeline.py)
 
 
 @dataclass(frozen=True)
@@ -120,12 +124,33 @@ def _track(study: StudyConfig, name: str) -> Track:
     return next(t for t in tracks(study) if t.name == name)
 
 
-def _track_root(study: StudyConfig, run: Path, seed: int, name: str) -> Path:
-    return _track(study, name).root(run, seed)
+def _in_report_order(study: StudyConfig, steps: list[Step], kind: str) -> list[Step]:
+    """The steps of ``kind``, track by track, seed by seed (steps run seed by seed)."""
+    order = {track.name: i for i, track in enumerate(tracks(study))}
+    chosen = [step for step in steps if step.kind == kind]
+    return sorted(chosen, key=lambda step: (order[step.track], step.seed))
 
 
-def _eval_folder(root: Path, arm: str, where: str) -> Path:
-    return root / "transplant" / arm / "eval" if where == TRANSPLANT else root / "eval" / arm
+def _evaluation(steps: list[Step], measures: str, track: str, seed: int, arm: str) -> Path:
+    """The folder the evaluation of ``arm`` (on ``track``, ``seed``) wrote."""
+    for step in steps:
+        if (step.kind, step.measures, step.track, step.seed, step.arm) == (
+            "evaluate",
+            measures,
+            track,
+            seed,
+            arm,
+        ):
+            return step.outputs[0].parent
+    raise StudyError(f"no {measures} evaluation of {arm} (track {track}, seed {seed})")
+
+
+def _analysis(steps: list[Step], track: str, seed: int) -> Path:
+    """The ``metrics.jsonl`` of the analysis of ``track`` on ``seed``."""
+    for step in steps:
+        if (step.kind, step.track, step.seed) == ("analyze", track, seed):
+            return step.outputs[0]
+    raise StudyError(f"no analysis of track {track}, seed {seed}")
 
 
 def _category_rows(folder: Path, **labels: Any) -> list[dict]:
@@ -138,16 +163,16 @@ def _category_rows(folder: Path, **labels: Any) -> list[dict]:
     return rows
 
 
-def _encoder_row(root: Path, arm: str) -> dict:
-    for row in read_jsonl(root / "analysis" / "metrics.jsonl"):
+def _encoder_row(metrics: Path, arm: str) -> dict:
+    for row in read_jsonl(metrics):
         if row.get("encoder") == arm and all(
             row.get(k) == v for k, v in ENCODER_MEASUREMENT.items()
         ):
             return row
-    raise StudyError(f"{root / 'analysis'}: no {ENCODER_MEASUREMENT} row for {arm}")
+    raise StudyError(f"{metrics}: no {ENCODER_MEASUREMENT} row for {arm}")
 
 
-def _claim_row(study: StudyConfig, run: Path, claim: Claim) -> dict:
+def _claim_row(study: StudyConfig, steps: list[Step], claim: Claim) -> dict:
     from pivotlab.study import stats
 
     sources: list[str] = []
@@ -162,12 +187,14 @@ def _claim_row(study: StudyConfig, run: Path, claim: Claim) -> dict:
     def side(arm: str, track: str) -> dict[int, Any]:
         found = {}
         for seed in shared:
-            root = _track_root(study, run, seed, track)
             if claim.where == ENCODER:
-                found[seed] = _encoder_row(root, arm)
-                sources.append(str(root / "analysis" / "metrics.jsonl"))
+                metrics = _analysis(steps, track, seed)
+                found[seed] = _encoder_row(metrics, arm)
+                sources.append(str(metrics))
             else:
-                path = _eval_folder(root, arm, claim.where) / "predictions.jsonl"
+                # A transplant is the seed's, whatever track the claim names.
+                on = "main" if claim.where == TRANSPLANT else track
+                path = _evaluation(steps, claim.where, on, seed, arm) / "predictions.jsonl"
                 found[seed] = read_jsonl(path)
                 sources.append(str(path))
         return found
@@ -250,39 +277,34 @@ def arm_label(arm: str, track: str) -> str:
     return arm if track == "main" else f"{arm}@{track}"
 
 
-def _vqa_rows(study: StudyConfig, run: Path) -> list[dict]:
+def _vqa_rows(study: StudyConfig, steps: list[Step]) -> list[dict]:
     rows = []
-    for track in tracks(study):
-        stage1 = [STAGE1, *([BLIND] if study.evaluate.blind and track.main else [])]
-        for seed in track_seeds(study, track):
-            arms = [*(stage1 if seed in stage1_seeds(study) else []), *track.arms]
-            for arm in arms:
-                folder = _eval_folder(track.root(run, seed), arm, VQA)
-                label = arm_label(arm, track.name)
-                rows += _category_rows(folder, arm=label, seed=seed, track=track.name)
+    for step in _in_report_order(study, steps, "evaluate"):
+        if step.measures == VQA:
+            assert step.arm is not None
+            label = arm_label(step.arm, step.track)
+            folder = step.outputs[0].parent
+            rows += _category_rows(folder, arm=label, seed=step.seed, track=step.track)
     return rows
 
 
-def _transplant_rows(study: StudyConfig, run: Path) -> list[dict]:
+def _transplant_rows(study: StudyConfig, steps: list[Step]) -> list[dict]:
     return [
         row
-        for seed in study.seeds
-        for arm in transplanted(study)
-        for row in _category_rows(
-            _eval_folder(run / f"seed{seed}", arm, TRANSPLANT), encoder=arm, seed=seed
-        )
+        for step in _in_report_order(study, steps, "evaluate")
+        if step.measures == TRANSPLANT
+        for row in _category_rows(step.outputs[0].parent, encoder=step.arm, seed=step.seed)
     ]
 
 
-def _analysis_rows(study: StudyConfig, run: Path) -> list[dict]:
+def _analysis_rows(study: StudyConfig, steps: list[Step]) -> list[dict]:
     rows = []
-    for track in tracks(study):
-        for seed in track_seeds(study, track):
-            path = track.root(run, seed) / "analysis" / "metrics.jsonl"
-            for row in read_jsonl(path) if path.is_file() else []:
-                arm = arm_label(row.get("encoder"), track.name)
-                labels = {"arm": arm, "seed": seed, "track": track.name, "source": str(path)}
-                rows.append({**row, **labels})
+    for step in _in_report_order(study, steps, "analyze"):
+        path = step.outputs[0]
+        for row in read_jsonl(path) if path.is_file() else []:
+            arm = arm_label(row.get("encoder"), step.track)
+            labels = {"arm": arm, "seed": step.seed, "track": step.track, "source": str(path)}
+            rows.append({**row, **labels})
     return rows
 
 
@@ -366,11 +388,11 @@ def _warnings(vqa: list[dict], claim_rows: list[dict], transplant: list[dict]) -
     return found
 
 
-def collect(study: StudyConfig, run: Path, steps: list[Step], command: str) -> dict[str, Any]:
+def collect(study: StudyConfig, run: Path, steps: list[Step], command: str) -> StudyResults:
     """Everything the report shows, from the steps' files."""
-    vqa = _vqa_rows(study, run)
-    claim_rows = [_claim_row(study, run, claim) for claim in claims(study)]
-    transplant = _transplant_rows(study, run)
+    vqa = _vqa_rows(study, steps)
+    claim_rows = [_claim_row(study, steps, claim) for claim in claims(study)]
+    transplant = _transplant_rows(study, steps)
     return {
         "title": f"pivotlab study: {study.name}",
         "preset": study.name,
@@ -381,7 +403,7 @@ def collect(study: StudyConfig, run: Path, steps: list[Step], command: str) -> d
         "setup": _setup(study),
         "vqa": vqa,
         "claims": claim_rows,
-        "analysis": _analysis_rows(study, run),
+        "analysis": _analysis_rows(study, steps),
         "transplant": transplant,
         "compute": _compute_rows(steps),
         "pivot_fraction": _pivot_fraction(study, steps),
