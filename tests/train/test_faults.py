@@ -28,12 +28,14 @@ from pivotlab.io import read_jsonl
 from pivotlab.model import load
 from pivotlab.model.parts import set_trainable
 from pivotlab.train import run_stage, stages
-from pivotlab.train.stages import SPACE_MARGIN, _resume_point, space_needed
-from pivotlab.train.trainers import (
+from pivotlab.train.rundir import (
     LOSS_FILE,
+    SPACE_MARGIN,
     checkpoint_complete,
     loss_so_far,
+    resume_point,
     run_mean_loss,
+    space_needed,
 )
 from tests.train.conftest import CONFIGS, tiny_config
 
@@ -157,7 +159,7 @@ def test_resume_skips_half_written_checkpoints_and_cut_log_lines(tmp_path, capsy
     (tmp_path / "samples.jsonl").write_text(
         "".join(json.dumps({"step": s, "ids": [s]}) + "\n" for s in (1, 2, 3, 4, 5))
     )
-    assert _resume_point(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert resume_point(tmp_path) == str(tmp_path / "checkpoint-2")
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
     assert [r["step"] for r in read_jsonl(tmp_path / "samples.jsonl")] == [1, 2]
@@ -168,7 +170,7 @@ def test_resume_skips_half_written_checkpoints_and_cut_log_lines(tmp_path, capsy
 def test_no_complete_checkpoint_starts_over(tmp_path) -> None:
     _checkpoint(tmp_path / "checkpoint-2", 2, state=None)
     (tmp_path / "samples.jsonl").write_text('{"step": 1, "ids": [0]}\n')
-    assert _resume_point(tmp_path) is None
+    assert resume_point(tmp_path) is None
     assert not (tmp_path / "samples.jsonl").exists()
     assert not list(tmp_path.glob("checkpoint-*"))
 

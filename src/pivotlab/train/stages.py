@@ -25,26 +25,20 @@ import contextlib
 import copy
 import json
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-import yaml
 from accelerate import PartialState
 from transformers import set_seed
 
 from pivotlab import __version__
 from pivotlab.images import open_image
 from pivotlab.io import (
-    MiB,
     append_jsonl,
     check_output,
-    complete_lines,
     read_jsonl,
-    remove_temporaries,
     removed_on_failure,
     write_json_atomic,
     write_jsonl_atomic,
@@ -66,7 +60,6 @@ from pivotlab.train.config import (
     PREFERENCE_LOSSES,
     ConfigError,
     StageConfig,
-    build_dataclass,
 )
 from pivotlab.train.data import (
     SAMPLE_INDEX,
@@ -80,16 +73,20 @@ from pivotlab.train.data import (
 )
 from pivotlab.train.external import screen_data
 from pivotlab.train.rewards import reward_functions
+from pivotlab.train.rundir import (
+    is_complete,
+    last_complete_checkpoint,
+    loss_so_far,
+    prepare_folder,
+    resume_point,
+    run_mean_loss,
+    space_needed,
+)
 from pivotlab.train.trainers import (
     MetricsFileCallback,
     StageDPOTrainer,
     StageGRPOTrainer,
     StageSFTTrainer,
-    checkpoint_complete,
-    checkpoints,
-    last_complete_checkpoint,
-    loss_so_far,
-    run_mean_loss,
 )
 from pivotlab.train.viral import (
     VisualAlignment,
@@ -103,7 +100,6 @@ from pivotlab.world.onpolicy import on_policy_preferences
 
 STAGE_FILE = "pivotlab_stage.json"
 HELDOUT_SEED = 0  # every run of a study scores the same held-out records
-SPACE_MARGIN = 256 * MiB  # logs, TensorBoard, processor files, records
 
 
 @dataclass(frozen=True)
@@ -113,102 +109,6 @@ class StageResult:
     out: Path
     final: Path
     summary: dict
-
-
-def _first_difference(old: dict, new: dict, prefix: str = "") -> str:
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found = _first_difference(a, b, f"{prefix}{key}.")
-            if found:
-                return found
-        elif a != b:
-            return f"{prefix}{key}: {a!r} there, {b!r} now"
-    return ""
-
-
-def _as_current(saved: Any) -> Any:
-    """A saved config read back through the config classes, so that keys this version added
-    (with their defaults) do not make a run from before them look like another config."""
-    try:
-        return build_dataclass(StageConfig, saved).to_dict()
-    except (ConfigError, TypeError):
-        return saved
-
-
-def _prepare_folder(cfg: StageConfig, out: Path, overwrite: bool) -> bool:
-    """Create or reuse the run folder; True when the run there is already complete."""
-    saved = out / "config.yaml"
-    remove_temporaries(out)
-    if out.exists() and any(out.iterdir()):
-        if not saved.is_file():
-            raise ConfigError(f"{out} is not empty and holds no run config.yaml; refusing it")
-        previous = _as_current(yaml.safe_load(saved.read_text()))
-        if previous != cfg.to_dict():
-            if not overwrite:
-                difference = _first_difference(previous, cfg.to_dict())
-                raise ConfigError(
-                    f"{out} holds a run with another config ({difference}); "
-                    "choose another --out or pass --overwrite"
-                )
-            shutil.rmtree(out)
-        elif _complete(out):
-            return True
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(saved, cfg.to_yaml())
-    return False
-
-
-def _complete(out: Path) -> bool:
-    return (out / "summary.json").is_file() and (out / "final").is_dir()
-
-
-def _truncate_after(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint a run resumes from, and a last line a
-    kill cut short."""
-    if path.is_file():
-        kept = [line for line in complete_lines(path) if json.loads(line)["step"] <= step]
-        write_text_atomic(path, "".join(line + "\n" for line in kept))
-
-
-def _resume_point(out: Path) -> str | None:
-    """Main process: the checkpoint to resume from, after removing checkpoints a kill left
-    half-written and the log lines written after it."""
-    for folder in checkpoints(out):
-        if not checkpoint_complete(folder):
-            shutil.rmtree(folder)
-            print(f"{folder}: incomplete (the run died writing it), removed", file=sys.stderr)
-    checkpoint = last_complete_checkpoint(out)
-    if checkpoint is None:
-        for log in ("samples.jsonl", "metrics.jsonl"):
-            (out / log).unlink(missing_ok=True)
-        return None
-    step = int(checkpoint.name.split("-")[-1])
-    for log in ("samples.jsonl", "metrics.jsonl"):
-        _truncate_after(out / log, step)
-    print(f"resuming from {checkpoint} (step {step})", file=sys.stderr)
-    return str(checkpoint)
-
-
-def space_needed(cfg: StageConfig, model, steps: int, out: Path) -> tuple[int, str]:
-    """Bytes the rest of the run may write, and how that was estimated.
-
-    A checkpoint holds the weights and Adam's two fp32 moments per trainable parameter;
-    the run keeps ``save_total_limit`` of them (else every one), one more exists while the
-    next is written and before the oldest is rotated out (or when a non-finite step saves
-    one), and ``final/`` holds the weights again. Checkpoints already on disk count as kept.
-    """
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    moments = 2 * 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
-    saves = steps // cfg.train.save_steps if cfg.train.save_steps else 0
-    kept = min(saves, cfg.train.save_total_limit or saves)
-    new = max(0, kept - len(checkpoints(out))) + 1
-    need = weights + new * (weights + moments) + SPACE_MARGIN
-    how = (
-        f"{new} checkpoint(s) of {weights / MiB:.1f} MiB weights + {moments / MiB:.1f} MiB "
-        f"optimizer state, final/, {SPACE_MARGIN // MiB} MiB margin"
-    )
-    return need, how
 
 
 def check_init(cfg: StageConfig) -> None:
@@ -603,7 +503,7 @@ def run_stage(
     with removed_on_failure(out) if state.is_main_process else contextlib.nullcontext():
         with state.main_process_first():
             complete = (
-                _prepare_folder(cfg, out, overwrite) if state.is_main_process else _complete(out)
+                prepare_folder(cfg, out, overwrite) if state.is_main_process else is_complete(out)
             )
         if complete:
             summary = json.loads((out / "summary.json").read_text())
@@ -649,7 +549,7 @@ def run_stage(
         if state.is_main_process:
             trainer.add_callback(_tensorboard_callback(out))
         if state.is_main_process:
-            _resume_point(out)
+            resume_point(out)
     state.wait_for_everyone()
     found = last_complete_checkpoint(out)
     checkpoint = str(found) if found is not None else None

@@ -1,4 +1,4 @@
-"""TRL's trainers with the four things a controlled stage needs, as one small mixin.
+"""TRL's trainers with the six things a controlled stage needs, as one small mixin.
 
 1. **Per-part learning rates.** The optimizer gets one group per part (split into decay and
    no-decay parameters the way ``Trainer`` splits them), from ``model.parts``; the learning
@@ -10,10 +10,10 @@
    moves it into the batch and ``compute_loss`` takes it out before the model sees it and
    appends ``{"step", "ids"}`` to ``samples.jsonl`` (gathered over processes, rank order),
    counting tokens on the way for the run summary.
-
 4. **Resume that restores the weights** (see ``restore_weights``), from safetensors only,
    and the running loss sum kept in each checkpoint, so a resumed run reports the mean loss
-   of the whole run (``run_mean_loss``); training arguments kept as JSON, not pickled.
+   of the whole run; training arguments kept as JSON, not pickled (the run folder's side
+   of this, checkpoints and logs, is ``train.rundir``).
 5. **VIRAL, when switched on**: the alignment term of ``train.viral`` is added to the loss
    TRL computed, and logged beside it (``alignment_loss``, ``objective_loss``).
 6. **A stop on non-finite numbers**: after the gradients of a step are reduced and before
@@ -31,9 +31,7 @@ the version check that guards them, are in ``train.adapter``.
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +40,10 @@ from accelerate.utils import gather_object
 from safetensors.torch import load_file
 from torch.utils.data import SequentialSampler
 from transformers import TrainerCallback
-from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from trl import DPOTrainer, GRPOTrainer, SFTTrainer
 
 from pivotlab.errors import PivotlabError
-from pivotlab.io import append_jsonl, write_json_atomic, write_text_atomic
+from pivotlab.io import append_jsonl, write_json_atomic
 from pivotlab.model.parts import ALIGN_HEAD, parameter_groups
 from pivotlab.train.adapter import (
     GRPOInternals,
@@ -57,68 +54,20 @@ from pivotlab.train.adapter import (
 )
 from pivotlab.train.data import SAMPLE_INDEX
 from pivotlab.train.prefix import speed_up_preferences
+from pivotlab.train.rundir import (
+    LOSS_FILE,
+    ArgumentsAsJson,
+    checkpoint_complete,
+    keep_arguments_as_json,
+)
 from pivotlab.train.viral import VisualAlignment
 
-LOSS_FILE = "pivotlab_loss.json"  # in each checkpoint: the sum of step losses so far
-ARGS_FILE = "training_args.json"  # in each checkpoint, instead of Trainer's pickle
-CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 SHOWN_IDS = 8  # record ids a non-finite message names; samples.jsonl has them all
 BY_CATEGORY = "by_category"  # logged keys by_category/<category>/<metric>
 
 
 class NonFiniteError(PivotlabError):
     """A step's loss or gradient norm was NaN or infinite; training stopped before using it."""
-
-
-def checkpoint_complete(folder: Path) -> bool:
-    """True when ``folder`` is a checkpoint Trainer finished writing.
-
-    ``Trainer._save_checkpoint`` writes ``trainer_state.json`` last (after the weights, the
-    optimizer, the scheduler and the RNG state), in place: a folder whose state file is
-    missing, cut short, or for another step was being written when the run died.
-    """
-    match = CHECKPOINT.match(folder.name)
-    try:
-        state = json.loads((folder / TRAINER_STATE_NAME).read_text())
-    except (OSError, ValueError):
-        return False
-    return match is not None and state.get("global_step") == int(match.group(1))
-
-
-def checkpoints(out: Path) -> list[Path]:
-    """The ``checkpoint-N`` folders in ``out`` (none if it does not exist), oldest first."""
-    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and CHECKPOINT.match(p.name)]
-    return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
-
-
-def last_complete_checkpoint(out: Path) -> Path | None:
-    """The newest checkpoint Trainer finished writing, or None."""
-    complete = [p for p in checkpoints(out) if checkpoint_complete(p)]
-    return complete[-1] if complete else None
-
-
-def loss_so_far(checkpoint: str | None) -> tuple[int, float] | None:
-    """(step, sum of step losses) kept in ``checkpoint``; (0, 0.0) without one; None for a
-    checkpoint written without it. Read before training: rotation may delete it."""
-    if checkpoint is None:
-        return 0, 0.0
-    path = Path(checkpoint) / LOSS_FILE
-    if not path.is_file():
-        return None
-    saved = json.loads(path.read_text())
-    return saved["step"], saved["loss_sum"]
-
-
-def run_mean_loss(
-    training_loss: float, global_step: int, so_far: tuple[int, float] | None
-) -> float:
-    """The mean step loss of the whole run. Trainer's ``training_loss`` averages only the
-    steps of this ``train()`` call; a resumed run adds what its checkpoint kept (without
-    that record, the resumed steps' mean is all there is)."""
-    if so_far is None or global_step == 0:
-        return training_loss
-    step, total = so_far
-    return (training_loss * (global_step - step) + total) / global_step
 
 
 class IndexedCollator:
@@ -155,26 +104,6 @@ def _prefixed_weights(folder: Path, prefix: str) -> dict[str, torch.Tensor]:
     for path in sorted(folder.glob("*.safetensors")):
         weights.update({k: v for k, v in load_file(path).items() if k.startswith(prefix)})
     return weights
-
-
-def keep_arguments_as_json(folder: Path, args) -> None:
-    """Replace Trainer's pickled arguments in a checkpoint by their JSON.
-
-    Trainer saves them with torch.save (only ``weights_only=False`` reads them back, and
-    nothing does): a run folder then holds no pickle of code.
-    """
-    (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)
-    write_text_atomic(folder / ARGS_FILE, args.to_json_string())
-
-
-class ArgumentsAsJson(TrainerCallback):
-    """After each checkpoint: its training arguments as JSON, not as a pickle."""
-
-    def on_save(self, args, state, control, **kwargs):
-        if args.should_save:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
-                keep_arguments_as_json(folder, args)
 
 
 class StageTrainerMixin(TrainerInternals):
