@@ -14,20 +14,18 @@ from trl import DPOConfig
 from pivotlab.io import read_jsonl
 from pivotlab.model import load
 from pivotlab.model.parts import part_modules
-from pivotlab.train import load_config
-from pivotlab.train import prefix as prefix_module
+from pivotlab.train import load_config, refcache
 from pivotlab.train.data import SAMPLE_INDEX, trl_dataset
 from pivotlab.train.prefix import (
-    ReferenceCacheError,
     install_prefix_sharing,
     plan_sharing,
     set_prefix_sharing,
     shared_forward,
     sharing_counts,
-    speed_up_preferences,
     unsupported,
 )
-from pivotlab.train.trainers import StageDPOTrainer
+from pivotlab.train.refcache import ReferenceCacheError
+from pivotlab.train.trainers import StageDPOTrainer, speed_up_preferences
 
 PAIRS = 6
 RELATIVE = 1e-5
@@ -278,7 +276,7 @@ def test_the_reference_cache_gives_the_live_reference_loss(
     def no_pass(*args, **kwargs):
         raise AssertionError("the cache was computed again")
 
-    monkeypatch.setattr(prefix_module, "reference_pass", no_pass)
+    monkeypatch.setattr(refcache, "reference_pass", no_pass)
     again = trainer(tiny_model_dir, splits[0], records, tmp_path / "again", cache=True, order=order)
     changed = copy.deepcopy(examples)
     changed[0]["chosen"][0]["content"][0]["text"] += " (edited)"
@@ -320,6 +318,6 @@ def test_both_switches_are_on_by_default() -> None:
 
 def test_the_cache_key_ignores_the_tokenizer_padding_state(tiny_model_dir) -> None:
     _, processor = load(tiny_model_dir)
-    before = prefix_module._processor_fingerprint(processor)
+    before = refcache._processor_fingerprint(processor)
     processor.tokenizer(["a b", "c"], padding=True, padding_side="left")
-    assert prefix_module._processor_fingerprint(processor) == before
+    assert refcache._processor_fingerprint(processor) == before

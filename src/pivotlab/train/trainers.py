@@ -31,6 +31,7 @@ the version check that guards them, are in ``train.adapter``.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,8 @@ from pivotlab.train.adapter import (
     save_checkpoint_now,
 )
 from pivotlab.train.data import SAMPLE_INDEX
-from pivotlab.train.prefix import speed_up_preferences
+from pivotlab.train.prefix import install_prefix_sharing
+from pivotlab.train.refcache import use_reference_cache
 from pivotlab.train.rundir import (
     LOSS_FILE,
     ArgumentsAsJson,
@@ -62,6 +64,7 @@ from pivotlab.train.rundir import (
 )
 from pivotlab.train.viral import VisualAlignment
 
+logger = logging.getLogger(__name__)
 SHOWN_IDS = 8  # record ids a non-finite message names; samples.jsonl has them all
 BY_CATEGORY = "by_category"  # logged keys by_category/<category>/<metric>
 
@@ -440,3 +443,25 @@ class MetricsFileCallback(TrainerCallback):
             row = {**self.keys, "step": state.global_step, "split": split}
             rows.append({**row, **metric_row(key), "value": float(value)})
         append_jsonl(self.path, rows)
+
+
+def speed_up_preferences(trainer, *, prefix_sharing: bool, reference_cache: bool) -> None:
+    """Apply the switches to a stage's ``DPOTrainer`` (after its construction).
+
+    Prefix sharing is installed on the reference model and on the policy, except on a
+    policy VIRAL watches: its hooks read one LM layer's hidden states of the full
+    sequences from the objective's forward, which the shared forward computes in two
+    pieces, so that policy keeps the stock forward (logged).
+    """
+    if prefix_sharing:
+        for name, model in (("reference", trainer.ref_model), ("policy", trainer.model)):
+            if model is None:
+                continue
+            if name == "policy" and getattr(trainer, "alignment", None) is not None:
+                logger.warning("prefix sharing off for the policy: VIRAL reads its hidden states")
+                continue
+            reason = install_prefix_sharing(trainer.accelerator.unwrap_model(model))
+            if reason is not None:
+                logger.warning("prefix sharing off for the %s: %s", name, reason)
+    if reference_cache and trainer.ref_model is not None:
+        use_reference_cache(trainer)
