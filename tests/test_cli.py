@@ -10,6 +10,7 @@ shows they are refused before a model is built.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -332,3 +333,31 @@ def test_planning_never_imports_trl(argv: list[str], tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(
+    ("verb", "config", "named"),
+    [
+        ("evaluate", "pivotlab.evaluate.runner:EvalConfig", {}),
+        (
+            "analyze",
+            "pivotlab.analysis.suite:AnalyzeConfig",
+            {"analyses": "analysis", "encoders": "encoder", "models": "model"},
+        ),
+    ],
+)
+def test_every_config_field_has_an_option(verb: str, config: str, named: dict) -> None:
+    # The CLI states its options by hand (deriving them would import torch at start-up);
+    # this keeps a field added to the config from being forgotten on the command line.
+    import dataclasses
+    import importlib
+
+    from pivotlab.cli import build_parser
+
+    module, name = config.split(":")
+    fields = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    parser = build_parser()
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = verbs.choices[verb]
+    options = {action.dest for action in sub._actions}
+    assert {named.get(field, field) for field in fields} <= options

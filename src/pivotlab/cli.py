@@ -371,6 +371,7 @@ def _add_evaluate(verbs: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--blind", action="store_true", help="replace every image by a blank (baseline)"
     )
+    run.add_argument("--seed", type=int, default=0, help="the seed written with every metric row")
     run.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     run.set_defaults(handler=_evaluate)
 
@@ -390,6 +391,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         max_new_tokens=args.max_new_tokens,
         likelihood=args.likelihood,
         blind=args.blind,
+        seed=args.seed,
     )
     report = evaluate(cfg)
     print(f"{'metric':14s} {'category':15s} {'task':8s} {'value':>6s} {'95% CI':>15s} {'n':>6s}")
@@ -568,6 +570,12 @@ def _add_analyze(verbs: argparse._SubParsersAction) -> None:
         default=("shape", "color", "shape_color"),
         help="classification labels to probe (default: shape,color,shape_color)",
     )
+    run.add_argument(
+        "--head",
+        type=_csv,
+        default=("mlp", "linear"),
+        help="segmentation probe heads, comma-separated: mlp, linear (default: mlp,linear)",
+    )
     run.add_argument("--epochs", type=int, default=5, help="segmentation probe epochs")
     run.add_argument(
         "--limit", type=int, default=None, help="items per model analysis (default: all)"
@@ -603,6 +611,7 @@ def _analyze(args: argparse.Namespace) -> None:
         pooling=args.pooling,
         projector=args.projector,
         labels=args.labels,
+        head=args.head,
         epochs=args.epochs,
         limit=args.limit,
         seed=args.seed,
