@@ -30,6 +30,7 @@ from pathlib import Path
 from pivotlab import __version__
 from pivotlab.cache import cache_root
 from pivotlab.errors import PivotlabError, one_line
+from pivotlab.model.folders import check_saved_mllm
 
 PROG = "pivotlab"
 
@@ -319,9 +320,10 @@ def _model_build(args: argparse.Namespace) -> None:
 
 
 def _model_export(args: argparse.Namespace) -> None:
+    _refuse_non_empty(args.out)
+    check_saved_mllm(args.model)
     from pivotlab.model import export_encoder
 
-    _refuse_non_empty(args.out)
     info = export_encoder(args.model, args.out, with_projector=args.with_projector)
     print(
         f"saved {args.out}: {info.kept_blocks} of {info.original_blocks} blocks "
@@ -340,6 +342,7 @@ def _model_transplant(args: argparse.Namespace) -> None:
 
 
 def _model_parts(args: argparse.Namespace) -> None:
+    check_saved_mllm(args.model)
     from pivotlab.model import format_parts_table, load, parts_table
 
     model, _ = load(args.model)
@@ -377,10 +380,11 @@ def _add_evaluate(verbs: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from pivotlab.evaluate import EvalConfig, evaluate
-
     if (args.out / "predictions.jsonl").exists() and not args.overwrite:
         raise UsageError(f"{PROG}: {args.out} already holds an evaluation; pass --overwrite")
+    check_saved_mllm(args.model)
+    from pivotlab.evaluate import EvalConfig, evaluate
+
     cfg = EvalConfig(
         model=str(args.model),
         data=str(args.data),

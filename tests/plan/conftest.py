@@ -1,5 +1,5 @@
 """Shared helpers: MLLMs built from configs with transformers (random weights, no
-downloads), the way ``pivotlab.model.assemble`` builds them."""
+downloads), the way ``pivotlab.model.assembly`` builds them."""
 
 from __future__ import annotations
 

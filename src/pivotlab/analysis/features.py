@@ -37,10 +37,10 @@ from pivotlab.errors import PivotlabError
 from pivotlab.images import open_image
 from pivotlab.io import read_jsonl
 from pivotlab.model import load, truncated_tower
-from pivotlab.model.assemble import load_vision_tower, resolve_zoo
+from pivotlab.model.assembly import load_vision_tower, resolve_zoo
 from pivotlab.model.export import ENCODER_FILE
+from pivotlab.model.families import vision_family
 from pivotlab.model.folders import Kind, folder_config, kind_of
-from pivotlab.model.presets import vision_family
 
 POOLINGS = ("mean", "cls", "patch")
 RANDOM_PREFIX = "random:"

@@ -64,8 +64,8 @@ from pivotlab.errors import PivotlabError
 from pivotlab.evaluate.metrics import bootstrap_interval
 from pivotlab.images import open_image
 from pivotlab.model import load
+from pivotlab.model.families import vision_family
 from pivotlab.model.generation import chat_prompt
-from pivotlab.model.presets import vision_family
 
 NORMS = ("l1", "l2")
 METHODS = ("projector_grad", "gradcam", "centre_prior", "random", "all_objects")

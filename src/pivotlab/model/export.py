@@ -23,8 +23,8 @@ from torch import nn
 from transformers import LlavaForConditionalGeneration, PreTrainedModel
 
 from pivotlab.io import write_json_atomic
-from pivotlab.model.assemble import AssemblyError, assemble, load, save
-from pivotlab.model.presets import vision_family
+from pivotlab.model.assembly import AssemblyError, assemble, load, save
+from pivotlab.model.families import vision_family
 
 ENCODER_FILE = "pivotlab_encoder.json"
 PROJECTOR_FILE = "projector.safetensors"

@@ -18,7 +18,7 @@ from enum import Enum
 from pathlib import Path
 
 from pivotlab.errors import PivotlabError
-from pivotlab.model.presets import UNSUPPORTED_VISION, VISION_FAMILIES
+from pivotlab.model.families import UNSUPPORTED_VISION, VISION_FAMILIES
 
 LLAVA_MODEL_TYPE = "llava"
 # An exported or dual-encoder vision checkpoint: its tower's config may sit under this key.
@@ -89,6 +89,14 @@ def check_model_folder(folder: Path | str, expected: Kind, what: str = "model") 
     if kind is expected or (kind is None and unknown_may_pass):
         return config
     raise ModelFolderError(f"{what} {folder} is {_describe(config)}; expected {expected.value}")
+
+
+def check_saved_mllm(folder: Path | str, what: str = "model") -> None:
+    """Refuse, in one line, a ``folder`` that is not an MLLM saved by pivotlab (cheap: the
+    CLI calls it before torch and transformers are imported)."""
+    if not Path(folder).is_dir():
+        raise ModelFolderError(f"{what} {folder}: no such folder")
+    check_model_folder(folder, Kind.MLLM, what)
 
 
 def check_source(source: str, expected: Kind, presets: Iterable[str], what: str) -> None:

@@ -23,8 +23,9 @@ from typing import Any
 from transformers import AutoConfig, Dinov2Config, PretrainedConfig, Qwen2Config
 
 from pivotlab.errors import PivotlabError
-from pivotlab.model.assemble import ZOO_PREFIX, visual_token_count
-from pivotlab.model.presets import LM_PRESETS, VISION_PRESETS, vision_family
+from pivotlab.model.assembly import ZOO_PREFIX, visual_token_count
+from pivotlab.model.families import vision_family
+from pivotlab.model.presets import LM_PRESETS, VISION_PRESETS
 from pivotlab.zoo.build import (
     ZOOS,
     EncoderSpec,

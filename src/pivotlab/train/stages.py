@@ -45,7 +45,7 @@ from pivotlab.io import (
     write_text_atomic,
 )
 from pivotlab.model import LM_PRESETS, VISION_PRESETS, assemble, load, save
-from pivotlab.model.assemble import BUILD_FILE, ZOO_PREFIX
+from pivotlab.model.assembly import BUILD_FILE, ZOO_PREFIX
 from pivotlab.model.folders import Kind, check_model_folder, check_source
 from pivotlab.model.generation import generate_replies
 from pivotlab.model.parts import (

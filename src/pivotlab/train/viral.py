@@ -37,11 +37,11 @@ from torch import nn
 from transformers import LlavaForConditionalGeneration
 
 from pivotlab.errors import PivotlabError
-from pivotlab.model.assemble import load_vision_tower, resolve_zoo
+from pivotlab.model.assembly import load_vision_tower, resolve_zoo
 from pivotlab.model.export import truncated_tower
+from pivotlab.model.families import vision_family
 from pivotlab.model.grid import resize_patch_grid
 from pivotlab.model.parts import ALIGN_HEAD
-from pivotlab.model.presets import vision_family
 
 SELF_TEACHER = "self"
 

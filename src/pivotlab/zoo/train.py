@@ -35,7 +35,7 @@ from transformers import get_cosine_schedule_with_warmup
 from pivotlab.zoo.data import CELL_ATTRIBUTES, NO_TARGET, SymbolicSet
 
 # The tower hidden state a LLaVA projector reads: the penultimate block's output (the
-# default of ``pivotlab.model.assemble``); the encoders' dense objective is applied there.
+# default of ``pivotlab.model.assembly``); the encoders' dense objective is applied there.
 PROJECTOR_FEATURE_LAYER = -2
 
 

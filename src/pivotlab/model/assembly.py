@@ -34,8 +34,9 @@ from transformers import (
 
 from pivotlab.errors import PivotlabError
 from pivotlab.io import write_json_atomic
-from pivotlab.model.folders import Kind, check_model_folder, check_source
-from pivotlab.model.presets import LM_PRESETS, VISION_PRESETS, VisionFamily, vision_family
+from pivotlab.model.families import VisionFamily, vision_family
+from pivotlab.model.folders import Kind, check_saved_mllm, check_source
+from pivotlab.model.presets import LM_PRESETS, VISION_PRESETS
 from pivotlab.zoo.build import part_path
 from pivotlab.zoo.tokenizer import CHAT_TEMPLATE, IMAGE_TOKEN, world_tokenizer
 from pivotlab.zoo.train import PROJECTOR_FEATURE_LAYER
@@ -264,9 +265,7 @@ def save(
 def load(path: Path | str) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """A saved MLLM folder, with plain transformers classes."""
     path = Path(path)
-    if not path.is_dir():
-        raise AssemblyError(f"model {path}: no such folder")
-    check_model_folder(path, Kind.MLLM, "model")
+    check_saved_mllm(path)
     model = LlavaForConditionalGeneration.from_pretrained(path, use_safetensors=True)
     processor = LlavaProcessor.from_pretrained(path)
     check_geometry(model, source=str(path))
