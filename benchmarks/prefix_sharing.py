@@ -47,7 +47,7 @@ from transformers.utils import logging as hf_logging
 from trl import DPOConfig
 
 from pivotlab.model import assemble, load, save
-from pivotlab.train.data import SAMPLE_INDEX, keep_first, trl_dataset
+from pivotlab.train.stage_data import SAMPLE_INDEX, keep_first, trl_dataset
 from pivotlab.train.prefix import plan_sharing
 from pivotlab.train.trainers import StageDPOTrainer
 from pivotlab.world import WorldConfig, generate

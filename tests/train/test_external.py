@@ -13,8 +13,8 @@ from pivotlab.data import DataError
 from pivotlab.io import read_jsonl
 from pivotlab.train import ConfigError, run_stage
 from pivotlab.train.config import config_from_dict
-from pivotlab.train.data import resolve_split, stage_records, trl_dataset
 from pivotlab.train.external import screened
+from pivotlab.train.stage_data import resolve_split, stage_records, trl_dataset
 from tests.data.conftest import llava, mmpr, png, write_lines
 from tests.train.conftest import tiny_config
 

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from pivotlab.io import read_jsonl
 from pivotlab.model.generation import chat_prompt
 from pivotlab.train import ConfigError, run_stage
-from pivotlab.train.data import resolve_split, trl_dataset
 from pivotlab.train.prefix import set_prefix_sharing, sharing_counts
+from pivotlab.train.stage_data import resolve_split, trl_dataset
 from pivotlab.train.stages import initial_model, stage_trainer, trl_arguments
 from tests.train.conftest import tiny_config
 

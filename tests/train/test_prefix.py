@@ -15,7 +15,6 @@ from pivotlab.io import read_jsonl
 from pivotlab.model import load
 from pivotlab.model.parts import part_modules
 from pivotlab.train import load_config, refcache
-from pivotlab.train.data import SAMPLE_INDEX, trl_dataset
 from pivotlab.train.prefix import (
     install_prefix_sharing,
     plan_sharing,
@@ -25,6 +24,7 @@ from pivotlab.train.prefix import (
     unsupported,
 )
 from pivotlab.train.refcache import ReferenceCacheError
+from pivotlab.train.stage_data import SAMPLE_INDEX, trl_dataset
 from pivotlab.train.trainers import StageDPOTrainer, speed_up_preferences
 
 PAIRS = 6

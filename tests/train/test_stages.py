@@ -18,7 +18,7 @@ from pivotlab.io import read_jsonl
 from pivotlab.model import save
 from pivotlab.model.parts import set_trainable
 from pivotlab.train import ConfigError, run_stage
-from pivotlab.train.data import stage_records, trl_dataset
+from pivotlab.train.stage_data import stage_records, trl_dataset
 from pivotlab.train.stages import STAGE_FILE, initial_model, stage_trainer, trl_arguments
 from pivotlab.world.answers import is_correct
 from tests.train.conftest import assert_same_curves, tiny_config, train_curve

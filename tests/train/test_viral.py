@@ -165,7 +165,7 @@ def test_dpo_with_viral_logs_both_terms(preset, teacher_dir, tmp_path) -> None:
 
 
 def test_the_dpo_reference_has_no_head(preset, teacher_dir, splits) -> None:
-    from pivotlab.train.data import stage_records, trl_dataset
+    from pivotlab.train.stage_data import stage_records, trl_dataset
     from pivotlab.train.stages import initial_model, prepare_viral, stage_trainer, trl_arguments
 
     cfg = tiny_config("post-dpo", preset, *viral(teacher_dir), "post.reference_cache=false")

@@ -25,7 +25,7 @@ from pivotlab.zoo.build import (
     ship,
     verify,
 )
-from pivotlab.zoo.data import CELL_ATTRIBUTES
+from pivotlab.zoo.pretraining import CELL_ATTRIBUTES
 
 hf_logging.disable_progress_bar()
 hf_logging.set_verbosity_error()
@@ -203,7 +203,7 @@ def test_shipping_a_part_that_is_not_built_is_refused(tmp_path: Path) -> None:
 def test_task_balanced_weights_draw_every_task_equally_often() -> None:
     import torch
 
-    from pivotlab.zoo.data import SymbolicSet
+    from pivotlab.zoo.pretraining import SymbolicSet
     from pivotlab.zoo.train import task_balanced_weights
 
     tasks = [["count"]] * 6 + [["relation"]] * 2 + [["color", "shape"]]  # first question's task
@@ -217,7 +217,7 @@ def test_task_balanced_weights_draw_every_task_equally_often() -> None:
 
 
 def test_focus_weights_keep_only_the_focus_tasks_and_phases_add_up() -> None:
-    from pivotlab.zoo.data import SymbolicSet
+    from pivotlab.zoo.pretraining import SymbolicSet
     from pivotlab.zoo.train import Compute, add_computes, focus_weights
 
     tasks = [["count"], ["relation"], ["relation", "count"], ["color"]]

@@ -5,7 +5,7 @@
 
 Parameters per part come from the architecture (``architectures.py``, ``shapes.py``),
 FLOPs from ``flops.py``, memory from ``memory.py``; the run's length from the stage's own
-step rule (``train.data.optimizer_steps``) over the record count. Token counts per
+step rule (``train.stage_data.optimizer_steps``) over the record count. Token counts per
 sequence are assumptions (``DEFAULT_TOKENS``, or ``--prompt-tokens``/``--completion-tokens``);
 every assumption is printed with the plan.
 """
@@ -37,7 +37,7 @@ from pivotlab.plan.shapes import (
     vision_shape,
 )
 from pivotlab.train.config import PREFERENCE_LOSSES, StageConfig
-from pivotlab.train.data import optimizer_steps, resolve_split, stage_records
+from pivotlab.train.stage_data import optimizer_steps, resolve_split, stage_records
 from pivotlab.world.hf import conversations
 
 

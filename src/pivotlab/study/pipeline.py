@@ -188,7 +188,7 @@ def original_name(source: str) -> str:
 def world_splits(study: StudyConfig) -> dict[str, Path]:
     """The study's world splits (the sections it names), generated into the cache on first
     use. Without ``world.train`` the recipes' own data (real datasets) is used to train."""
-    from pivotlab.train.data import resolve_split
+    from pivotlab.train.stage_data import resolve_split
 
     world = study.world
     sections = {"train": world.train, "val": world.val, "test": world.test, "probes": world.probes}

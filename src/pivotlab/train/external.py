@@ -191,7 +191,7 @@ def _screened(
 
 
 def _stage_record(stage: str, record: Record) -> dict:
-    """A record in the form ``pivotlab.train.data`` gives each stage."""
+    """A record in the form ``pivotlab.train.stage_data`` gives each stage."""
     base = {"id": record.id, "image": record.image, "category": record.category}
     if stage == "align":
         return base | {"caption": record.chosen}

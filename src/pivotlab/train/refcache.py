@@ -33,7 +33,7 @@ from pivotlab.cache import cache_root
 from pivotlab.errors import PivotlabError
 from pivotlab.io import write_bytes_atomic
 from pivotlab.train.adapter import prepare_batch, release_prepared_model, serve_reference_from_batch
-from pivotlab.train.data import SAMPLE_INDEX
+from pivotlab.train.stage_data import SAMPLE_INDEX
 
 REFERENCE_KIND = "reference"
 DIGEST_BYTES = 16

@@ -61,16 +61,6 @@ from pivotlab.train.config import (
     ConfigError,
     StageConfig,
 )
-from pivotlab.train.data import (
-    SAMPLE_INDEX,
-    check_images,
-    keep_first,
-    optimizer_steps,
-    resolve_split,
-    schedule,
-    stage_records,
-    trl_dataset,
-)
 from pivotlab.train.external import screen_data
 from pivotlab.train.rewards import reward_functions
 from pivotlab.train.rundir import (
@@ -81,6 +71,16 @@ from pivotlab.train.rundir import (
     resume_point,
     run_mean_loss,
     space_needed,
+)
+from pivotlab.train.stage_data import (
+    SAMPLE_INDEX,
+    check_images,
+    keep_first,
+    optimizer_steps,
+    resolve_split,
+    schedule,
+    stage_records,
+    trl_dataset,
 )
 from pivotlab.train.trainers import (
     MetricsFileCallback,

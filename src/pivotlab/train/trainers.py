@@ -4,7 +4,7 @@
    no-decay parameters the way ``Trainer`` splits them), from ``model.parts``; the learning
    rate schedule scales every group alike.
 2. **The schedule, read in order.** The training set is already in training order (see
-   ``train.data``), so the sampler is sequential: no sampler seed can make two objectives
+   ``train.stage_data``), so the sampler is sequential: no sampler seed can make two objectives
    diverge.
 3. **A record of what was consumed.** Every row carries its record index; the collator
    moves it into the batch and ``compute_loss`` takes it out before the model sees it and
@@ -53,7 +53,6 @@ from pivotlab.train.adapter import (
     loss_sum,
     save_checkpoint_now,
 )
-from pivotlab.train.data import SAMPLE_INDEX
 from pivotlab.train.prefix import install_prefix_sharing
 from pivotlab.train.refcache import use_reference_cache
 from pivotlab.train.rundir import (
@@ -62,6 +61,7 @@ from pivotlab.train.rundir import (
     checkpoint_complete,
     keep_arguments_as_json,
 )
+from pivotlab.train.stage_data import SAMPLE_INDEX
 from pivotlab.train.viral import VisualAlignment
 
 logger = logging.getLogger(__name__)

@@ -49,8 +49,7 @@ from pivotlab.cache import cache_root
 from pivotlab.errors import PivotlabError
 from pivotlab.io import file_sha256, staging_folder, write_json_atomic
 from pivotlab.world.generate import GENERATOR_VERSION
-from pivotlab.zoo import data as zoo_data
-from pivotlab.zoo import quality
+from pivotlab.zoo import pretraining, quality
 from pivotlab.zoo.tokenizer import IMAGE_TOKEN, world_tokenizer
 from pivotlab.zoo.train import (
     PROJECTOR_FEATURE_LAYER,
@@ -283,14 +282,14 @@ class _Data:
             self.cache[key] = make()
         return self.cache[key]
 
-    def pretraining(self) -> zoo_data.ImageSet:
+    def pretraining(self) -> pretraining.ImageSet:
         """Half full scenes, half single-object scenes (the probe's kind of image, from the
         train split's probe stream, disjoint from the probe sets' val and test streams)."""
         z = self.zoo
         half = z.pretrain_images // 2
-        return self._once("pretraining", lambda: zoo_data.concatenate(
-            zoo_data.scene_images("train", z.pretrain_images - half, z.image_size, z.patch_size),
-            zoo_data.probe_images("train", half, z.image_size, z.patch_size),
+        return self._once("pretraining", lambda: pretraining.concatenate(
+            pretraining.scene_images("train", z.pretrain_images - half, z.image_size, z.patch_size),
+            pretraining.probe_images("train", half, z.image_size, z.patch_size),
         ))  # fmt: skip
 
     def _train_test(self, key: str, make) -> tuple:
@@ -300,20 +299,20 @@ class _Data:
             make("test", z.probe_test, z.image_size, z.patch_size),
         ))  # fmt: skip
 
-    def probes(self) -> tuple[zoo_data.ImageSet, zoo_data.ImageSet]:
-        return self._train_test("probes", zoo_data.probe_images)
+    def probes(self) -> tuple[pretraining.ImageSet, pretraining.ImageSet]:
+        return self._train_test("probes", pretraining.probe_images)
 
-    def segmentation(self) -> tuple[zoo_data.ImageSet, zoo_data.ImageSet]:
-        return self._train_test("segmentation", zoo_data.scene_images)
+    def segmentation(self) -> tuple[pretraining.ImageSet, pretraining.ImageSet]:
+        return self._train_test("segmentation", pretraining.scene_images)
 
-    def symbolic(self, turns: int) -> tuple[zoo_data.SymbolicSet, zoo_data.SymbolicSet]:
+    def symbolic(self, turns: int) -> tuple[pretraining.SymbolicSet, pretraining.SymbolicSet]:
         """Conversations of up to ``turns`` questions about the tiny world's symbolic scenes
         (train stream), and held-out single questions (val stream)."""
         z = self.zoo
 
-        def make(split: str, n: int, turns: int) -> zoo_data.SymbolicSet:
-            folder = zoo_data.tiny_split(split, n, z.image_size)
-            return zoo_data.symbolic_set(folder, z.grid, turns, world_tokenizer())
+        def make(split: str, n: int, turns: int) -> pretraining.SymbolicSet:
+            folder = pretraining.tiny_split(split, n, z.image_size)
+            return pretraining.symbolic_set(folder, z.grid, turns, world_tokenizer())
 
         return self._once(("symbolic", turns), lambda: (
             make("train", z.symbolic_scenes, turns),
@@ -323,8 +322,8 @@ class _Data:
     def text_blocks(self, block: int) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.zoo
         return self._once(("text", block), lambda: (
-            _blocks(zoo_data.world_documents("train", z.text_scenes), block),
-            _blocks(zoo_data.world_documents("val", z.heldout_text_scenes), block),
+            _blocks(pretraining.world_documents("train", z.text_scenes), block),
+            _blocks(pretraining.world_documents("val", z.heldout_text_scenes), block),
         ))  # fmt: skip
 
 
@@ -379,7 +378,7 @@ def _encoder_quality(tower, processor, has_cls: bool, data: _Data) -> dict:
         seg_train.cells,
         tokens(seg_test.images, PROJECTOR_FEATURE_LAYER),
         seg_test.cells,
-        tuple(zoo_data.CELL_ATTRIBUTES),
+        tuple(pretraining.CELL_ATTRIBUTES),
     )
 
     train_tokens, test_tokens = tokens(train.images), tokens(test.images)
@@ -472,7 +471,7 @@ def _build_teacher(spec: TeacherSpec, zoo: ZooConfig, data: _Data, seed: int):
             patch_size=zoo.patch_size,
         )
     )
-    head = PatchClassHead(spec.width, zoo_data.N_CLASSES)
+    head = PatchClassHead(spec.width, pretraining.N_CLASSES)
     model.train()
     parameters = list(model.parameters()) + list(head.parameters())
     compute = run_steps(

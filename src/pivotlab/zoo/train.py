@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import get_cosine_schedule_with_warmup
 
-from pivotlab.zoo.data import CELL_ATTRIBUTES, NO_TARGET, SymbolicSet
+from pivotlab.zoo.pretraining import CELL_ATTRIBUTES, NO_TARGET, SymbolicSet
 
 # The tower hidden state a LLaVA projector reads: the penultimate block's output (the
 # default of ``pivotlab.model.assembly``); the encoders' dense objective is applied there.

@@ -30,9 +30,9 @@ from pivotlab.io import read_jsonl
 from pivotlab.train.config import ConfigError, StageConfig, dataset_spec
 from pivotlab.train.external import dataset_records, dataset_split, is_dataset_split
 from pivotlab.train.rewards import GROUND_TRUTH, ground_truth
-from pivotlab.world.cache import cached_split
 from pivotlab.world.generate import WorldConfig, WorldConfigError
 from pivotlab.world.hf import image_rows_dataset, instruction_row, preference_row
+from pivotlab.world.splits import cached_split
 
 SAMPLE_INDEX = "sample_index"
 

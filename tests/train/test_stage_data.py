@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pivotlab.io import read_jsonl
-from pivotlab.train.data import SAMPLE_INDEX, keep_first, schedule, trl_dataset
+from pivotlab.train.stage_data import SAMPLE_INDEX, keep_first, schedule, trl_dataset
 from pivotlab.world.hf import conversations
 
 

@@ -15,11 +15,11 @@ from PIL import Image
 
 from pivotlab.io import read_jsonl
 from pivotlab.world import vocab
-from pivotlab.world.cache import cached_split
 from pivotlab.world.corpus import world_records
 from pivotlab.world.generate import WorldConfig, render_probe_scenes, render_scenes
 from pivotlab.world.hf import conversation, conversations
 from pivotlab.world.questions import caption
+from pivotlab.world.splits import cached_split
 from pivotlab.world.symbolic import OCCLUSIONS, Cell, symbolic_cells
 from pivotlab.zoo.tokenizer import IM_END, IM_START, IMAGE_TOKEN
 
