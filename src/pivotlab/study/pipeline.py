@@ -216,7 +216,7 @@ def _transplant_steps(
     assert plan is not None
     steps: list[Step] = []
     sources: dict[str, dict[str, Any]] = {}
-    parts: dict[str, tuple[str, str]] = {}
+    architectures: dict[str, tuple[str, str]] = {}  # (vision, lm) each transplant is made of
     chosen = {a: m for a, m in encoders.items() if plan.encoders is None or a in plan.encoders}
     for arm, model in chosen.items():
         folder = run / f"seed{seed}" / "transplant" / arm
@@ -225,9 +225,9 @@ def _transplant_steps(
         )
         sources[arm] = {"model.init": str(folder / "mllm"), "model.vision": None, "model.lm": None}
         # Planned as the tower it was cut from: the exported one drops the unread last block.
-        parts[arm] = (study.stage1.vision, plan.lm)
+        architectures[arm] = (study.stage1.vision, plan.lm)
     for source in plan.originals:
-        parts[original_name(source)] = (source, plan.lm)
+        architectures[original_name(source)] = (source, plan.lm)
         sources[original_name(source)] = {
             "model.init": None,
             "model.vision": source,
@@ -237,22 +237,16 @@ def _transplant_steps(
         folder = run / f"seed{seed}" / "transplant" / arm
         base = {"seed": seed, "run": f"transplant-{arm}-s{seed}", **_data_sets(splits)}
         align = stage_config(study, plan.align, "transplant.align", {**base, **model_sets})
-        steps.append(
-            _train_step(
-                f"seed{seed}/transplant-{arm}/align", align, folder / "align", seed, arm, parts[arm]
-            )
-        )
+        pair = architectures[arm]
+        name = f"seed{seed}/transplant-{arm}"
+        steps.append(_train_step(f"{name}/align", align, folder / "align", seed, arm, pair))
         full_sets = {
             **base,
             "model.init": str(folder / "align" / "final"),
             "train.parts": ["projector", "lm"],
         }
         full = stage_config(study, plan.full, "transplant.full", full_sets)
-        steps.append(
-            _train_step(
-                f"seed{seed}/transplant-{arm}/full", full, folder / "full", seed, arm, parts[arm]
-            )
-        )
+        steps.append(_train_step(f"{name}/full", full, folder / "full", seed, arm, pair))
         steps.append(
             _eval_step(
                 study,
@@ -334,8 +328,8 @@ def stage1_seeds(study: StudyConfig) -> list[int]:
 def _stage1_steps(
     study: StudyConfig, run: Path, seed: int, splits: dict[str, Path], track: Track
 ) -> list[Step]:
-    """``align`` then ``full`` from the track's parts, with the VQA of the result (and, on
-    the main track, of the blind baseline)."""
+    """``align`` then ``full`` from the track's vision tower and LM, with the VQA of the
+    result (and, on the main track, of the blind baseline)."""
     root = track.root(run, seed)
     base = {"seed": seed, **_data_sets(splits)}
     label = "" if track.main else f"-{track.name}"
