@@ -181,13 +181,16 @@ def two_scenes(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("verb", ["world generate", "evaluate", "analyze"])
-def test_the_verbs_fail_early_on_a_full_disk(verb, two_scenes, tmp_path, monkeypatch, capsys):
+def test_the_verbs_fail_early_on_a_full_disk(
+    verb, two_scenes, tiny_model_dir, tmp_path, monkeypatch, capsys
+):
     from pivotlab import cli
 
     out = tmp_path / "out"
     argv = {
         "world generate": ["world", "generate", "--n", "4", "--size", "32"],
-        "evaluate": ["evaluate", "--model", str(tmp_path / "no-model"), "--data", str(two_scenes)],
+        # A real model folder: the check of what it holds comes first, the disk before loading.
+        "evaluate": ["evaluate", "--model", str(tiny_model_dir), "--data", str(two_scenes)],
         "analyze": [
             "analyze",
             "linear-probe",
