@@ -46,12 +46,12 @@ from transformers import TrainerCallback
 from transformers.utils import logging as hf_logging
 from trl import DPOConfig
 
+from pivotlab.io import read_jsonl
 from pivotlab.model import assemble, load, save
-from pivotlab.train.stage_data import SAMPLE_INDEX, keep_first, trl_dataset
 from pivotlab.train.prefix import plan_sharing
+from pivotlab.train.stage_data import SAMPLE_INDEX, keep_first, trl_dataset
 from pivotlab.train.trainers import StageDPOTrainer
 from pivotlab.world import WorldConfig, generate
-from pivotlab.world.jsonl import read_jsonl
 
 ARMS = {
     "stock": (False, False),
