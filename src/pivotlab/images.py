@@ -39,25 +39,33 @@ def locate(root: Path, name: str) -> tuple[Path | None, Finding]:
     return resolved, None
 
 
-def inspect_file(path: Path, name: str) -> Finding:
-    """Why the image file at ``path`` cannot be used, or None."""
+def _read(path: Path, name: str) -> tuple[Image.Image | None, Finding]:
+    """The decoded image at ``path``, or why it cannot be used."""
     if not path.exists():
-        return "image_missing", f"image {name!r} not found under the image root"
+        return None, ("image_missing", f"image {name!r} not found under the image root")
     if not path.is_file():
-        return "image_unreadable", f"image {name!r} is not a file"
+        return None, ("image_unreadable", f"image {name!r} is not a file")
     if path.stat().st_size == 0:
-        return "image_empty", f"image {name!r} is an empty (zero-byte) file"
+        return None, ("image_empty", f"image {name!r} is an empty (zero-byte) file")
     try:
         with Image.open(path) as image:
             image.verify()
-        with Image.open(path) as image:
-            image.load()
+        image = Image.open(path)
+        image.load()
     # PIL's decoders raise many types for damaged files (OSError, SyntaxError, ValueError,
     # EOFError, struct.error...); any of them means the image cannot be trained on.
     except Exception as error:
         reason = one_line(str(error)) or type(error).__name__
-        return "image_unreadable", f"image {name!r} cannot be read by PIL ({reason})"
-    return None
+        return None, ("image_unreadable", f"image {name!r} cannot be read by PIL ({reason})")
+    return image, None
+
+
+def inspect_file(path: Path, name: str) -> Finding:
+    """Why the image file at ``path`` cannot be used, or None."""
+    image, finding = _read(path, name)
+    if image is not None:
+        image.close()
+    return finding
 
 
 def check_image(root: Path, name: str) -> Finding:
@@ -74,12 +82,26 @@ def open_image(root: Path | str, name: str, where: str, mode: str | None = "RGB"
     Every verb that reads a dataset's images reads them here. Raises ``ImageError``
     starting with ``where`` (the file and line that named the image).
     """
-    finding = check_image(Path(root).resolve(), name)
-    if finding is not None:
-        raise ImageError(f"{where}: {finding[1]}")
-    with Image.open(Path(root).resolve() / name) as image:
-        image.load()
+    path, finding = locate(Path(root).resolve(), name)
+    image = None
+    if path is not None:
+        image, finding = _read(path, name)
+    if finding is not None or image is None:
+        raise ImageError(f"{where}: {finding[1] if finding else name}")
+    with image:
         return image.convert(mode) if mode else image.copy()
+
+
+def first_unusable(root: Path, names: list[str]) -> tuple[int, str] | None:
+    """The index of the first of ``names`` that cannot be used under ``root``, with why;
+    None when every one is inside the root and reads completely (checked on threads)."""
+    checks = ImageChecks(root)
+    checks.run(names)
+    for index, name in enumerate(names):
+        finding = checks[name]
+        if finding is not None:
+            return index, finding[1]
+    return None
 
 
 class ImageChecks:

@@ -21,7 +21,7 @@ from PIL import Image
 from pivotlab import __version__
 from pivotlab.errors import PivotlabError
 from pivotlab.evaluate.metrics import accuracy_rows
-from pivotlab.images import ImageChecks, open_image
+from pivotlab.images import first_unusable, open_image
 from pivotlab.io import MiB, check_output, read_jsonl, write_json_atomic, write_jsonl_atomic
 from pivotlab.model import load
 from pivotlab.model.generation import chat_prompt, generate_replies
@@ -92,12 +92,9 @@ def load_items(
     if limit:
         items, lines = items[:limit], lines[:limit]
     # Every image is checked (inside the split, complete) before the model is loaded.
-    images = ImageChecks(data)
-    images.run([record["image"] for record in items])
-    for line, record in zip(lines, items, strict=True):
-        finding = images[record["image"]]
-        if finding is not None:
-            raise PivotlabError(f"{path}:{line}: {finding[1]}")
+    unusable = first_unusable(data, [record["image"] for record in items])
+    if unusable is not None:
+        raise PivotlabError(f"{path}:{lines[unusable[0]]}: {unusable[1]}")
     return items
 
 

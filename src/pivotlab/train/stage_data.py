@@ -25,7 +25,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from pivotlab.images import ImageChecks, ImageError
+from pivotlab.images import ImageError, first_unusable
 from pivotlab.io import read_jsonl
 from pivotlab.train.config import ConfigError, StageConfig, dataset_spec
 from pivotlab.train.external import dataset_records, dataset_split, is_dataset_split
@@ -131,12 +131,9 @@ def check_images(records: list[dict], split: Path) -> None:
     when it was checked into the cache (``train/external.py``), so they pass."""
     if is_dataset_split(split):
         return
-    images = ImageChecks(split)
-    images.run([record["image"] for record in records])
-    for index, record in enumerate(records):
-        finding = images[record["image"]]
-        if finding is not None:
-            raise ImageError(f"{split}: record {index + 1}: {finding[1]}")
+    unusable = first_unusable(split, [record["image"] for record in records])
+    if unusable is not None:
+        raise ImageError(f"{split}: record {unusable[0] + 1}: {unusable[1]}")
 
 
 def trl_dataset(
