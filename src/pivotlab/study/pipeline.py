@@ -320,11 +320,6 @@ def transplanted(study: StudyConfig) -> list[str]:
     return chosen + [original_name(source) for source in study.transplant.originals]
 
 
-def stage1_seeds(study: StudyConfig) -> list[int]:
-    """The seeds Stage-1 models are trained with."""
-    return study.seeds if study.stage1.seed is None else [study.stage1.seed]
-
-
 def _stage1_steps(
     study: StudyConfig, run: Path, seed: int, splits: dict[str, Path], track: Track
 ) -> list[Step]:

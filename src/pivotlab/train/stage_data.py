@@ -125,12 +125,13 @@ def ground_truths(records: list[dict], split: Path) -> list[str]:
     ]
 
 
-def check_images(records: list[dict], split: Path) -> None:
-    """Raise ``ImageError`` naming the first record whose image is outside ``split``,
-    missing or unreadable. A dataset's records were screened against its own image root
-    when it was checked into the cache (``train/external.py``), so they pass."""
+def check_images(cfg: StageConfig, split: Path) -> None:
+    """Raise ``ImageError`` naming the first of the stage's records whose image is outside
+    ``split``, missing or unreadable. A dataset's records were screened against its own
+    image root when it was checked into the cache (``train/external.py``): not read again."""
     if is_dataset_split(split):
         return
+    records = stage_records(cfg, split)
     unusable = first_unusable(split, [record["image"] for record in records])
     if unusable is not None:
         raise ImageError(f"{split}: record {unusable[0] + 1}: {unusable[1]}")

@@ -516,7 +516,7 @@ def run_stage(
             screen_data(cfg, out)  # datasets: fail at a bad row, or list skipped rows
             # Every image as `data check` reads it (inside the split, complete), before
             # a model is loaded.
-            check_images(stage_records(cfg, split), split)
+            check_images(cfg, split)
         model, processor = initial_model(cfg, trust_remote_code)
         viral = prepare_viral(cfg, model, processor, trust_remote_code)
         trained = [*cfg.parts, *([ALIGN_HEAD] if viral else [])]
