@@ -281,7 +281,9 @@ def test_sigterm_during_world_generate_leaves_no_staging(tmp_path: Path) -> None
     command = [sys.executable, "-m", "pivotlab", "world", "generate", "--out", str(out)]
     run = subprocess.Popen([*command, "--n", "100000"], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while not list(tmp_path.glob(".split.partial-*[!9]")) and time.monotonic() < deadline:
+    while time.monotonic() < deadline and not [
+        p for p in tmp_path.glob(".split.partial-*") if p != stale
+    ]:
         time.sleep(0.1)
     time.sleep(0.5)
     run.send_signal(signal.SIGTERM)
