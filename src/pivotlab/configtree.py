@@ -28,7 +28,7 @@ def _convert(value: Any, kind: Any, where: str) -> Any:
     if dataclasses.is_dataclass(kind):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return _build(kind, value, where)
+        return build_dataclass(kind, value, where)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(kind)
         if value is None and type(None) in options:
@@ -70,7 +70,9 @@ def _convert(value: Any, kind: Any, where: str) -> Any:
     return value
 
 
-def _build(cls: type, values: dict, where: str) -> Any:
+def build_dataclass(cls: type, values: dict, where: str = "") -> Any:
+    """A config dataclass tree from a nested mapping: unknown keys and wrong types raise
+    ``ConfigError`` naming the dotted key."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = [k for k in values if k not in known]
@@ -82,12 +84,6 @@ def _build(cls: type, values: dict, where: str) -> Any:
         key = f"{where}.{name}" if where else name
         kwargs[name] = _convert(value, hints[name], key)
     return cls(**kwargs)
-
-
-def build_dataclass(cls: type, values: dict, where: str = "") -> Any:
-    """A config dataclass tree from a nested mapping: unknown keys and wrong types raise
-    ``ConfigError`` naming the dotted key."""
-    return _build(cls, values, where)
 
 
 def apply_override(tree: dict, assignment: str) -> None:

@@ -574,7 +574,7 @@ def _train_part(zoo: ZooConfig, part: str, data: _Data, seed: int):
 # ---------------------------------------------------------------------------------------
 def _write_entry(zoo: ZooConfig, part: str, entry: Path, data: _Data, seed: int) -> dict:
     model, companion, compute, measured = _train_part(zoo, part, data, seed)
-    staging = _staging(entry)
+    staging = staging_folder(entry)  # published by _move_into_place
     model.save_pretrained(staging)
     companion.save_pretrained(staging)
     files = {p.name: file_sha256(p) for p in sorted(staging.iterdir()) if p.is_file()}
@@ -596,12 +596,6 @@ def _write_entry(zoo: ZooConfig, part: str, entry: Path, data: _Data, seed: int)
     write_json_atomic(staging / MANIFEST, manifest)
     _move_into_place(staging, entry)
     return manifest
-
-
-def _staging(entry: Path) -> Path:
-    """An empty folder beside ``entry`` to write it in; ``_move_into_place`` publishes it, so
-    an interrupted write never leaves a half entry under the entry's name."""
-    return staging_folder(entry)
 
 
 def _move_into_place(staging: Path, entry: Path) -> None:
@@ -657,7 +651,7 @@ def _copy_shipped(zoo: ZooConfig, part: str, entry: Path, seed: int) -> bool:
     shipped = shipped_dir(zoo, part, seed)
     if verify(shipped) is not None:
         return False
-    staging = _staging(entry)
+    staging = staging_folder(entry)  # published by _move_into_place
     shutil.copytree(shipped, staging)
     _move_into_place(staging, entry)
     return True
