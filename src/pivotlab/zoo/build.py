@@ -282,7 +282,7 @@ class _Data:
             self.cache[key] = make()
         return self.cache[key]
 
-    def pretraining(self) -> pretraining.ImageSet:
+    def pretraining_images(self) -> pretraining.ImageSet:
         """Half full scenes, half single-object scenes (the probe's kind of image, from the
         train split's probe stream, disjoint from the probe sets' val and test streams)."""
         z = self.zoo
@@ -403,7 +403,7 @@ def _encoder_quality(tower, processor, has_cls: bool, data: _Data) -> dict:
 def _build_encoder(spec: EncoderSpec, zoo: ZooConfig, data: _Data, seed: int):
     tokenizer = world_tokenizer()
     processor = _siglip_processor(zoo)
-    scenes = data.pretraining()
+    scenes = data.pretraining_images()
     pixels = _pixels(processor, scenes.images)
     captions = tokenizer(
         scenes.captions,
@@ -458,7 +458,7 @@ def _build_teacher(spec: TeacherSpec, zoo: ZooConfig, data: _Data, seed: int):
     size = {"shortest_edge": zoo.image_size}
     crop = {"height": zoo.image_size, "width": zoo.image_size}
     processor = BitImageProcessorPil(size=size, crop_size=crop, image_mean=mean, image_std=std)
-    scenes = data.pretraining()
+    scenes = data.pretraining_images()
     pixels = _pixels(processor, scenes.images)
     torch.manual_seed(seed)
     model = Dinov2Model(
