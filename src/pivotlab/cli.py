@@ -444,7 +444,7 @@ CELL_SUMMARY = ("color", "shape", "size")
 
 
 def _zoo_table(zoo: str, cache: Path | None, seed: int) -> None:
-    from pivotlab.zoo.build import checks, manifests
+    from pivotlab.zoo.build import checks, manifests, probes_outdated
 
     found = manifests(zoo, cache, seed)
     header = ("part", "class", "params", "seconds", "GFLOPs", "samples")
@@ -455,10 +455,12 @@ def _zoo_table(zoo: str, cache: Path | None, seed: int) -> None:
             summary = f"held-out perplexity {measured['heldout_perplexity']:.2f}"
             if "symbolic_accuracy" in measured:
                 summary += f", symbolic scenes {measured['symbolic_accuracy']['all']:.3f}"
+        elif probes_outdated(manifest):
+            summary = "measured with older probes: `pivotlab zoo build` measures it again"
         else:
             probe, shape = measured["linear_probe_shape_color"], measured["linear_probe_shape"]
-            miou = measured["segmentation_miou"]
-            summary = f"linear probe {probe:.3f} (shape {shape:.3f}), seg mIoU {miou:.3f}"
+            recall = measured["segmentation_patch_recall"]
+            summary = f"linear probe {probe:.3f} (shape {shape:.3f}), seg recall {recall:.3f}"
             if "cell_probe_shape" in measured:
                 cells = "/".join(f"{measured[f'cell_probe_{a}']:.2f}" for a in CELL_SUMMARY)
                 summary += f", cells {cells} (colour/shape/size)"

@@ -14,6 +14,7 @@ from transformers.utils import logging as hf_logging
 from pivotlab.cli import main
 from pivotlab.model import assemble
 from pivotlab.zoo import build as zoo_build
+from pivotlab.zoo import quality
 from pivotlab.zoo.build import (
     ZOOS,
     ZooError,
@@ -97,6 +98,32 @@ def test_a_truncated_file_is_detected_and_rebuilt(tiny_zoo: Path) -> None:
     assert "unusable (model.safetensors does not match its sha256); rebuilding" in messages[0]
     assert verify(entry) is None
     assert AutoModel.from_pretrained(entry) is not None
+
+
+@pytest.mark.parametrize("part", ["enc-s", "vfm"])
+def test_figures_from_older_probes_are_measured_again_from_the_saved_weights(
+    tiny_zoo: Path, part: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    entry = entry_dir(ZOOS["tiny"], part, tiny_zoo)
+    path = entry / "zoo_part.json"
+    built = json.loads(path.read_text())
+    assert built["probe_protocol"] == quality.PROBE_PROTOCOL
+    older_figures = {"linear_probe_shape_color": 0.5, "segmentation_patch_accuracy": 0.9}
+    older = {**built, "quality": older_figures}
+    del older["probe_protocol"]  # manifests before the protocol was recorded
+    path.write_text(json.dumps(older))
+    # no ordering compares figures of two protocols: every check needs vfm or enc-s
+    remaining = [check.name for check in checks(manifests("tiny", tiny_zoo))]
+    assert remaining == ([] if part == "enc-s" else ["linear probe: random-init < enc-s < enc-m"])
+    assert main(["zoo", "list", "--zoo", "tiny", "--cache", str(tiny_zoo)]) == 0
+    assert "measured with older probes" in capsys.readouterr().out
+    messages: list[str] = []
+    build((part,), zoo="tiny", cache=tiny_zoo, log=messages.append)
+    assert messages[-1] == f"zoo: {part} quality measured again (probe protocol 1 -> 2)"
+    # the saved weights (and enc-s's seeded random initialisation, rebuilt) give back
+    # exactly the figures measured when the part was built; the weights are untouched
+    assert json.loads(path.read_text()) == built
+    assert verify(entry) is None
 
 
 def test_zoo_parts_assemble_by_path(tiny_zoo: Path) -> None:

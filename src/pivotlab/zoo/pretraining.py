@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from pivotlab.io import read_jsonl
+from pivotlab.probes import patch_class_counts
 from pivotlab.world import vocab
 from pivotlab.world.corpus import world_records
 from pivotlab.world.generate import WorldConfig, render_probe_scenes, render_scenes
@@ -71,11 +72,7 @@ def cell_targets(cells: list[Cell]) -> list[list[int]]:
 
 def _patch_histograms(semantic: np.ndarray, patch: int) -> np.ndarray:
     """(patches, classes): the share of each semantic class inside each patch, row-major."""
-    side = semantic.shape[0] // patch
-    blocks = semantic[: side * patch, : side * patch].reshape(side, patch, side, patch)
-    blocks = blocks.transpose(0, 2, 1, 3).reshape(side * side, patch * patch)
-    counts = np.stack([(blocks == c).sum(axis=1) for c in range(N_CLASSES)], axis=1)
-    return counts / (patch * patch)
+    return patch_class_counts(semantic, patch, N_CLASSES) / (patch * patch)
 
 
 def scene_images(split: str, n: int, size: int, patch: int) -> ImageSet:

@@ -1,12 +1,13 @@
-"""Quality checks of zoo parts: linear probe, patch-level segmentation probe, perplexity.
+"""Quality checks of zoo parts: linear probe, patch segmentation probe, cell probe, perplexity.
 
-Every encoder is read the same way here: the final layer's tokens (``last_hidden_state``),
-CLS dropped, mean-pooled for the linear probe and per patch for the segmentation probe; the
-cell probe reads the hidden state an MLLM's projector takes (``vision_feature_layer``).
-Probes are scikit-learn logistic regressions with a fixed regularisation (C = 1 on
-standardised features): nothing is tuned, so nothing is tuned on the test split. The
-analysis layer's probes (validation-selected, with intervals) are the study's instrument;
-these checks only order the zoo's parts.
+The probes are ``pivotlab.probes``, the instrument the analysis layer uses on post-trained
+encoders, so a part's figures here and a study's encoder rows mean the same thing. Every
+encoder is read the same way: the final layer's tokens (``last_hidden_state``), CLS dropped,
+mean-pooled for the linear probe (the logistic probe, C chosen on a validation split of
+train) and per patch for the segmentation probe (the MLP head on union labels; mIoU of its
+argmax against each patch's majority class); the cell probe reads the hidden state an
+MLLM's projector takes (``vision_feature_layer``) with the same logistic probe. Intervals are
+left to the analysis layer: these checks only order the zoo's parts.
 """
 
 from __future__ import annotations
@@ -15,9 +16,17 @@ import math
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
+
+from pivotlab.probes import (
+    labels_from_counts,
+    logistic_probe,
+    segmentation_logits,
+    segmentation_scores,
+)
+
+# Bumped when a probe's definition changes: a cached part measured under another protocol
+# has its quality measured again (zoo.build), since its weights are still good.
+PROBE_PROTOCOL = 2
 
 
 @torch.inference_mode()
@@ -34,24 +43,14 @@ def hidden_patch_tokens(
     return torch.cat(chunks)
 
 
-def _fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray) -> np.ndarray:
-    # One BLAS thread: OpenBLAS's threads and torch's OpenMP threads in one process fight
-    # over the cores, and small fits ran several times slower with two (docs/performance.md).
-    with threadpool_limits(limits=1, user_api="blas"):
-        scaler = StandardScaler().fit(train_x)
-        model = LogisticRegression(C=1.0, max_iter=1000)
-        model.fit(scaler.transform(train_x), train_y)
-        return model.predict(scaler.transform(test_x))
-
-
 def linear_probe(
     train_tokens: torch.Tensor,
     train_labels: list[str],
     test_tokens: torch.Tensor,
     test_labels: list[str],
 ) -> float:
-    """Top-1 accuracy of a logistic regression on mean-pooled tokens."""
-    predicted = _fit_predict(
+    """Top-1 accuracy of the logistic probe on mean-pooled tokens."""
+    predicted, _ = logistic_probe(
         train_tokens.mean(1).numpy(), np.array(train_labels), test_tokens.mean(1).numpy()
     )
     return float((predicted == np.array(test_labels)).mean())
@@ -63,20 +62,12 @@ def segmentation_probe(
     test_tokens: torch.Tensor,
     test_shares: torch.Tensor,
 ) -> dict[str, float]:
-    """Per-patch logistic regression onto each patch's majority class: patch accuracy and
-    mIoU over the classes present in the test patches (confusion accumulated over all)."""
-    width = train_tokens.shape[-1]
-    train_y = train_shares.argmax(-1).reshape(-1).numpy()
-    test_y = test_shares.argmax(-1).reshape(-1).numpy()
-    predicted = _fit_predict(
-        train_tokens.reshape(-1, width).numpy(), train_y, test_tokens.reshape(-1, width).numpy()
-    )
-    ious = []
-    for c in np.unique(test_y):
-        intersection = np.sum((predicted == c) & (test_y == c))
-        union = np.sum((predicted == c) | (test_y == c))
-        ious.append(intersection / union)
-    return {"patch_accuracy": float((predicted == test_y).mean()), "miou": float(np.mean(ious))}
+    """Patch recall, precision, F1 and mIoU of the segmentation probe's MLP head, from each
+    patch's class shares (N, patches, classes)."""
+    train_union, _ = labels_from_counts(train_shares.numpy())
+    test_union, test_majority = labels_from_counts(test_shares.numpy())
+    logits = segmentation_logits(train_tokens, train_union, test_tokens)
+    return segmentation_scores(logits, test_union, test_majority)
 
 
 def cell_probe(
@@ -86,8 +77,8 @@ def cell_probe(
     test_cells: torch.Tensor,
     attributes: tuple[str, ...],
 ) -> dict[str, float]:
-    """Per-patch logistic regression onto each attribute of the patch's symbolic cell,
-    scored on the test patches that hold an object (an empty cell has no colour to read)."""
+    """Per-patch logistic probe onto each attribute of the patch's symbolic cell, scored on
+    the test patches that hold an object (an empty cell has no colour to read)."""
     width = train_tokens.shape[-1]
     train_x, test_x = train_tokens.reshape(-1, width), test_tokens.reshape(-1, width)
     train_y, test_y = (
@@ -97,7 +88,7 @@ def cell_probe(
     holds = test_y[:, 0] > 0  # the colour class is "none" exactly for empty cells
     scores = {}
     for k, name in enumerate(attributes):
-        predicted = _fit_predict(train_x.numpy(), train_y[:, k].numpy(), test_x[holds].numpy())
+        predicted, _ = logistic_probe(train_x.numpy(), train_y[:, k].numpy(), test_x[holds].numpy())
         scores[name] = float((predicted == test_y[holds, k].numpy()).mean())
     return scores
 
