@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pivotlab import __version__
 from pivotlab.cache import cache_root
+from pivotlab.configtree import add_options, comma_separated, from_options
 from pivotlab.errors import PivotlabError, one_line
 from pivotlab.model.folders import check_saved_mllm
 
@@ -100,10 +101,6 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _csv(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
-
-
 def _add_world(verbs: argparse._SubParsersAction) -> None:
     world = verbs.add_parser("world", help="generate and inspect the synthetic visual world")
     world_verbs = world.add_subparsers(dest="world_verb", required=True, parser_class=_Parser)
@@ -134,7 +131,7 @@ def _add_world(verbs: argparse._SubParsersAction) -> None:
     )
     gen.add_argument(
         "--tasks",
-        type=_csv,
+        type=comma_separated,
         default=None,
         help=lambda: f"comma-separated task names from: {_world_tasks()} (default: the preset's)",
     )
@@ -350,53 +347,23 @@ def _model_parts(args: argparse.Namespace) -> None:
 
 
 def _add_evaluate(verbs: argparse._SubParsersAction) -> None:
+    from pivotlab.evaluate.config import EvalConfig
+
     run = verbs.add_parser("evaluate", help="VQA accuracy by category of a saved MLLM on a split")
-    run.add_argument("--model", type=Path, required=True, help="a saved MLLM folder")
-    run.add_argument(
-        "--data", type=Path, required=True, help="a world split (or a folder in its format)"
-    )
-    run.add_argument(
-        "--out", type=Path, required=True, help="run folder for predictions and metrics"
-    )
-    run.add_argument(
-        "--categories", type=_csv, default=(), help="comma-separated categories (default: all)"
-    )
-    run.add_argument("--limit", type=int, default=None, help="evaluate the first N questions only")
-    run.add_argument("--batch-size", type=int, default=16, help="questions per batch (default: 16)")
-    run.add_argument(
-        "--max-new-tokens", type=int, default=16, help="generation length (default: 16)"
-    )
-    run.add_argument(
-        "--likelihood",
-        action="store_true",
-        help="multiple choice by option log-likelihood instead of generation",
-    )
-    run.add_argument(
-        "--blind", action="store_true", help="replace every image by a blank (baseline)"
-    )
-    run.add_argument("--seed", type=int, default=0, help="the seed written with every metric row")
+    add_options(run, EvalConfig)
     run.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     run.set_defaults(handler=_evaluate)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    if (args.out / "predictions.jsonl").exists() and not args.overwrite:
-        raise UsageError(f"{PROG}: {args.out} already holds an evaluation; pass --overwrite")
-    check_saved_mllm(args.model)
-    from pivotlab.evaluate import EvalConfig, evaluate
+    from pivotlab.evaluate.config import EvalConfig
 
-    cfg = EvalConfig(
-        model=str(args.model),
-        data=str(args.data),
-        out=str(args.out),
-        categories=args.categories,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        likelihood=args.likelihood,
-        blind=args.blind,
-        seed=args.seed,
-    )
+    cfg = from_options(EvalConfig, args)
+    if (Path(cfg.out) / "predictions.jsonl").exists() and not args.overwrite:
+        raise UsageError(f"{PROG}: {cfg.out} already holds an evaluation; pass --overwrite")
+    check_saved_mllm(cfg.model)
+    from pivotlab.evaluate import evaluate
+
     report = evaluate(cfg)
     print(f"{'metric':14s} {'category':15s} {'task':8s} {'value':>6s} {'95% CI':>15s} {'n':>6s}")
     for row in report.metrics:
@@ -407,9 +374,7 @@ def _evaluate(args: argparse.Namespace) -> None:
             f"{row['metric']:14s} {row.get('category', '-'):15s} {row.get('task', '-'):8s} "
             f"{100 * row['value']:6.1f} {interval:>15s} {row['n']:6d}"
         )
-    print(
-        f"wrote {args.out} ({len(report.predictions)} questions, {report.items_per_second:.1f}/s)"
-    )
+    print(f"wrote {cfg.out} ({len(report.predictions)} questions, {report.items_per_second:.1f}/s)")
 
 
 def _add_zoo(verbs: argparse._SubParsersAction) -> None:
@@ -434,7 +399,10 @@ def _add_zoo(verbs: argparse._SubParsersAction) -> None:
         verb.add_argument("--seed", type=int, default=0, help="pretraining seed (default: 0)")
         if name == "build":
             verb.add_argument(
-                "--parts", type=_csv, default=None, help="comma-separated parts (default: all)"
+                "--parts",
+                type=comma_separated,
+                default=None,
+                help="comma-separated parts (default: all)",
             )
             verb.add_argument("--force", action="store_true", help="rebuild even if cached")
         verb.set_defaults(handler=_zoo_build if name == "build" else _zoo_list)
@@ -531,100 +499,24 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _add_analyze(verbs: argparse._SubParsersAction) -> None:
-    from pivotlab.analysis import ANALYSES
+    from pivotlab.analysis.config import AnalyzeConfig
 
     run = verbs.add_parser(
         "analyze", help="probe, saliency and alignment analyses of encoders and MLLMs"
     )
-    run.add_argument(
-        "analysis", choices=(*ANALYSES, "all"), help="which analysis ('all': every one)"
-    )
-    run.add_argument(
-        "--encoder",
-        action="append",
-        default=[],
-        metavar="[NAME=]SOURCE",
-        help="an encoder: exported folder, MLLM folder, zoo:enc-s, random:<source>; repeatable",
-    )
-    run.add_argument(
-        "--model",
-        action="append",
-        default=[],
-        metavar="[NAME=]DIR",
-        help="a saved MLLM (its encoder is probed too); repeatable",
-    )
-    run.add_argument(
-        "--data", type=Path, required=True, help="world split the probes are fitted on"
-    )
-    run.add_argument(
-        "--eval-data", type=Path, default=None, help="world split everything is measured on"
-    )
-    run.add_argument(
-        "--out", type=Path, required=True, help="run folder (metrics, table, pictures)"
-    )
-    run.add_argument(
-        "--layer",
-        type=int,
-        default=-1,
-        help="encoder hidden state (default: -1, the layer an MLLM feeds its projector)",
-    )
-    run.add_argument("--pooling", choices=("mean", "cls"), default="mean", help="probe pooling")
-    run.add_argument("--projector", action="store_true", help="probe features after the projector")
-    run.add_argument(
-        "--labels",
-        type=_csv,
-        default=("shape", "color", "shape_color"),
-        help="classification labels to probe (default: shape,color,shape_color)",
-    )
-    run.add_argument(
-        "--head",
-        type=_csv,
-        default=("mlp", "linear"),
-        help="segmentation probe heads, comma-separated: mlp, linear (default: mlp,linear)",
-    )
-    run.add_argument("--epochs", type=int, default=5, help="segmentation probe epochs")
-    run.add_argument(
-        "--limit", type=int, default=None, help="items per model analysis (default: all)"
-    )
-    run.add_argument("--teacher", default=None, help="encoder for the layer-wise curve (zoo:vfm)")
-    run.add_argument("--lm", default=None, help="MLLM whose LM aligns with every --encoder")
-    run.add_argument(
-        "--cache",
-        type=Path,
-        default=None,
-        help="feature cache folder (default: $PIVOTLAB_CACHE/features or "
-        "~/.cache/pivotlab/features)",
-    )
-    run.add_argument("--seed", type=int, default=0, help="seed of the probes and random inits")
+    add_options(run, AnalyzeConfig)
     run.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     run.set_defaults(handler=_analyze)
 
 
 def _analyze(args: argparse.Namespace) -> None:
-    from pivotlab.analysis import ANALYSES
-    from pivotlab.analysis.suite import AnalyzeConfig, named_source, run_analyses
+    from pivotlab.analysis.config import AnalyzeConfig
 
     if (args.out / "metrics.jsonl").exists() and not args.overwrite:
         raise UsageError(f"{PROG}: {args.out} already holds an analysis; pass --overwrite")
-    cfg = AnalyzeConfig(
-        analyses=ANALYSES if args.analysis == "all" else (args.analysis,),
-        data=args.data,
-        eval_data=args.eval_data,
-        out=args.out,
-        encoders=[named_source(e) for e in args.encoder],
-        models=[named_source(m) for m in args.model],
-        layer=args.layer,
-        pooling=args.pooling,
-        projector=args.projector,
-        labels=args.labels,
-        head=args.head,
-        epochs=args.epochs,
-        limit=args.limit,
-        seed=args.seed,
-        teacher=args.teacher,
-        lm=args.lm,
-        cache=args.cache,
-    )
+    cfg = from_options(AnalyzeConfig, args)
+    from pivotlab.analysis.suite import run_analyses
+
     run_analyses(cfg, log=lambda line: print(line, file=sys.stderr))
     print((args.out / "table.md").read_text(), end="")
     print(f"wrote {args.out}")

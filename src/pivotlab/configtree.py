@@ -1,9 +1,14 @@
 """Config trees: nested mappings from YAML, dotted ``key=value`` overrides, and typed
 dataclass trees built from them with errors naming the dotted key. Shared by stage configs
-(``train/config.py``) and study presets (``study/config.py``); below every layer."""
+(``train/config.py``) and study presets (``study/config.py``); below every layer.
+
+Also a run config's command-line options, derived from its dataclass (``add_options``,
+``from_options``), so a field added to a config is an option with nothing else to edit.
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import types
 import typing
@@ -119,3 +124,77 @@ def set_dotted(
         node.pop(last, None)
     else:
         node[last] = value
+
+
+# ---------------------------------------------------------------------------- command line
+# transformers.HfArgumentParser derives options from dataclasses too, but it sets each
+# option's type from the annotation alone: it cannot read a comma-separated tuple, a
+# repeatable NAME=SOURCE pair or a positional argument, and importing it costs about half a
+# second on every command. The metadata keys below say what the annotation cannot.
+
+
+def cli_field(help: str, *, default: Any = dataclasses.MISSING, **cli: Any) -> Any:
+    """A dataclass field with its command-line option: ``help`` (required), and optionally
+    ``flag`` (default ``--name-with-dashes``), ``positional``, ``metavar``, ``choices``,
+    ``parse`` (a ``str -> value`` function used instead of the annotation), ``repeat`` (the
+    option may be given several times; the field is the list of parsed values)."""
+    metadata = {"help": help, **cli}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def comma_separated(value: str) -> tuple[str, ...]:
+    """``a, b,c`` -> ``("a", "b", "c")``."""
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _parser_of(kind: Any) -> Any:
+    """The ``str -> value`` function for an annotation: its non-None type."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        (kind,) = [k for k in typing.get_args(kind) if k is not type(None)]
+    if typing.get_origin(kind) is tuple:
+        return comma_separated
+    return kind
+
+
+def _option(field: dataclasses.Field, kind: Any) -> tuple[list[str], dict]:
+    meta = field.metadata
+    has_default = field.default is not dataclasses.MISSING
+    default = field.default if has_default else None
+    if field.default_factory is not dataclasses.MISSING:
+        has_default, default = True, field.default_factory()
+    options: dict[str, Any] = {"help": meta["help"]}
+    options.update({key: meta[key] for key in ("metavar", "choices") if key in meta})
+    if meta.get("positional"):
+        return [field.name], {**options, "type": meta.get("parse", _parser_of(kind))}
+    flag = meta.get("flag", "--" + field.name.replace("_", "-"))
+    options["dest"] = field.name
+    if kind is bool:
+        return [flag], {**options, "action": "store_true"}
+    options["type"] = meta.get("parse", _parser_of(kind))
+    if meta.get("repeat"):
+        options["action"] = "append"
+    if not has_default:
+        options["required"] = True
+    else:
+        options["default"] = default
+        if isinstance(default, tuple) and default:
+            options["help"] += f" (default: {','.join(map(str, default))})"
+    return [flag], options
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One option (or positional argument) per field of the dataclass ``cls``, each field
+    declared with ``cli_field``."""
+    kinds = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if "help" not in field.metadata:
+            raise TypeError(f"{cls.__name__}.{field.name} has no command-line help (cli_field)")
+        names, options = _option(field, kinds[field.name])
+        parser.add_argument(*names, **options)
+
+
+def from_options(cls: type, namespace: argparse.Namespace) -> Any:
+    """The dataclass ``cls`` from the options ``add_options`` declared."""
+    return cls(**{field.name: getattr(namespace, field.name) for field in dataclasses.fields(cls)})

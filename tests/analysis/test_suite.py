@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from pivotlab.analysis.config import AnalyzeConfig, named_source
 from pivotlab.analysis.features import AnalysisError
-from pivotlab.analysis.suite import AnalyzeConfig, comparison_table, measurement, named_source
+from pivotlab.analysis.suite import comparison_table, measurement
 from pivotlab.cli import main
 
 

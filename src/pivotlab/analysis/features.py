@@ -32,8 +32,8 @@ from torch import nn
 from transformers import LlavaConfig, PreTrainedModel
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
+from pivotlab.analysis.config import AnalysisError
 from pivotlab.cache import cache_root
-from pivotlab.errors import PivotlabError
 from pivotlab.images import open_image
 from pivotlab.io import read_jsonl
 from pivotlab.model import load, truncated_tower
@@ -50,10 +50,6 @@ PROBE_FILES = {
     "localisation": "probes/localisation.jsonl",
     "captions": "probes/captions.jsonl",
 }
-
-
-class AnalysisError(PivotlabError):
-    """An encoder, data folder or option an analysis cannot use; the message is one line."""
 
 
 @dataclass

@@ -10,13 +10,13 @@ is measured on ``eval_data``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 
 from threadpoolctl import threadpool_limits
 
-from pivotlab.analysis import ANALYSES, ENCODER_ANALYSES, MODEL_ANALYSES
-from pivotlab.analysis.features import AnalysisError, Encoder, FeatureSpec, load_encoder
+from pivotlab.analysis import ENCODER_ANALYSES, MODEL_ANALYSES
+from pivotlab.analysis.config import AnalyzeConfig
+from pivotlab.analysis.features import Encoder, FeatureSpec, load_encoder
 from pivotlab.io import (
     MiB,
     append_jsonl,
@@ -25,64 +25,6 @@ from pivotlab.io import (
     write_json_atomic,
     write_text_atomic,
 )
-
-
-@dataclass
-class AnalyzeConfig:
-    """One ``pivotlab analyze`` run; ``encoders`` and ``models`` are (name, source) pairs."""
-
-    analyses: tuple[str, ...]
-    data: Path
-    out: Path
-    encoders: list[tuple[str, str]] = field(default_factory=list)
-    models: list[tuple[str, str]] = field(default_factory=list)
-    eval_data: Path | None = None
-    layer: int = -1
-    pooling: str = "mean"
-    projector: bool = False
-    labels: tuple[str, ...] = ("shape", "color", "shape_color")
-    head: tuple[str, ...] = ("mlp", "linear")
-    epochs: int = 5
-    limit: int | None = None
-    seed: int = 0
-    teacher: str | None = None
-    lm: str | None = None
-    cache: Path | None = None
-
-    def __post_init__(self) -> None:
-        unknown = [a for a in self.analyses if a not in ANALYSES]
-        if unknown:
-            raise AnalysisError(
-                f"unknown analysis {unknown[0]!r}; expected one of {', '.join(ANALYSES)} or all"
-            )
-        if not self.encoders and not self.models:
-            raise AnalysisError("nothing to analyse: give --encoder or --model")
-        names = [name for name, _ in self.encoders + self.models]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise AnalysisError(f"name {repeated[0]!r} is given twice; name each one NAME=PATH")
-        if not self.models and not set(self.analyses) & set(ENCODER_ANALYSES):
-            raise AnalysisError(
-                f"{', '.join(self.analyses)} need(s) an MLLM: give --model (an encoder has no LM)"
-            )
-
-        probes_asked = set(self.analyses) & set(ENCODER_ANALYSES)
-        if probes_asked and (self.eval_data is None or self.eval_data == self.data):
-            raise AnalysisError(
-                "probes are fitted on --data and scored on --eval-data: give a different split "
-                "(e.g. the test split) as --eval-data"
-            )
-
-    @property
-    def measured_on(self) -> Path:
-        """The split every analysis reports on."""
-        return self.eval_data or self.data
-
-
-def named_source(text: str) -> tuple[str, str]:
-    """``NAME=PATH`` -> (NAME, PATH); a bare path is named after itself."""
-    name, sep, source = text.partition("=")
-    return (name, source) if sep and name and "/" not in name else (text, text)
 
 
 def _renamed(rows: list[dict], name: str) -> list[dict]:

@@ -1,14 +1,23 @@
-"""VQA evaluation by category: generation or likelihood, world scoring rules, bootstrap CIs."""
+"""VQA evaluation by category: generation or likelihood, world scoring rules, bootstrap CIs.
 
-from pivotlab.evaluate.metrics import accuracy_rows, bootstrap_interval, pair_outcomes
-from pivotlab.evaluate.runner import EvalConfig, EvalReport, evaluate, load_items
+The names below are imported on first use, so that the command line can read
+``evaluate.config`` (its options) without loading torch.
+"""
 
-__all__ = [
-    "EvalConfig",
-    "EvalReport",
-    "accuracy_rows",
-    "bootstrap_interval",
-    "evaluate",
-    "load_items",
-    "pair_outcomes",
-]
+from importlib import import_module
+from typing import Any
+
+_HOMES = {
+    "config": ("EvalConfig",),
+    "metrics": ("accuracy_rows", "bootstrap_interval", "pair_outcomes"),
+    "runner": ("EvalReport", "evaluate", "load_items"),
+}
+_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"pivotlab.evaluate.{_MODULE_OF[name]}"), name)

@@ -20,6 +20,7 @@ from PIL import Image
 
 from pivotlab import __version__
 from pivotlab.errors import PivotlabError
+from pivotlab.evaluate.config import EvalConfig
 from pivotlab.evaluate.metrics import accuracy_rows
 from pivotlab.images import first_unusable, open_image
 from pivotlab.io import MiB, check_output, read_jsonl, write_json_atomic, write_jsonl_atomic
@@ -29,30 +30,6 @@ from pivotlab.world.answers import LETTERS, score_reply
 
 REQUIRED_FIELDS = ("id", "image", "category", "task", "question", "answer")
 BLANK_GREY = (128, 128, 128)
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """One evaluation run; written to ``RUN/config.json``."""
-
-    model: str
-    data: str
-    out: str
-    categories: tuple[str, ...] = ()
-    limit: int | None = None
-    batch_size: int = 16
-    max_new_tokens: int = 16
-    likelihood: bool = False
-    blind: bool = False
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise PivotlabError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.max_new_tokens < 1:
-            raise PivotlabError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.limit is not None and self.limit < 1:
-            raise PivotlabError(f"limit must be at least 1, got {self.limit}")
 
 
 @dataclass

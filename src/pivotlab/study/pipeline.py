@@ -147,7 +147,8 @@ def _analysis_step(
     }
 
     def action() -> dict[str, Any]:
-        from pivotlab.analysis.suite import AnalyzeConfig, run_analyses
+        from pivotlab.analysis.config import AnalyzeConfig
+        from pivotlab.analysis.suite import run_analyses
 
         cfg = AnalyzeConfig(
             analyses=tuple(analyses),
