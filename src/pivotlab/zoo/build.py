@@ -185,8 +185,8 @@ ZOOS: dict[str, ZooConfig] = {
     "default": ZooConfig(
         name="default",
         parts={
-            "enc-s": EncoderSpec(width=96, depth=4, heads=3, steps=2000),
-            "enc-m": EncoderSpec(width=128, depth=6, heads=4, steps=3000),
+            "enc-s": EncoderSpec(width=96, depth=4, heads=3, steps=6000),
+            "enc-m": EncoderSpec(width=128, depth=6, heads=4, steps=9000),
             "vfm": TeacherSpec(width=128, depth=4, heads=4, steps=2000),
             "lm-s": LMSpec(width=128, depth=4, heads=4, kv_heads=2, steps=6000, **_RELATION),
             "lm-m": LMSpec(width=192, depth=6, heads=6, kv_heads=2, steps=8000, **_RELATION),
