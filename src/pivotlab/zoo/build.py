@@ -11,9 +11,10 @@
 
 Each part lives in ``<cache>/<zoo>/<part>-<key>/``: a ``save_pretrained`` folder (with its
 image processor or tokenizer) and ``zoo_part.json``: spec, compute (FLOPs, seconds, samples),
-quality (with the probe protocol it was measured under), and the sha256 of every file. ``key`` hashes the part's spec, the zoo's data recipe
-and the code versions, so a changed recipe builds a new entry; an entry whose files no longer
-match their hashes (a truncated download, a half-written copy) is rebuilt, never loaded.
+quality (with the probe protocol it was measured under), and the sha256 of every file.
+``key`` hashes the part's spec, the zoo's data recipe and the code versions, so a changed
+recipe builds a new entry; an entry whose files no longer match their hashes (a truncated
+download, a half-written copy) is rebuilt, never loaded.
 """
 
 from __future__ import annotations
