@@ -6,8 +6,7 @@ that checking a model folder (``model/folders.py``) imports no model library: a 
 folder is refused before torch and transformers load.
 """
 
-from importlib import import_module
-from typing import Any
+from pivotlab.lazy import lazy_exports
 
 _HOMES = {
     "assembly": ("AssemblyError", "BuildInfo", "assemble", "load", "save"),
@@ -26,12 +25,5 @@ _HOMES = {
     ),
     "presets": ("LM_PRESETS", "VISION_PRESETS"),
 }
-_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f"pivotlab.model.{_MODULE_OF[name]}"), name)
+__getattr__, __all__ = lazy_exports(__name__, _HOMES)
