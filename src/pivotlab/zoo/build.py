@@ -585,15 +585,18 @@ def _quality_of_saved(zoo: ZooConfig, part: str, entry: Path, data: _Data, seed:
     return measured
 
 
-def _measures_probes(zoo: ZooConfig, part: str) -> bool:
-    return isinstance(zoo.parts[part], EncoderSpec | TeacherSpec)
+def _has_probe_figures(measured: dict) -> bool:
+    """Whether quality figures come from the probes (an encoder's or the teacher's; a
+    language model's do not)."""
+    return "linear_probe_shape_color" in measured
 
 
 def probes_outdated(manifest: dict) -> bool:
-    """Whether a manifest's probe figures were measured with older probes than today's
-    (a language model's manifest has none)."""
-    measured_probes = "linear_probe_shape_color" in manifest["quality"]
-    return measured_probes and manifest.get("probe_protocol", 1) != quality.PROBE_PROTOCOL
+    """Whether a manifest's probe figures were measured with older probes than today's."""
+    return (
+        _has_probe_figures(manifest["quality"])
+        and manifest.get("probe_protocol", 1) != quality.PROBE_PROTOCOL
+    )
 
 
 def _measure_again(zoo: ZooConfig, part: str, entry: Path, data: _Data, seed: int) -> None:
@@ -633,7 +636,7 @@ def _write_entry(zoo: ZooConfig, part: str, entry: Path, data: _Data, seed: int)
         "seed": seed,
         "compute": asdict(compute),
         "quality": measured,
-        **({"probe_protocol": quality.PROBE_PROTOCOL} if _measures_probes(zoo, part) else {}),
+        **({"probe_protocol": quality.PROBE_PROTOCOL} if _has_probe_figures(measured) else {}),
         "pivotlab_version": __version__,
         "zoo_version": ZOO_VERSION,
         "files": files,
