@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from transformers.utils import logging as hf_logging
 
 from pivotlab.io import read_jsonl
+from pivotlab.model.parts import part_modules
 from pivotlab.train import StageConfig, load_config
 from pivotlab.world import WorldConfig, generate
 
@@ -88,3 +90,23 @@ def assert_same_curves(one: Path, two: Path, metrics: tuple[str, ...]) -> None:
     for metric in metrics:
         expected = pytest.approx(train_curve(two, metric), abs=LOSS_TOLERANCE)
         assert train_curve(one, metric) == expected, metric
+
+
+# A faster path that computes the same thing in another order: the equality it is held to.
+RELATIVE = 1e-5
+COSINE = 0.9999
+
+
+def part_gradients(model) -> dict[str, torch.Tensor]:
+    """Each trained part's gradient as one vector (the parameters the loss reaches: with
+    feature layer -2 the tower's last block does not)."""
+    gradients = {
+        part: [p.grad.flatten() for m in modules for p in m.parameters() if p.grad is not None]
+        for part, modules in part_modules(model).items()
+    }
+    return {part: torch.cat(grads) for part, grads in gradients.items() if grads}
+
+
+def assert_relative(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    error = ((actual - expected).abs() / expected.abs().clamp(min=1e-12)).max().item()
+    assert error <= RELATIVE, f"relative error {error:.2e}"

@@ -26,10 +26,9 @@ from pivotlab.train.prefix import (
 from pivotlab.train.refcache import ReferenceCacheError
 from pivotlab.train.stage_data import SAMPLE_INDEX, trl_dataset
 from pivotlab.train.trainers import StageDPOTrainer, speed_up_preferences
+from tests.train.conftest import COSINE, assert_relative, part_gradients
 
 PAIRS = 6
-RELATIVE = 1e-5
-COSINE = 0.9999
 
 
 @pytest.fixture(scope="module")
@@ -114,17 +113,6 @@ def sequence_logps(model, batch: dict) -> torch.Tensor:
     return model(**kwargs, labels=labels, fused_lm_head=True, use_cache=False).log_probs.sum(1)
 
 
-def part_gradients(model) -> dict[str, torch.Tensor]:
-    """Each part's gradient as one vector (the parameters the loss reaches: with feature
-    layer -2 the tower's last block does not)."""
-    return {
-        part: torch.cat(
-            [p.grad.flatten() for m in modules for p in m.parameters() if p.grad is not None]
-        )
-        for part, modules in part_modules(model).items()
-    }
-
-
 def loss_and_gradients(dpo: StageDPOTrainer, batch: dict, sharing: bool):
     for model in (dpo.model, dpo.ref_model):
         set_prefix_sharing(model, sharing)
@@ -134,11 +122,6 @@ def loss_and_gradients(dpo: StageDPOTrainer, batch: dict, sharing: bool):
     with torch.no_grad():
         logps = sequence_logps(dpo.model, batch)
     return loss.detach(), logps, part_gradients(dpo.model)
-
-
-def assert_relative(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    error = ((actual - expected).abs() / expected.abs().clamp(min=1e-12)).max().item()
-    assert error <= RELATIVE, f"relative error {error:.2e}"
 
 
 def assert_same_as_stock(dpo: StageDPOTrainer, batch: dict, shares: bool = True) -> None:

@@ -14,7 +14,9 @@ says which library version it mirrors:
   stage trainers and the reference cache read or run;
 - ``serve_reference_from_batch``, ``release_prepared_model``: switching a built
   ``DPOTrainer`` to reference log-probs carried in the batch;
-- ``cache_keyword``: the keyword the Llava backbone takes its key/value cache by.
+- ``cache_keyword``: the keyword the Llava backbone takes its key/value cache by;
+- ``fused_head_output``: the output object of TRL's fused LM head;
+- ``count_trained_tokens``: the token count ``SFTTrainer`` logs as ``num_tokens``.
 
 ``TESTED`` is the range of each library this module was checked against (``.ci/run`` runs the
 training tests on the pinned versions and on the newest the ranges allow); ``pyproject.toml``
@@ -228,3 +230,25 @@ def cache_keyword(backbone: torch.nn.Module | type) -> str | None:
 def accepts(backbone: torch.nn.Module | type, keyword: str) -> bool:
     """Whether the backbone's stock forward names ``keyword`` among its parameters."""
     return keyword in _forward_parameters(backbone)
+
+
+# --- TRL's fused LM head ----------------------------------------------------------------------
+
+
+def fused_head_output(**fields):
+    """TRL's ``FusedCausalLMOutput`` (TRL 1.16, ``trl.trainer.utils``; not exported at the
+    package's top): what a ``fused_lm_head=True`` call returns and TRL's losses read."""
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    return FusedCausalLMOutput(**fields)
+
+
+def count_trained_tokens(trainer, total: int) -> None:
+    """Set the running count of training tokens an ``SFTTrainer`` logs as ``num_tokens``.
+
+    Mirrors TRL 1.16: ``SFTTrainer.compute_loss`` adds each training batch's tokens (its
+    attention mask's sum, or a padding-free batch's width) to ``_total_train_tokens`` and
+    puts the total in ``_metrics[mode]["num_tokens"]``.
+    """
+    trainer._total_train_tokens = total
+    trainer._metrics["train"]["num_tokens"] = [total]

@@ -26,6 +26,7 @@ from pivotlab.model.parts import ALIGN_HEAD, PARTS
 STAGES: tuple[str, ...] = ("align", "full", "post")
 OBJECTIVES: tuple[str, ...] = ("sft", "dpo", "ipo", "mpo", "grpo")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+SPEEDS: tuple[str, ...] = ("auto", "fast", "stock")  # train/speed.py
 # GRPOConfig fields that would decouple generation from the shared schedule of records.
 GRPO_SCHEDULE_KEYS: tuple[str, ...] = (
     "num_iterations",
@@ -106,7 +107,9 @@ STAGE_FORMATS: dict[str, tuple[str, ...]] = {
 class TrainSection:
     """Optimisation. ``batch_size`` is the global batch (per device x accumulation x
     processes); ``lr`` is one rate or one per part (``{vision: 2e-6, projector: 1e-5,
-    lm: 1e-5}``); ``steps`` wins over ``epochs``."""
+    lm: 1e-5}``); ``steps`` wins over ``epochs``. ``speed`` chooses the SFT objectives'
+    exact speed-ups (``auto``: on when training on the CPU; ``fast``; ``stock``: TRL's path;
+    ``train/speed.py``)."""
 
     parts: list[str] | None = None
     lr: float | dict[str, float] = 1e-5
@@ -120,6 +123,7 @@ class TrainSection:
     max_grad_norm: float = 1.0
     max_length: int | None = None
     precision: str = "fp32"
+    speed: str = "auto"
     logging_steps: int = 10
     save_steps: int | None = None
     save_total_limit: int | None = 2
@@ -328,6 +332,7 @@ def validate(cfg: StageConfig, source: str = "config") -> None:
     _check_choice(cfg.stage, STAGES, "stage", source)
     _check_choice(cfg.post.objective, OBJECTIVES, "post.objective", source)
     _check_choice(cfg.train.precision, PRECISIONS, "train.precision", source)
+    _check_choice(cfg.train.speed, SPEEDS, "train.speed", source)
     _check_choice(cfg.post.on_policy.mix, ("replace", "add"), "post.on_policy.mix", source)
     for part in cfg.parts:
         _check_choice(part, PARTS, "train.parts", source)

@@ -72,6 +72,7 @@ from pivotlab.train.rundir import (
     run_mean_loss,
     space_needed,
 )
+from pivotlab.train.speed import Levers, choose_levers
 from pivotlab.train.stage_data import (
     SAMPLE_INDEX,
     check_images,
@@ -285,7 +286,8 @@ def stage_trainer(
     out,
     alignment: VisualAlignment | None = None,
 ):
-    """The TRL trainer of the stage's objective, with pivotlab's mixin."""
+    """The TRL trainer of the stage's objective, with pivotlab's mixin (and, for the SFT
+    objectives, the speed-ups ``train.speed`` chooses for this device)."""
     from trl import DPOConfig, SFTConfig
 
     shared = {
@@ -319,7 +321,8 @@ def stage_trainer(
             **shared,
         )
     sft_args = SFTConfig(**args, assistant_only_loss=cfg.stage == "full")
-    return StageSFTTrainer(args=sft_args, **shared)
+    levers = choose_levers(cfg, on_cpu=bool(args.get("use_cpu")))
+    return StageSFTTrainer(args=sft_args, levers=levers, **shared)
 
 
 def grpo_trainer(cfg: StageConfig, args: dict, shared: dict) -> StageGRPOTrainer:
@@ -582,6 +585,7 @@ def run_stage(
         "tokens_per_s": trainer.tokens_seen / wall,
         "total_flos": trainer.state.total_flos,
         "train_loss": run_mean_loss(result.training_loss, trainer.state.global_step, before),
+        "speed": {"setting": cfg.train.speed, **getattr(trainer, "levers", Levers()).to_dict()},
         "heldout": heldout,
     }
     if isinstance(trainer, StageGRPOTrainer):

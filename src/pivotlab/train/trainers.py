@@ -50,9 +50,11 @@ from pivotlab.train.adapter import (
     GRPOInternals,
     TrainerInternals,
     check_versions,
+    count_trained_tokens,
     loss_sum,
     save_checkpoint_now,
 )
+from pivotlab.train.packing import SEQUENCE_TOKENS
 from pivotlab.train.prefix import install_prefix_sharing
 from pivotlab.train.refcache import use_reference_cache
 from pivotlab.train.rundir import (
@@ -61,6 +63,7 @@ from pivotlab.train.rundir import (
     checkpoint_complete,
     keep_arguments_as_json,
 )
+from pivotlab.train.speed import Levers, speed_up_instructions
 from pivotlab.train.stage_data import SAMPLE_INDEX
 from pivotlab.train.viral import VisualAlignment
 
@@ -163,8 +166,9 @@ class StageTrainerMixin(TrainerInternals):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         indices = inputs.pop(SAMPLE_INDEX, None)
+        tokens = inputs.pop(SEQUENCE_TOKENS, None)  # a packed batch has no attention mask
         if indices is not None and self.model.training:
-            self._record(indices, inputs["attention_mask"])
+            self._record(indices, inputs["attention_mask"].sum() if tokens is None else tokens)
         aligning = self.alignment is not None and self.model.training
         if aligning:
             self.alignment.clear()
@@ -193,9 +197,10 @@ class StageTrainerMixin(TrainerInternals):
             term = term / self.current_gradient_accumulation_steps
         return loss + self.alignment.weight * term
 
-    def _record(self, indices: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def _record(self, indices: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Log a micro-batch's records and count its real (not padding) tokens."""
         gathered = self.accelerator.gather(indices.to(self.accelerator.device)).tolist()
-        tokens = self.accelerator.gather(attention_mask.sum().reshape(1)).sum().item()
+        tokens = self.accelerator.gather(tokens.reshape(1)).sum().item()
         self.tokens_seen += int(tokens)
         self._log_consumed([gathered])
 
@@ -295,7 +300,20 @@ class StageTrainerMixin(TrainerInternals):
 
 
 class StageSFTTrainer(StageTrainerMixin, SFTTrainer):
-    """TRL's ``SFTTrainer`` for the align and full stages and the ``sft`` objective."""
+    """TRL's ``SFTTrainer`` for the align and full stages and the ``sft`` objective;
+    ``levers`` switch on ``train.speed``'s exact speed-ups (``train/speed.py``)."""
+
+    def __init__(self, *args: Any, levers: Levers | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.levers = speed_up_instructions(self, levers) if levers else Levers()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.levers.packed and self.model.training:
+            # TRL counts a padding-free batch's tokens as its width (one packed row); the
+            # stage's count is its rows' real tokens, what TRL counts in a padded batch.
+            count_trained_tokens(self, self.tokens_seen)
+        return result
 
 
 class StageDPOTrainer(StageTrainerMixin, DPOTrainer):
