@@ -277,8 +277,8 @@ def dpo(args) -> None:
             )
     ceiling = peaks()
     base = statistics.median(rates["stock"])
-    print(f"\n{'arm':6s} {'pairs/s':>8s} {'x stock':>8s} {'GFLOP/pair':>11s} {'executed GFLOP/s':>17s} "
-          f"{'of fp32 peak':>13s}")  # fmt: skip
+    print(f"\n{'arm':6s} {'pairs/s':>8s} {'x stock':>8s} {'GFLOP/pair':>11s} "
+          f"{'executed GFLOP/s':>17s} {'of fp32 peak':>13s}")  # fmt: skip
     for arm in DPO_ARMS:
         rate = statistics.median(rates[arm])
         executed = rate * flops[arm]

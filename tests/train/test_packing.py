@@ -82,7 +82,7 @@ def test_prepared_rows_are_trls_rows_up_to_their_last_label(pair) -> None:
         assert torch.equal(batch["input_ids"][n][:kept], ids[:kept])
         assert torch.equal(batch["labels"][n][:kept], labels[:kept])
         assert labels[kept - 1] != IGNORED and (labels[kept:] == IGNORED).all()
-    assert 0 < (lengths - batch["attention_mask"].sum(1)).sum()  # something was trimmed
+    assert (lengths - batch["attention_mask"].sum(1)).sum() > 0  # something was trimmed
 
 
 def test_a_row_and_an_image_go_through_trls_collator_once(pair) -> None:

@@ -16,10 +16,11 @@ def test_the_matrix_product_is_the_convolution(size) -> None:
     convolution = nn.Conv2d(3, 16, kernel_size=8, stride=8)
     pixels = torch.randn(4, 3, size, size, requires_grad=True)
     expected = convolution(pixels)
-    expected_grads = torch.autograd.grad(expected.square().sum(), [pixels, *convolution.parameters()])
+    inputs = [pixels, *convolution.parameters()]
+    expected_grads = torch.autograd.grad(expected.square().sum(), inputs)
     convolution.__class__ = PatchEmbedding
     actual = convolution(pixels)
-    grads = torch.autograd.grad(actual.square().sum(), [pixels, *convolution.parameters()])
+    grads = torch.autograd.grad(actual.square().sum(), inputs)
     assert actual.shape == expected.shape
     assert torch.allclose(actual, expected, atol=1e-5)
     for got, want in zip(grads, expected_grads, strict=True):

@@ -44,5 +44,5 @@ def test_the_preference_objectives_have_their_own_switches(preset, name) -> None
 
 
 def test_an_unknown_speed_is_refused(preset) -> None:
-    with pytest.raises(ConfigError, match="train.speed"):
+    with pytest.raises(ConfigError, match=r"train\.speed"):
         tiny_config("full", preset, "train.speed=turbo")

@@ -59,7 +59,8 @@ def mllm_ops(
     of VIRAL's head (applied to the visual tokens), 0 without VIRAL.
 
     TRL's fused LM head projects only the supervised positions on devices with Triton (CUDA
-    GPUs) and every position but the last elsewhere (``score_all``: the CPU)."""
+    GPUs) and every position but the last elsewhere (``score_all``: the CPU under
+    ``train.speed: stock``; the fast path's head projects the supervised ones there too)."""
     tower = vision_shape(arch.vision)
     lm = lm_shape(arch.text)
     image = arch.image_tokens

@@ -50,16 +50,26 @@ SEQUENCE_TOKENS = "sequence_tokens"  # batch key: real tokens of the rows, befor
 
 @dataclass(frozen=True)
 class Prepared:
-    """One row's tokens and labels, as TRL's collator makes them, without padding."""
+    """One row's tokens and labels as TRL's collator makes them, up to the row's last
+    supervised label (whole when it has none), and its length before that cut."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
+    tokens: int
 
-    def trimmed(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The row up to its last supervised label (whole when it has none)."""
-        supervised = (self.labels != IGNORED).nonzero()
-        end = int(supervised[-1]) + 1 if len(supervised) else len(self.labels)
-        return self.input_ids[:end], self.labels[:end]
+    @classmethod
+    def cut(cls, input_ids: torch.Tensor, labels: torch.Tensor) -> Prepared:
+        supervised = (labels != IGNORED).nonzero()
+        end = int(supervised[-1]) + 1 if len(supervised) else len(labels)
+        return cls(input_ids[:end].clone(), labels[:end].clone(), len(labels))
+
+
+def _unpredicted_start(labels: torch.Tensor) -> torch.Tensor:
+    """A sequence's labels with its first ignored: in a packed row no sequence predicts
+    across its start (the padded batch never reads a row's first label either)."""
+    labels = labels.clone()
+    labels[0] = IGNORED
+    return labels
 
 
 def image_paths(data: datasets.Dataset) -> datasets.Dataset:
@@ -69,10 +79,11 @@ def image_paths(data: datasets.Dataset) -> datasets.Dataset:
 
 
 def _image_key(image: Any) -> Any:
-    """Where an image comes from (its file), or the image itself when it has no file."""
+    """Where an image comes from (its file, or its bytes); None for an image in memory
+    without a file, which is processed on every call."""
     if isinstance(image, dict):
         return image.get("path") or image.get("bytes")
-    return getattr(image, "filename", None) or id(image)
+    return getattr(image, "filename", None) or None
 
 
 def _opened(image: Any) -> Image.Image:
@@ -140,7 +151,7 @@ class PreparedCollator:
 
     def _key(self, text: str, images: list) -> tuple | None:
         """The key of a row whose pieces are all kept, else None."""
-        if any(k not in self.pixels for k in images):
+        if any(k is None or k not in self.pixels for k in images):
             return None
         key = (text, tuple(tuple(self.pixels[k].shape) for k in images))
         return key if key in self.rows else None
@@ -159,7 +170,7 @@ class PreparedCollator:
         made = []
         for n, example in enumerate(examples):
             mask = batch["attention_mask"][n].bool()
-            row = Prepared(batch["input_ids"][n][mask], batch["labels"][n][mask])
+            row = Prepared.cut(batch["input_ids"][n][mask], batch["labels"][n][mask])
             pieces = list(split[n]) if split is not None else []
             for image, piece in zip(example.get("images") or [], pieces, strict=True):
                 self._keep_pixels(_image_key(image), piece)
@@ -168,58 +179,49 @@ class PreparedCollator:
         return made
 
     def _keep_pixels(self, key: Any, piece: torch.Tensor) -> None:
-        if key in self.pixels or self.pixel_bytes >= PIXEL_BUDGET:
+        if key is None or key in self.pixels or self.pixel_bytes >= PIXEL_BUDGET:
             return
         self.pixels[key] = piece
         self.pixel_bytes += piece.numel() * piece.element_size()
 
     def _padded(self, rows: list[Prepared], pixels: list[list[torch.Tensor]]) -> dict:
         """TRL's layout: every row right-padded to the longest."""
-        trimmed = [row.trimmed() for row in rows]
-        width = max(len(ids) for ids, _ in trimmed)
+        width = max(len(row.input_ids) for row in rows)
         batch = {
             "input_ids": torch.full((len(rows), width), self.pad_token_id, dtype=torch.long),
             "attention_mask": torch.zeros((len(rows), width), dtype=torch.long),
             "labels": torch.full((len(rows), width), IGNORED, dtype=torch.long),
         }
-        for n, (ids, labels) in enumerate(trimmed):
-            batch["input_ids"][n, : len(ids)] = ids
-            batch["attention_mask"][n, : len(ids)] = 1
-            batch["labels"][n, : len(ids)] = labels
+        for n, row in enumerate(rows):
+            batch["input_ids"][n, : len(row.input_ids)] = row.input_ids
+            batch["attention_mask"][n, : len(row.input_ids)] = 1
+            batch["labels"][n, : len(row.input_ids)] = row.labels
         return self._with_pixels(batch, [p for pieces in pixels for p in pieces])
 
     def _packed(self, rows: list[Prepared], pixels: list[list[torch.Tensor]]) -> dict:
         """The rows packed into ``ceil(tokens / PACK_TOKENS)`` rows, each sequence (longest
         first) into the emptiest, with their own position ids (see the module docstring)."""
-        trimmed = [row.trimmed() for row in rows]
-        lengths = [len(ids) for ids, _ in trimmed]
+        lengths = [len(row.input_ids) for row in rows]
         bins: list[list[int]] = [[] for _ in range(-(-sum(lengths) // PACK_TOKENS))]
         loads = [0] * len(bins)
         for n in sorted(range(len(rows)), key=lambda n: -lengths[n]):
             emptiest = loads.index(min(loads))
             bins[emptiest].append(n)
             loads[emptiest] += lengths[n]
-        shape = (len(bins), max(loads))
-        batch = {
-            "input_ids": torch.full(shape, self.pad_token_id, dtype=torch.long),
-            "labels": torch.full(shape, IGNORED, dtype=torch.long),
-            "position_ids": torch.zeros(shape, dtype=torch.long),
-        }
+        width = max(loads)
+        columns: dict[str, list[torch.Tensor]] = {"input_ids": [], "labels": [], "position_ids": []}
         placed = []
-        for b, members in enumerate(bins):
-            start = 0
-            for n in members:
-                ids, labels = trimmed[n]
-                end = start + len(ids)
-                batch["input_ids"][b, start:end] = ids
-                batch["labels"][b, start:end] = labels
-                batch["labels"][b, start] = IGNORED  # no sequence predicts across its start
-                batch["position_ids"][b, start:end] = torch.arange(len(ids))
-                start = end
-                placed.extend(pixels[n])
-            # The tail is padding with its own positions from 0: a sequence of its own.
-            batch["position_ids"][b, start:] = torch.arange(shape[1] - start)
-        batch[SEQUENCE_TOKENS] = torch.tensor(sum(len(row.input_ids) for row in rows))
+        for members, load in zip(bins, loads, strict=True):
+            tail = width - load  # padding with its own positions from 0: a sequence of its own
+            ids = [rows[n].input_ids for n in members]
+            labels = [_unpredicted_start(rows[n].labels) for n in members]
+            positions = [torch.arange(lengths[n]) for n in members]
+            columns["input_ids"].append(torch.cat([*ids, torch.full((tail,), self.pad_token_id)]))
+            columns["labels"].append(torch.cat([*labels, torch.full((tail,), IGNORED)]))
+            columns["position_ids"].append(torch.cat([*positions, torch.arange(tail)]))
+            placed.extend(p for n in members for p in pixels[n])
+        batch = {key: torch.stack(values) for key, values in columns.items()}
+        batch[SEQUENCE_TOKENS] = torch.tensor(sum(row.tokens for row in rows))
         return self._with_pixels(batch, placed)
 
     @staticmethod
