@@ -3,6 +3,7 @@
     python benchmarks/stage_throughput.py                      # Stage-1 full, 200 steps an arm
     python benchmarks/stage_throughput.py --steps 1642 --rounds 1   # the quick study's whole stage
     python benchmarks/stage_throughput.py --dpo                # a DPO step, as prefix_sharing.py
+    python benchmarks/stage_throughput.py --paired RUN_STOCK RUN_FAST   # two quick studies
 
 **SFT (the Stage-1 ``full`` stage).** The quick study's model (zoo ``enc-s`` + ``lm-s``
 assembled: step time does not depend on the weights), rows (every question of the tiny
@@ -26,6 +27,10 @@ model-FLOPs convention): *executed* FLOP/s is what the arm computed, padding and
 gradient) times the arm's rows per second. The ceiling is this machine's matrix multiply,
 measured in the same run: fp32 and bf16 ``torch.matmul`` at the shapes of the step and at
 2048^3, with the threads the arms use.
+
+**Two studies** (``--paired``): the Stage-1 model's accuracy in two study run folders (the
+quick study with ``train.speed=stock`` in every recipe and with the default), per category,
+and the difference with the study's paired bootstrap over the same test questions.
 
 **DPO** (``--dpo``): the Stage-2 step of the quick study (the same model, the tiny split's
 preference pairs, 32 pairs a step), pivotlab's path (prefix sharing and the reference
@@ -286,9 +291,30 @@ def dpo(args) -> None:
               f"{executed / 1e9:17.1f} {executed / ceiling['fp32']:12.1%}")  # fmt: skip
 
 
+# --- two quick studies ------------------------------------------------------------------------
+
+
+def paired(runs: list[Path]) -> None:
+    """Stage 1 of two study runs on the same test questions: accuracy per category and the
+    paired bootstrap difference (second minus first)."""
+    from pivotlab.study.stats import paired_accuracy_difference
+
+    rows = [read_jsonl(run / "seed0" / "eval" / "stage1" / "predictions.jsonl") for run in runs]
+    agree = sum(a["prediction"] == b["prediction"] for a, b in zip(*rows, strict=True))
+    print(f"{runs[0]} -> {runs[1]}: {len(rows[0])} questions, same reply on {agree}")
+    for category in sorted({r["category"] for r in rows[0]}):
+        accuracy = [statistics.mean(r["correct"] for r in rs if r["category"] == category)
+                    for rs in rows]  # fmt: skip
+        diff = paired_accuracy_difference({0: rows[0]}, {0: rows[1]}, category=category)
+        interval = f"[{diff['ci_low']:+.1%}, {diff['ci_high']:+.1%}]"
+        print(f"  {category:15s} {accuracy[0]:.1%} -> {accuracy[1]:.1%}: {diff['diff']:+.1%} "
+              f"{interval} over {diff['n_items']} questions")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dpo", action="store_true", help="the DPO step instead of SFT")
+    parser.add_argument("--paired", nargs=2, type=Path, metavar="RUN", help="two study runs")
     parser.add_argument("--arms", default=",".join(SFT_ARMS))
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps per arm")
     parser.add_argument("--rounds", type=int, default=2)
@@ -300,7 +326,10 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     if args.threads:
         torch.set_num_threads(args.threads)
-    dpo(args) if args.dpo else sft(args)
+    if args.paired:
+        paired(args.paired)
+    else:
+        dpo(args) if args.dpo else sft(args)
 
 
 if __name__ == "__main__":
