@@ -1,6 +1,6 @@
 """Which of the SFT objectives' exact speed-ups a stage uses (``train.speed``).
 
-The SFT objectives (align, full, ``post.objective: sft``) run TRL's ``SFTTrainer``. Three
+The SFT objectives (align, full, ``post.objective: sft``) run TRL's ``SFTTrainer``. Four
 levers change how a step is computed, never what it computes (``docs/performance.md``):
 
 - ``prepared``: each row's tokens, labels and pixels made once by TRL's collator and kept,
