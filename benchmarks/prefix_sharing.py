@@ -290,9 +290,9 @@ def profile(folder: Path, data, arm: str, steps: int, batch: int) -> None:
                 "forward": m,
             }
             for name, module in parts.items():
-                _time_module(module, f"{role} {name}", spent)
-        _time_method(trainer, "compute_loss", "policy+reference forward, loss", spent)
-        _time_method(trainer, "training_step", "training_step (forward+backward)", spent)
+                time_module(module, f"{role} {name}", spent)
+        time_method(trainer, "compute_loss", "policy+reference forward, loss", spent)
+        time_method(trainer, "training_step", "training_step (forward+backward)", spent)
         clock = StepClock()
         trainer.add_callback(clock)
         trainer.train()
@@ -303,7 +303,9 @@ def profile(folder: Path, data, arm: str, steps: int, batch: int) -> None:
         print(f"  {name:36s} {per_step:7.3f} s  {per_step / step:6.1%}")
 
 
-def _time_module(module, name: str, spent: dict) -> None:
+def time_module(module, name: str, spent: dict) -> None:
+    """Append each forward of ``module`` to ``spent[name]`` (wall seconds)."""
+
     def before(*_):
         module._started = time.perf_counter()
 
@@ -314,7 +316,8 @@ def _time_module(module, name: str, spent: dict) -> None:
     module.register_forward_hook(after)
 
 
-def _time_method(trainer, method: str, name: str, spent: dict) -> None:
+def time_method(trainer, method: str, name: str, spent: dict) -> None:
+    """Append each call of ``trainer.<method>`` to ``spent[name]`` (wall seconds)."""
     inner = getattr(trainer, method)
 
     def timed(*args, **kwargs):

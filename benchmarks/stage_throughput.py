@@ -3,6 +3,9 @@
     python benchmarks/stage_throughput.py                      # Stage-1 full, 200 steps an arm
     python benchmarks/stage_throughput.py --steps 1642 --rounds 1   # the quick study's whole stage
     python benchmarks/stage_throughput.py --dpo                # a DPO step, as prefix_sharing.py
+    python benchmarks/stage_throughput.py --profile --steps 40  # where each arm's step goes
+    python benchmarks/stage_throughput.py --arms fast --set trainer.torch_compile=true  # a lever
+    python benchmarks/stage_throughput.py --arms fast --without packed   # a lever's share
     python benchmarks/stage_throughput.py --paired RUN_STOCK RUN_FAST   # two quick studies
 
 **SFT (the Stage-1 ``full`` stage).** The quick study's model (zoo ``enc-s`` + ``lm-s``
@@ -28,8 +31,18 @@ gradient) times the arm's rows per second. The ceiling is this machine's matrix 
 measured in the same run: fp32 and bf16 ``torch.matmul`` at the shapes of the step and at
 2048^3, with the threads the arms use.
 
+**Where a step goes** (``--profile``): each arm's step split by forward hooks on the tower,
+the projector, the LM and the whole model (the LM head is the model's forward less its
+parts), and by timing the trainer's ``compute_loss`` and ``training_step`` (the backward is
+the second less the first) and the collator; the rest is the optimizer, the data loader and
+the callbacks. Means over steps 2..N.
+
+**One lever** (``--set KEY=VALUE``, ``--without LEVER``, ``--threads N``): every arm with
+config overrides (a setting to measure: a data-loader worker, ``torch.compile``, a batch),
+the fast arm without some of its levers (each lever's share), or another thread count.
+
 **Two studies** (``--paired``): the Stage-1 model's accuracy in two study run folders (the
-quick study with ``train.speed=stock`` in every recipe and with the default), per category,
+quick study with ``train.speed=stock`` in Stage 1's recipes and with the default), per category,
 and the difference with the study's paired bootstrap over the same test questions.
 
 **DPO** (``--dpo``): the Stage-2 step of the quick study (the same model, the tiny split's
@@ -41,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import statistics
 import sys
@@ -69,7 +83,7 @@ from pivotlab.train.stage_data import (
 )
 from pivotlab.train.stages import accumulation, stage_trainer, trl_arguments
 from pivotlab.world.hf import conversations
-from prefix_sharing import StepClock, dpo_trainer
+from prefix_sharing import StepClock, dpo_trainer, time_method, time_module
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SFT_ARMS = ("today", "fast", "trl")
@@ -97,6 +111,11 @@ def matmul_rate(dtype: torch.dtype, m: int, k: int, n: int, seconds: float = 0.5
     return statistics.median(rates)
 
 
+def share(executed: float, peak: float) -> str:
+    """``executed`` as a share of ``peak``; none where the peak is under it (bf16 emulated)."""
+    return f"{executed / peak:.1%}" if peak >= executed else "-"
+
+
 def peaks() -> dict[str, float]:
     """The best fp32 and bf16 matmul rate over ``PEAK_SHAPES`` (bf16 stops early: a CPU
     without native bf16 multiplies at a few GFLOP/s, and 2048^3 would take minutes)."""
@@ -117,9 +136,9 @@ def peaks() -> dict[str, float]:
 # --- the Stage-1 full stage -------------------------------------------------------------------
 
 
-def stage1_config(speed: str, steps: int):
+def stage1_config(speed: str, steps: int, overrides: list[str] = ()):
     """The quick study's Stage-1 ``full`` recipe (``configs/study/quick.yaml``) from the
-    assembled zoo parts, for ``steps`` steps."""
+    assembled zoo parts, for ``steps`` steps, with ``overrides`` (``--set``) last."""
     return load_config(
         CONFIGS / "tiny" / "full.yaml",
         [
@@ -131,6 +150,7 @@ def stage1_config(speed: str, steps: int):
             f"train.steps={steps}",
             f"train.speed={speed}",
             "train.logging_steps=1000000",
+            *overrides,
         ],
     )
 
@@ -144,9 +164,10 @@ def stage1_rows(cfg, seed: int = 0):
     return split, records, order
 
 
-def sft_trainer(arm: str, model, processor, split, records, order, out: Path, steps: int):
+def sft_trainer(arm: str, model, processor, split, records, order, out: Path, steps: int,
+                overrides: list[str] = ()):  # fmt: skip
     """The arm's trainer: the stage trainer as ``run_stage`` builds it, or TRL's own."""
-    cfg = stage1_config("fast" if arm == "fast" else "stock", steps)
+    cfg = stage1_config("fast" if arm == "fast" else "stock", steps, overrides)
     data = trl_dataset(records, split, stage="full", eos=processor.tokenizer.eos_token, order=order)
     args = trl_arguments(cfg, out, steps, accumulation(cfg, 1))
     if arm != "trl":
@@ -200,8 +221,22 @@ def timed(trainer) -> float:
     return len(spans) / sum(spans)
 
 
+def without_levers(names: list[str]) -> None:
+    """Make the stage trainers choose their levers less ``names`` (the fast arm's ablation;
+    packing needs the prepared rows, so without ``prepared`` nothing is packed)."""
+    import pivotlab.train.stages as stages
+
+    chosen = stages.choose_levers
+    off = dict.fromkeys(names, False) | ({"packed": False} if "prepared" in names else {})
+
+    def choose(cfg, on_cpu: bool):
+        return dataclasses.replace(chosen(cfg, on_cpu), **off)
+
+    stages.choose_levers = choose
+
+
 def sft(args) -> None:
-    cfg = stage1_config("stock", args.steps)
+    cfg = stage1_config("stock", args.steps, args.set)
     split, records, order = stage1_rows(cfg)
     model, processor = assemble("zoo:enc-s", "zoo:lm-s", seed=0)
     set_trainable(model, cfg.parts)
@@ -210,14 +245,16 @@ def sft(args) -> None:
         f"Stage-1 full: zoo enc-s + lm-s, {len(records)} questions of {split.name}, batch "
         f"{batch}, {args.steps} steps an arm, {args.rounds} round(s), torch "
         f"{torch.get_num_threads()} thread(s), {torch.backends.cpu.get_cpu_capability()}"
+        + (f", with {' '.join(args.set)}" if args.set else "")
+        + (f", fast without {', '.join(args.without)}" if args.without else "")
     )
     arms = [a for a in args.arms.split(",") if a in SFT_ARMS]
     with tempfile.TemporaryDirectory() as tmp:
         flops, tokens = {}, None
         for arm in arms:
             trainer = sft_trainer(arm, copy.deepcopy(model), processor, split, records,
-                                  order, Path(tmp) / f"f-{arm}", args.steps)  # fmt: skip
-            flops[arm] = flops_per_row(trainer, args.flop_batches, batch)
+                                  order, Path(tmp) / f"f-{arm}", args.steps, args.set)  # fmt: skip
+            flops[arm] = flops_per_row(trainer, args.flop_batches, cfg.train.per_device_batch_size)
             if arm != "fast" and tokens is None:
                 tokens = real_tokens(trainer, args.flop_batches)
         rates: dict[str, list[float]] = {arm: [] for arm in arms}
@@ -225,7 +262,7 @@ def sft(args) -> None:
             turn = arms[round_ % len(arms) :] + arms[: round_ % len(arms)]
             for arm in turn:
                 trainer = sft_trainer(arm, copy.deepcopy(model), processor, split, records,
-                                      order, Path(tmp) / arm, args.steps)  # fmt: skip
+                                      order, Path(tmp) / arm, args.steps, args.set)  # fmt: skip
                 rates[arm].append(timed(trainer) * batch)
                 del trainer
             print(f"  round {round_ + 1}: " + ", ".join(f"{a} {rates[a][-1]:.1f}" for a in arms))
@@ -241,16 +278,65 @@ def sft(args) -> None:
     for arm in arms:
         rate = statistics.median(rates[arm])
         executed = rate * flops[arm]
+        token_rate = f"{rate * tokens:9.0f}" if tokens else f"{'-':>9s}"  # none: fast arm alone
         print(
-            f"{arm:6s} {rate:10.1f} {rate / base:8.2f}x {rate * (tokens or 0):9.0f} "
+            f"{arm:6s} {rate:10.1f} {rate / base:8.2f}x {token_rate} "
             f"{flops[arm] / 1e9:10.3f} {executed / 1e9:17.1f} {rate * useful / 1e9:15.1f} "
-            f"{executed / ceiling['fp32']:12.1%} {executed / ceiling['bf16']:12.1%}   "
+            f"{executed / ceiling['fp32']:12.1%} {share(executed, ceiling['bf16']):>12s}   "
             + " ".join(f"{r:.1f}" for r in rates[arm])
         )
     print(
         f"ceiling: fp32 {ceiling['fp32'] / 1e9:.1f} GFLOP/s, bf16 {ceiling['bf16'] / 1e9:.1f} "
-        f"GFLOP/s; {tokens:.1f} real tokens per row"
+        f"GFLOP/s" + (f"; {tokens:.1f} real tokens per row" if tokens else "")
     )
+    if ceiling["bf16"] < ceiling["fp32"]:
+        print("bf16 multiplies slower than fp32 here: no native bf16 (AMX or AVX512-BF16) on this "
+              "CPU, so fp32 is the ceiling and bf16 autocast cannot pay")  # fmt: skip
+
+
+def timed_collator(collator, spent: dict):
+    """``collator``, each call appended to ``spent["collator"]`` (wall seconds)."""
+
+    def collate(rows):
+        start = time.perf_counter()
+        batch = collator(rows)
+        spent.setdefault("collator", []).append(time.perf_counter() - start)
+        return batch
+
+    return collate
+
+
+def profile(args) -> None:
+    """Seconds per step in each part of a Stage-1 step, for each arm (means of steps 2..N)."""
+    cfg = stage1_config("stock", args.steps, args.set)
+    split, records, order = stage1_rows(cfg)
+    model, processor = assemble("zoo:enc-s", "zoo:lm-s", seed=0)
+    set_trainable(model, cfg.parts)
+    with tempfile.TemporaryDirectory() as tmp:
+        for arm in [a for a in args.arms.split(",") if a in SFT_ARMS]:
+            trainer = sft_trainer(arm, copy.deepcopy(model), processor, split, records,
+                                  order, Path(tmp) / arm, args.steps, args.set)  # fmt: skip
+            spent: dict[str, list[float]] = {}
+            backbone = trainer.model.model
+            parts = {
+                "vision tower": backbone.vision_tower,
+                "projector": backbone.multi_modal_projector,
+                "LM (no head)": backbone.language_model,
+                "model forward (with head)": trainer.model,
+            }
+            for name, module in parts.items():
+                time_module(module, name, spent)
+            time_method(trainer, "compute_loss", "forward and loss", spent)
+            time_method(trainer, "training_step", "forward, loss and backward", spent)
+            trainer.data_collator = timed_collator(trainer.data_collator, spent)
+            clock = StepClock()
+            trainer.add_callback(clock)
+            trainer.train()
+            step = statistics.mean(clock.steps()[1:])
+            print(f"{arm}: {step * 1000:.1f} ms per optimizer step (mean of steps 2..{args.steps})")
+            for name, values in spent.items():
+                per_step = sum(values[len(values) // args.steps :]) / (args.steps - 1)
+                print(f"  {name:28s} {per_step * 1000:7.1f} ms  {per_step / step:6.1%}")
 
 
 # --- the DPO step ---------------------------------------------------------------------------
@@ -314,8 +400,14 @@ def paired(runs: list[Path]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dpo", action="store_true", help="the DPO step instead of SFT")
+    parser.add_argument("--profile", action="store_true", help="where each SFT arm's step goes")
     parser.add_argument("--paired", nargs=2, type=Path, metavar="RUN", help="two study runs")
     parser.add_argument("--arms", default=",".join(SFT_ARMS))
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every arm (a lever to measure)")  # fmt: skip
+    parser.add_argument("--without", nargs="*", default=[], metavar="LEVER",
+                        choices=["prepared", "packed", "supervised_head", "patch_matmul"],
+                        help="the fast arm without these levers (an ablation)")  # fmt: skip
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps per arm")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32, help="DPO: pairs per step")
@@ -326,8 +418,12 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.without:
+        without_levers(args.without)
     if args.paired:
         paired(args.paired)
+    elif args.profile:
+        profile(args)
     else:
         dpo(args) if args.dpo else sft(args)
 
