@@ -296,11 +296,16 @@ def profile(folder: Path, data, arm: str, steps: int, batch: int) -> None:
         clock = StepClock()
         trainer.add_callback(clock)
         trainer.train()
+    print_spent(arm, clock, spent, steps)
+
+
+def print_spent(arm: str, clock: StepClock, spent: dict, steps: int) -> None:
+    """The mean optimizer step (steps 2..N) and each timed part's time in it."""
     step = statistics.mean(clock.steps()[1:])
-    print(f"{arm}: {step:.3f} s per optimizer step (mean of steps 2..{steps})")
+    print(f"{arm}: {step * 1000:.1f} ms per optimizer step (mean of steps 2..{steps})")
     for name, values in spent.items():
         per_step = sum(values[len(values) // steps :]) / (steps - 1)
-        print(f"  {name:36s} {per_step:7.3f} s  {per_step / step:6.1%}")
+        print(f"  {name:36s} {per_step * 1000:7.1f} ms  {per_step / step:6.1%}")
 
 
 def time_module(module, name: str, spent: dict) -> None:

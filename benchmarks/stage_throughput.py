@@ -83,7 +83,7 @@ from pivotlab.train.stage_data import (
 )
 from pivotlab.train.stages import accumulation, stage_trainer, trl_arguments
 from pivotlab.world.hf import conversations
-from prefix_sharing import StepClock, dpo_trainer, time_method, time_module
+from prefix_sharing import StepClock, dpo_trainer, print_spent, time_method, time_module
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SFT_ARMS = ("today", "fast", "trl")
@@ -332,11 +332,7 @@ def profile(args) -> None:
             clock = StepClock()
             trainer.add_callback(clock)
             trainer.train()
-            step = statistics.mean(clock.steps()[1:])
-            print(f"{arm}: {step * 1000:.1f} ms per optimizer step (mean of steps 2..{args.steps})")
-            for name, values in spent.items():
-                per_step = sum(values[len(values) // args.steps :]) / (args.steps - 1)
-                print(f"  {name:28s} {per_step * 1000:7.1f} ms  {per_step / step:6.1%}")
+            print_spent(arm, clock, spent, args.steps)
 
 
 # --- the DPO step ---------------------------------------------------------------------------
