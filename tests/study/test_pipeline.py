@@ -53,3 +53,15 @@ def test_a_transplant_is_not_guessed_from_the_longer_stage1_run(tmp_path: Path) 
     stage1, transplant = steps["seed0/full"], steps["seed0/transplant-enc-s/full"]
     assert stage1.architecture == transplant.architecture
     assert set(_estimate_keys(stage1)) & set(_estimate_keys(transplant)) == {"train"}
+
+
+def test_the_stage1_and_blind_evaluations_are_different_steps(tmp_path: Path) -> None:
+    """Same model and questions, but one is blind: the ledger must not take one for the
+    other (the study-wide ``evaluate.blind`` once overwrote the step's own flag)."""
+    from pivotlab.study.ledger import fingerprint
+
+    study = load_study("quick")
+    steps = {s.name: s for s in seed_steps(study, tmp_path, 0, _planned_world(study))}
+    stage1, blind = steps["seed0/eval-stage1"], steps["seed0/eval-blind"]
+    assert (stage1.spec["blind"], blind.spec["blind"]) == (False, True)
+    assert fingerprint(stage1.spec) != fingerprint(blind.spec)

@@ -105,8 +105,10 @@ def _eval_step(
     track: str = "main",
     measures: str = VQA,
 ) -> Step:
-    spec = {"model": str(model), "data": str(data), "blind": blind, **study.evaluate.__dict__}
-    spec["seed"] = seed
+    # The step's own flag last: the study-wide ``evaluate.blind`` says whether a blind step
+    # exists, not whether this one is blind (the ledger keys resumption on the spec).
+    spec = {**study.evaluate.__dict__, "model": str(model), "data": str(data)}
+    spec.update(blind=blind, seed=seed)
 
     def action() -> dict[str, Any]:
         from pivotlab.evaluate.runner import EvalConfig, evaluate
