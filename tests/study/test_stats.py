@@ -13,6 +13,9 @@ from pivotlab.study.stats import (
     NO_INTERVAL,
     NOT_SIGNIFICANT,
     REVERSED,
+    adjusted_verdict,
+    holm,
+    minimum_detectable_effect,
     paired_accuracy_difference,
     paired_value_difference,
     seed_summary,
@@ -202,3 +205,49 @@ def test_one_seed_value_difference_can_only_tell_when_intervals_are_apart() -> N
 )
 def test_verdicts_on_constructed_rows(low, high, sign, expected) -> None:
     assert verdict({"diff": 0.03, "ci_low": low, "ci_high": high}, expected_sign=sign) == expected
+
+
+def test_the_bootstrap_p_value_agrees_with_the_interval() -> None:
+    """p < 0.05 exactly where the 95% interval leaves zero out (up to the one replicate
+    added), over studies from no difference to a large one."""
+    rng = np.random.default_rng(3)
+    for gap in (0.0, 0.03, 0.06, 0.1, 0.2):
+        a, b = _simulated_study(rng, 300, 1, 0.0, pa=0.5, pb=0.5 + gap)
+        row = paired_accuracy_difference(a, b, category="c")
+        excludes_zero = row["ci_low"] > 0 or row["ci_high"] < 0
+        assert 0 < row["p_value"] <= 1
+        if abs(row["p_value"] - 0.05) > 0.005:
+            assert (row["p_value"] < 0.05) == excludes_zero, (gap, row)
+
+
+def test_value_differences_get_a_t_test_with_two_seeds_or_more() -> None:
+    a = {s: {"value": v} for s, v in enumerate([0.60, 0.62, 0.61])}
+    b = {s: {"value": v} for s, v in enumerate([0.64, 0.65, 0.66])}
+    expected = scipy_stats.ttest_1samp([0.04, 0.03, 0.05], 0.0).pvalue
+    assert paired_value_difference(a, b)["p_value"] == pytest.approx(expected)
+    assert paired_value_difference({0: a[0]}, {0: b[0]})["p_value"] is None
+
+
+def test_holm_adjusts_step_down_and_counts_untested_claims() -> None:
+    # Four hypotheses, one without a p-value: 0.01 x 4, then max(0.04, 0.03 x 3), then 0.04 x 2.
+    assert holm([0.04, 0.01, 0.03, None]) == pytest.approx([0.09, 0.04, 0.09, None])
+    assert holm([0.2, 0.9]) == pytest.approx([0.4, 0.9])
+    assert holm([0.6, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1, never decreasing
+    assert holm([]) == []
+
+
+def test_minimum_detectable_effect_from_the_interval() -> None:
+    """A 95% interval of +-1.96 is a standard error of 1: 80% power at 5% needs 2.80; at
+    Holm's first step over three claims (1.67%) 3.24."""
+    row = {"diff": 0.0, "ci_low": -1.96, "ci_high": 1.96}
+    assert minimum_detectable_effect(row) == pytest.approx(2.8016, abs=1e-3)
+    assert minimum_detectable_effect(row, alpha=0.05 / 3) == pytest.approx(3.2353, abs=1e-3)
+    assert minimum_detectable_effect({"diff": 0.1, "ci_low": None, "ci_high": None}) is None
+
+
+def test_a_primary_verdict_follows_the_adjusted_p_value() -> None:
+    row = {"diff": -0.04, "ci_low": -0.07, "ci_high": -0.01}  # its own interval: reversed
+    assert adjusted_verdict(row, 0.03) == REVERSED
+    assert adjusted_verdict(row, 0.06) == NOT_SIGNIFICANT  # not after the correction
+    assert adjusted_verdict({**row, "diff": 0.04}, 0.001) == HOLDS
+    assert adjusted_verdict(row, None) == verdict(row)

@@ -215,9 +215,21 @@ def paired_accuracy_difference(
         "diff": float(observed.mean()),
         "ci_low": float(low),
         "ci_high": float(high),
+        "p_value": bootstrap_p_value(replicates),
         "n_seeds": len(seeds),
         "n_items": max(int(sum(st.size.sum() for st in strata)) for strata in per_seed),
     }
+
+
+def bootstrap_p_value(replicates: np.ndarray) -> float:
+    """Two-sided p-value of "no difference" from a difference's bootstrap replicates: twice
+    the share on the far side of zero (plus one, so never zero), capped at 1. It inverts the
+    percentile interval: the 95% interval leaves zero out where this is under 0.05
+    (up to the one replicate added)."""
+    count = replicates.size + 1
+    below = (np.count_nonzero(replicates <= 0) + 1) / count
+    above = (np.count_nonzero(replicates >= 0) + 1) / count
+    return float(min(1.0, 2 * min(below, above)))
 
 
 def _common_seeds(a: Mapping, b: Mapping) -> list:
@@ -247,6 +259,7 @@ def paired_value_difference(a: Mapping[object, dict], b: Mapping[object, dict]) 
         "diff": summary["mean"],
         "ci_low": summary["ci_low"],
         "ci_high": summary["ci_high"],
+        "p_value": _t_test_p_value(differences),
         "n_seeds": len(seeds),
         "apart": None,
     }
@@ -255,6 +268,51 @@ def paired_value_difference(a: Mapping[object, dict], b: Mapping[object, dict]) 
         if all(r.get(k) is not None for r in (ra, rb) for k in ("ci_low", "ci_high")):
             row["apart"] = rb["ci_low"] > ra["ci_high"] or rb["ci_high"] < ra["ci_low"]
     return row
+
+
+def _t_test_p_value(differences: Sequence[float]) -> float | None:
+    """Student's one-sample t-test of the per-seed differences against zero; None with fewer
+    than two seeds, or when they do not vary (no spread to test against)."""
+    if len(differences) < 2 or np.ptp(differences) == 0:
+        return None
+    return float(scipy_stats.ttest_1samp(differences, 0.0).pvalue)
+
+
+def minimum_detectable_effect(
+    diff_row: Mapping, alpha: float = 0.05, power: float = 0.8
+) -> float | None:
+    """The smallest true difference the claim's test would find with ``power`` at the
+    two-sided level ``alpha``: (z(1 - alpha/2) + z(power)) x the standard error read off its
+    95% interval (width / 2 x 1.96, a normal approximation). None without an interval."""
+    low, high = diff_row.get("ci_low"), diff_row.get("ci_high")
+    if low is None or high is None or np.isnan(low) or np.isnan(high):
+        return None
+    error = (high - low) / (2 * scipy_stats.norm.ppf(0.975))
+    return float((scipy_stats.norm.ppf(1 - alpha / 2) + scipy_stats.norm.ppf(power)) * error)
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values, in the given order. Every entry counts in the
+    family (a claim without a p-value still is one of its hypotheses) and keeps None."""
+    family = len(p_values)
+    ranked = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted: list[float | None] = [None] * family
+    running = 0.0
+    for rank, (p, index) in enumerate(ranked):
+        running = max(running, min(1.0, (family - rank) * p))
+        adjusted[index] = running
+    return adjusted
+
+
+def adjusted_verdict(diff_row: Mapping, p_adjusted: float | None, alpha: float = 0.05) -> str:
+    """A primary claim's verdict from its multiplicity-adjusted p-value: "holds" or
+    "reversed" (by the sign of the difference) under ``alpha``, else not significant;
+    without a p-value, the interval's verdict (:func:`verdict`)."""
+    if p_adjusted is None:
+        return verdict(diff_row)
+    if p_adjusted >= alpha:
+        return NOT_SIGNIFICANT
+    return HOLDS if diff_row["diff"] > 0 else REVERSED
 
 
 def verdict(diff_row: Mapping, expected_sign: int = +1) -> str:
