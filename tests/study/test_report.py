@@ -75,6 +75,24 @@ def test_every_claim_appears_with_its_verdict_in_both_files(study: dict, tmp_pat
     )
 
 
+def test_primary_claims_stand_apart_with_their_adjusted_p_and_power(
+    study: dict, tmp_path: Path
+) -> None:
+    """The primary claim sits in its own table with its Holm-adjusted p and its minimum
+    detectable effect; the others follow as exploratory, with their own p."""
+    first, *rest = study["claims"]
+    first = {**first, "primary": True, "p_value": 0.01, "p_holm": 0.03, "mde": 0.052}
+    rest = [{**row, "p_value": 0.2, "mde": None} for row in rest]
+    markdown, _ = write_report(tmp_path / "run", {**study, "claims": [first, *rest]})
+    text = markdown.read_text()
+    primary, exploratory = text.index("### Primary claims"), text.index("### Exploratory claims")
+    first_line = next(line for line in text.splitlines() if first["claim"] in line)
+    assert primary < text.index(first_line) < exploratory
+    assert "| 5.2 pts | 0.03 |" in first_line
+    assert all(f"{row['claim']} |" in text[exploratory:] for row in rest)
+    assert "| - | 0.2 |" in text[exploratory:]
+
+
 def test_missing_sections_are_left_out_with_a_line_not_a_crash(tmp_path: Path) -> None:
     markdown, page = write_report(tmp_path / "run", {"title": "Nothing yet"})
     for path in (markdown, page):

@@ -326,3 +326,59 @@ def test_vqa_rows_name_a_sweep_s_models_apart_from_the_main_ones(
     stage1 = {(r["arm"], r["track"]) for r in rows if r["arm"].startswith("stage1")}
     assert stage1 == {("stage1", "main"), ("stage1@enc-m+lm-s", "enc-m+lm-s")}
     assert all(r["arm"].endswith(f"@{r['track']}") for r in rows if r["track"] != "main")
+
+
+def test_every_arm_is_also_compared_with_the_stage1_model_it_started_from() -> None:
+    comparisons = [claim.comparison for claim in claims(load_study("quick"))]
+    assert {"sft - stage1 (VQA)", "dpo - stage1 (VQA)"} <= set(comparisons)
+
+
+def test_the_primary_claims_are_pre_registered_and_a_stray_one_is_refused() -> None:
+    from dataclasses import replace
+
+    from pivotlab.study.run import primary_comparisons
+
+    quick = load_study("quick")
+    assert primary_comparisons(quick) == quick.primary
+    assert primary_comparisons(replace(quick, primary=None)) == quick.primary  # the default set
+    with pytest.raises(StudyError, match=r"primary names 'dpo - ipo \(VQA\)', not a claim"):
+        primary_comparisons(replace(quick, primary=["dpo - ipo (VQA)"]))
+
+
+def test_primary_claims_are_decided_together_and_the_rest_alone() -> None:
+    """Holm over the two primary rows: 0.02 x 2 = 0.04 holds, 0.03 x 1 -> 0.04 holds; an
+    exploratory row keeps its own interval's verdict."""
+    from pivotlab.study.run import _decide_primary
+
+    def row(comparison: str, p: float, low: float) -> dict:
+        interval = {"diff": 0.05, "ci_low": low, "ci_high": 0.09, "p_value": p, "mde": 0.04}
+        return {"comparison": comparison, **interval, "primary": False, "verdict": "own"}
+
+    rows = [row("a - b (VQA)", 0.03, 0.01), row("c - b (VQA)", 0.02, 0.01), row("x", 0.2, -0.01)]
+    _decide_primary(rows, ["a - b (VQA)", "c - b (VQA)"])
+    assert [r["primary"] for r in rows] == [True, True, False]
+    assert [r.get("p_holm") for r in rows] == pytest.approx([0.04, 0.04, None])
+    assert [r["verdict"] for r in rows] == ["holds", "holds", "own"]
+    assert rows[0]["mde"] > 0.04 and rows[2]["mde"] == 0.04  # primary: at level 0.05 / 2
+
+
+def test_an_arm_against_a_shared_stage1_reads_the_one_stage1_model_for_every_seed(
+    tmp_path: Path,
+) -> None:
+    from pivotlab.study.run import _claim_row
+
+    study = load_study("full")  # stage1.seed 0: one Stage-1 model for seeds 0, 1, 2
+    claim = next(c for c in claims(study) if c.comparison == "dpo - stage1 (VQA)")
+
+    def write(folder: Path, correct: list[bool]) -> None:
+        folder.mkdir(parents=True)
+        rows = [{"id": f"q{i}", "category": "vision_centric", "task": "count", "correct": c,
+                 "pair_id": None} for i, c in enumerate(correct)]  # fmt: skip
+        (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write(tmp_path / "seed0" / "eval" / "stage1", [True, False, False, False])
+    for seed, right in enumerate((2, 3, 2)):
+        write(tmp_path / f"seed{seed}" / "eval" / "dpo", [i < right for i in range(4)])
+    result = _claim_row(study, _steps(study, tmp_path), claim)
+    assert result["n_seeds"] == 3
+    assert result["diff"] == pytest.approx((2 + 3 + 2) / 3 / 4 - 1 / 4)

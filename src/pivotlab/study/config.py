@@ -146,6 +146,9 @@ class StudyConfig:
     transplant: TransplantSection | None = None
     sweeps: SweepsSection = field(default_factory=SweepsSection)
     claims: list[ClaimSection] = field(default_factory=list)
+    # The pre-registered primary claims by comparison ("dpo - sft (VQA)"), decided together
+    # with Holm's correction; the rest are exploratory. None: the default set (study/run.py).
+    primary: list[str] | None = None
     notes: list[str] = field(default_factory=list)
     source: str = ""
 

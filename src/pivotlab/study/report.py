@@ -229,23 +229,33 @@ def _claims(study: StudyResults, run_dir: Path) -> list[Block]:
     counts = Counter(row["verdict"] for row in rows)
     tally = ", ".join(f"{verdict}: {n}" for verdict, n in counts.items())
     blocks.append(Text(f"{len(rows)} claims tested. {tally}."))
-    header = ["Claim", "Comparison", "Metric", "Difference [95% CI]", "Seeds", "Verdict"]
-    table = Table(header, [], verdict_column=5)
-    for row in rows:
-        difference = format_difference(
-            row["diff"], row.get("ci_low"), row.get("ci_high"), is_percent(row["metric"])
-        )
-        table.rows.append(
-            [row["claim"], row["comparison"], row["metric"], difference,
-             str(row.get("n_seeds", "")), row["verdict"]]
-        )  # fmt: skip
-    blocks += [
-        table,
+    primary = [row for row in rows if row.get("primary")]
+    exploratory = [row for row in rows if not row.get("primary")]
+    if primary:
+        blocks += [
+            Heading("Primary claims", 3),
+            Text(
+                "Pre-registered in the preset; decided together at 5% family-wise error with "
+                "Holm's correction (p: Holm-adjusted)."
+            ),
+            _claims_table(primary, adjusted=True),
+        ]
+    if exploratory:
+        if primary:
+            blocks += [
+                Heading("Exploratory claims", 3),
+                Text("Each at 95%, uncorrected: a 'holds' here suggests, it does not establish."),
+            ]
+        blocks.append(_claims_table(exploratory, adjusted=False))
+    blocks.append(
         Note(
             "Differences of accuracies are in percentage points (pts). Intervals: paired "
-            "hierarchical bootstrap over seeds and questions (docs/study.md, Statistics)."
-        ),
-    ]
+            "hierarchical bootstrap over seeds and questions (docs/study.md, Statistics). "
+            "MDE: the smallest true difference the claim's test finds with 80% power (primary "
+            "claims at Holm's strictest level); a difference under it going undetected says "
+            "little."
+        )
+    )
     if any(row.get("n_seeds") == 1 for row in rows):
         blocks.append(
             Note(
@@ -254,6 +264,24 @@ def _claims(study: StudyResults, run_dir: Path) -> list[Block]:
             )
         )
     return [*blocks, _sources(rows, run_dir)]
+
+
+def _claims_table(rows: list[dict], adjusted: bool) -> Table:
+    """One row per claim; ``adjusted``: the p column holds Holm-adjusted p-values."""
+    header = ["Claim", "Comparison", "Metric", "Difference [95% CI]", "MDE (80% power)", "p"]
+    table = Table([*header, "Seeds", "Verdict"], [], verdict_column=7)
+    for row in rows:
+        percent = is_percent(row["metric"])
+        difference = format_difference(row["diff"], row.get("ci_low"), row.get("ci_high"), percent)
+        mde = row.get("mde")
+        p_value = row.get("p_holm" if adjusted else "p_value")
+        table.rows.append(
+            [row["claim"], row["comparison"], row["metric"], difference,
+             "-" if mde is None else format_value(mde, percent).replace("%", " pts"),
+             "-" if p_value is None else f"{p_value:.3g}",
+             str(row.get("n_seeds", "")), row["verdict"]]
+        )  # fmt: skip
+    return table
 
 
 def _bar_chart(summaries: dict, categories: list, arms: list, chance: dict, path: Path) -> None:

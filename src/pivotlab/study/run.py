@@ -57,6 +57,13 @@ class Claim:
     control_track: str = "main"
     treated_track: str = "main"
 
+    @property
+    def comparison(self) -> str:
+        """How the report names it, and the preset's ``primary`` list picks it: ``dpo - sft
+        (VQA)``."""
+        treated = arm_label(self.treated, self.treated_track)
+        return f"{treated} - {arm_label(self.control, self.control_track)} ({self.where})"
+
 
 def _transplant_claims(study: StudyConfig, evolved: list[str]) -> list[Claim]:
     plan = study.transplant
@@ -108,6 +115,9 @@ def claims(study: StudyConfig) -> list[Claim]:
     for arm in evolved:
         question = f"Does {arm} post-training make the MLLM see better than {baseline}?"
         found.append(Claim(question, baseline, arm))
+    for arm in study.post.arms:
+        question = f"Does {arm} make the MLLM see better than the Stage-1 model it started from?"
+        found.append(Claim(question, STAGE1, arm))
     if ENCODER_MEASUREMENT["analysis"].replace("_", "-") in study.analysis.analyses:
         for arm in evolved:
             question = f"Does {arm} reshape the encoder into a better one than {baseline} does?"
@@ -118,6 +128,28 @@ def claims(study: StudyConfig) -> list[Claim]:
         where = TRANSPLANT if extra.transplant else VQA
         found.append(Claim(extra.question, extra.control, extra.treated, where, extra.category))
     return found
+
+
+def primary_comparisons(study: StudyConfig) -> list[str]:
+    """The pre-registered primary claims, by comparison: the preset's ``primary`` list (each
+    must name one of the study's claims), else each compared arm against the baseline and
+    against Stage 1 on VQA and, when transplanted, against the first original encoder."""
+    known = [claim.comparison for claim in claims(study)]
+    if study.primary is not None:
+        for name in study.primary:
+            if name not in known:
+                raise StudyError(
+                    f"{study.source}: primary names {name!r}, not a claim of this study; "
+                    f"its claims: {'; '.join(known)}"
+                )
+        return list(study.primary)
+    plan = study.transplant
+    first = [original_name(plan.originals[0])] if plan and plan.originals else []
+    wanted = []
+    for arm in study.post.compared_arms():
+        wanted += [f"{arm} - {study.post.baseline} ({VQA})", f"{arm} - {STAGE1} ({VQA})"]
+        wanted += [f"{arm} - {original} ({TRANSPLANT})" for original in first]
+    return [name for name in wanted if name in known]
 
 
 def _track(study: StudyConfig, name: str) -> Track:
@@ -192,9 +224,12 @@ def _claim_row(study: StudyConfig, steps: list[Step], claim: Claim) -> dict:
                 found[seed] = _encoder_row(metrics, arm)
                 sources.append(str(metrics))
             else:
-                # A transplant is the seed's, whatever track the claim names.
+                # A transplant is the seed's, whatever track the claim names; a Stage 1 shared
+                # by every seed (stage1.seed) is the one model each seed's arm started from.
                 on = "main" if claim.where == TRANSPLANT else track
-                path = _evaluation(steps, claim.where, on, seed, arm) / "predictions.jsonl"
+                shared_stage1 = arm == STAGE1 and study.stage1.seed is not None
+                made_on = study.stage1.seed if shared_stage1 else seed
+                path = _evaluation(steps, claim.where, on, made_on, arm) / "predictions.jsonl"
                 found[seed] = read_jsonl(path)
                 sources.append(str(path))
         return found
@@ -217,9 +252,23 @@ def _claim_row(study: StudyConfig, steps: list[Step], claim: Claim) -> dict:
         "comparison": f"{treated_name} - {control_name} ({claim.where})",
         "metric": metric,
         **difference,
+        "mde": stats.minimum_detectable_effect(difference),
+        "primary": False,
         "verdict": stats.verdict(difference),
         "source": sources,
     }
+
+
+def _decide_primary(rows: list[dict], primary: list[str]) -> None:
+    """Mark the primary claims' rows and decide them together: Holm-adjusted p-values at
+    0.05 across them, and the minimum detectable effect at Holm's strictest level (0.05 over
+    their number); the exploratory rows keep their own 95% verdicts."""
+    from pivotlab.study import stats
+
+    chosen = [row for row in rows if row["comparison"] in primary]
+    for row, adjusted in zip(chosen, stats.holm([r.get("p_value") for r in chosen]), strict=True):
+        row.update(primary=True, p_holm=adjusted, verdict=stats.adjusted_verdict(row, adjusted))
+        row["mde"] = stats.minimum_detectable_effect(row, alpha=0.05 / len(chosen))
 
 
 def _compute_rows(steps: list[Step]) -> list[dict]:
@@ -378,20 +427,39 @@ def _warnings(vqa: list[dict], claim_rows: list[dict], transplant: list[dict]) -
                 "models that hardly see."
             )
     found += _transplant_warning(transplant, [r["value"] for r in headline(BLIND)])
-    decided = [r for r in claim_rows if r["verdict"].startswith(("holds", "reversed"))]
-    if claim_rows:
-        found.append(
-            f"{len(claim_rows)} claims were tested, each at 95%: about "
-            f"{0.05 * len(claim_rows):.1f} of them would read 'holds' or 'reversed' by chance "
-            f"alone when nothing differs ({len(decided)} did)."
+    return found + _chance_lines(claim_rows)
+
+
+def _chance_lines(claim_rows: list[dict]) -> list[str]:
+    """How many verdicts chance alone would give: at most 5% for any primary one, about
+    5% of the exploratory ones."""
+
+    def decided(rows: list[dict]) -> int:
+        return sum(r["verdict"].startswith(("holds", "reversed")) for r in rows)
+
+    primary = [r for r in claim_rows if r.get("primary")]
+    exploratory = [r for r in claim_rows if not r.get("primary")]
+    lines = []
+    if primary:
+        lines.append(
+            f"{len(primary)} primary claims, pre-registered in the preset and Holm-corrected "
+            "across them: when nothing differs, the chance that any of them reads 'holds' or "
+            f"'reversed' is at most 5% ({decided(primary)} did)."
         )
-    return found
+    if exploratory:
+        lines.append(
+            f"{len(exploratory)} exploratory claims, each at 95% uncorrected: about "
+            f"{0.05 * len(exploratory):.1f} of them would read 'holds' or 'reversed' by chance "
+            f"alone when nothing differs ({decided(exploratory)} did)."
+        )
+    return lines
 
 
 def collect(study: StudyConfig, run: Path, steps: list[Step], command: str) -> StudyResults:
     """Everything the report shows, from the steps' files."""
     vqa = _vqa_rows(study, steps)
     claim_rows = [_claim_row(study, steps, claim) for claim in claims(study)]
+    _decide_primary(claim_rows, primary_comparisons(study))
     transplant = _transplant_rows(study, steps)
     return {
         "title": f"pivotlab study: {study.name}",
@@ -467,6 +535,7 @@ def run_study(
     study: StudyConfig, out: Path, command: str, log: Callable[[str], None] = print
 ) -> tuple[Path, Path]:
     """Run (or resume) the study into ``out``; returns the report's markdown and HTML paths."""
+    primary_comparisons(study)  # a primary list naming no claim is refused before any work
     _check_folder(study, out)
     splits = world_splits(study)
     log("world: " + ", ".join(f"{k} {v.name}" for k, v in splits.items()))
