@@ -345,6 +345,25 @@ def test_the_primary_claims_are_pre_registered_and_a_stray_one_is_refused() -> N
         primary_comparisons(replace(quick, primary=["dpo - ipo (VQA)"]))
 
 
+def test_the_primary_claims_cannot_change_after_a_study_has_run(tmp_path: Path) -> None:
+    """Pre-registered means fixed: a run folder refuses the same study with another list."""
+    from dataclasses import replace
+
+    from pivotlab.study.run import _check_folder
+
+    quick = load_study("quick")
+    _check_folder(quick, tmp_path)
+    with pytest.raises(StudyError, match="holds another study"):
+        _check_folder(replace(quick, primary=["dpo - sft (VQA)"]), tmp_path)
+    # A folder from before primary: existed had the default set: the preset's list is that.
+    saved = yaml.safe_load((tmp_path / "study.yaml").read_text())
+    del saved["primary"]
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(saved))
+    _check_folder(quick, tmp_path)
+    with pytest.raises(StudyError, match="holds another study"):
+        _check_folder(replace(quick, primary=["dpo - sft (VQA)"]), tmp_path)
+
+
 def test_primary_claims_are_decided_together_and_the_rest_alone() -> None:
     """Holm over the two primary rows: 0.02 x 2 = 0.04 holds, 0.03 x 1 -> 0.04 holds; an
     exploratory row keeps its own interval's verdict."""

@@ -135,14 +135,20 @@ def primary_comparisons(study: StudyConfig) -> list[str]:
     must name one of the study's claims), else each compared arm against the baseline and
     against Stage 1 on VQA and, when transplanted, against the first original encoder."""
     known = [claim.comparison for claim in claims(study)]
-    if study.primary is not None:
-        for name in study.primary:
-            if name not in known:
-                raise StudyError(
-                    f"{study.source}: primary names {name!r}, not a claim of this study; "
-                    f"its claims: {'; '.join(known)}"
-                )
-        return list(study.primary)
+    if study.primary is None:
+        return default_primary(study)
+    for name in study.primary:
+        if name not in known:
+            raise StudyError(
+                f"{study.source}: primary names {name!r}, not a claim of this study; "
+                f"its claims: {'; '.join(known)}"
+            )
+    return list(study.primary)
+
+
+def default_primary(study: StudyConfig) -> list[str]:
+    """The primary claims of a study that names none (see :func:`primary_comparisons`)."""
+    known = [claim.comparison for claim in claims(study)]
     plan = study.transplant
     first = [original_name(plan.originals[0])] if plan and plan.originals else []
     wanted = []
@@ -485,7 +491,7 @@ def _without_growth(tree: dict[str, Any]) -> dict[str, Any]:
     transplant = tree["transplant"] and {
         k: v for k, v in tree["transplant"].items() if k != "encoders"
     }
-    rest = {k: v for k, v in tree.items() if k not in ("source", "claims", "notes")}
+    rest = {k: v for k, v in tree.items() if k not in ("source", "claims", "notes", "primary")}
     return {**rest, "post": post, "transplant": transplant}
 
 
@@ -508,6 +514,15 @@ def _same_or_grown(previous: dict[str, Any], current: dict[str, Any]) -> bool:
     return arms_kept and claims_kept and encoders_kept and same_rest
 
 
+def _same_primary(previous: list[str] | None, study: StudyConfig) -> bool:
+    """Whether the folder's pre-registered claims are the study's: the same list, or a folder
+    from before ``primary:`` existed (its claims then were the default set) and a study that
+    names the default set."""
+    if previous == study.primary:
+        return True
+    return previous is None and study.primary == default_primary(study)
+
+
 def _check_folder(study: StudyConfig, out: Path) -> None:
     """Refuse a folder holding another study; re-running the same one resumes it, and one
     that only adds arms (claims, transplanted encoders) runs just the new steps."""
@@ -520,7 +535,11 @@ def _check_folder(study: StudyConfig, out: Path) -> None:
         except ConfigError:
             previous = None
         previous_tree = previous.to_dict() if previous is not None else None
-        if previous_tree is None or not _same_or_grown(previous_tree, current):
+        if (
+            previous_tree is None
+            or not _same_or_grown(previous_tree, current)
+            or not _same_primary(previous_tree["primary"], study)
+        ):
             raise StudyError(
                 f"{out} holds another study (study.yaml differs by more than added arms); "
                 "choose another --out"
