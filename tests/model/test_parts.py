@@ -14,6 +14,7 @@ from pivotlab.model import (
     load,
     parameter_groups,
     parts_table,
+    relative_change,
     set_trainable,
     trainable_parts,
 )
@@ -69,3 +70,15 @@ def test_parts_table_counts_every_parameter_once(tiny_model_dir: Path) -> None:
     assert by_part["vision"].trainable == by_part["vision"].parameters
     text = format_parts_table(rows)
     assert "2.00e-06" in text and text.splitlines()[-1].startswith("total")
+
+
+def test_relative_change_measures_each_part_on_its_own_scale(tiny_model_dir: Path) -> None:
+    before, _ = load(tiny_model_dir)
+    after, _ = load(tiny_model_dir)
+    assert relative_change(before, after) == {"vision": 0.0, "projector": 0.0, "lm": 0.0}
+    with torch.no_grad():
+        for parameter in after.model.multi_modal_projector.parameters():
+            parameter.mul_(1.1)  # every projector weight 10% larger: moved by exactly 0.1
+    moved = relative_change(before, after)
+    assert moved["projector"] == pytest.approx(0.1)
+    assert moved["vision"] == moved["lm"] == 0.0

@@ -93,6 +93,21 @@ def test_primary_claims_stand_apart_with_their_adjusted_p_and_power(
     assert "| - | 0.2 |" in text[exploratory:]
 
 
+def test_how_far_each_arm_moved_is_a_table_of_arms_by_parts(study: dict, tmp_path: Path) -> None:
+    moved = [
+        {"arm": arm, "seed": seed, "part": part, "value": value}
+        for arm, scale in (("sft", 0.02), ("dpo", 0.002))
+        for seed in (0, 1)
+        for part, value in (("vision", scale), ("projector", 2 * scale), ("lm", scale))
+    ]
+    markdown, _ = write_report(tmp_path / "run", {**study, "moved": moved})
+    text = markdown.read_text()
+    assert "## How far each arm moved from Stage 1" in text
+    assert "| Arm | vision | projector | lm |" in text
+    assert "| sft | 2.0% [2.0, 2.0] | 4.0% [4.0, 4.0] | 2.0% [2.0, 2.0] |" in text
+    assert "How far each arm moved" not in write_report(tmp_path / "bare", study)[0].read_text()
+
+
 def test_missing_sections_are_left_out_with_a_line_not_a_crash(tmp_path: Path) -> None:
     markdown, page = write_report(tmp_path / "run", {"title": "Nothing yet"})
     for path in (markdown, page):

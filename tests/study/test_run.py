@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pivotlab.model import PARTS
 from pivotlab.study.config import StudyError, load_study
 from pivotlab.study.ledger import Ledger
 from pivotlab.study.run import TRANSPLANT, claims, run_study
@@ -89,6 +90,9 @@ def test_study_runs_every_step_and_writes_one_report(
     assert [c["claim"] for c in results["claims"]] == [c.question for c in claims(study)]
     assert all(c["verdict"] for c in results["claims"])
     assert {row["arm"] for row in results["analysis"]} >= {"stage1", "sft", "dpo"}
+    moved = {(row["arm"], row["part"]): row["value"] for row in results["moved"]}
+    assert set(moved) == {(arm, part) for arm in ("sft", "dpo") for part in PARTS}
+    assert all(value > 0 for value in moved.values())  # every part trains in Stage 2
     assert all(line.startswith("[") and "left)" in line for line in lines if "/" in line.split()[0])
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
     # Random tiny parts cannot beat the blind baseline: the report says so before any verdict.

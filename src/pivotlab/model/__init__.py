@@ -20,6 +20,7 @@ _HOMES = {
         "format_parts_table",
         "parameter_groups",
         "parts_table",
+        "relative_change",
         "set_trainable",
         "trainable_parts",
     ),

@@ -113,6 +113,23 @@ def parameter_groups(
     return groups
 
 
+def relative_change(
+    before: LlavaForConditionalGeneration, after: LlavaForConditionalGeneration
+) -> dict[str, float]:
+    """How far each part moved between two models of one architecture: the norm of the
+    parameters' change over the norm of ``before``'s (tied weights once), per part."""
+    old, new = part_modules(before), part_modules(after)
+    moved = {}
+    for name in PARTS:
+        pairs = list(zip(_parameters(old[name]), _parameters(new[name]), strict=True))
+        if any(a.shape != b.shape for a, b in pairs):
+            raise PartsError(f"part {name!r} has other shapes in the two models")
+        change = sum(float((b.detach() - a.detach()).double().pow(2).sum()) for a, b in pairs)
+        size = sum(float(a.detach().double().pow(2).sum()) for a, _ in pairs)
+        moved[name] = (change / size) ** 0.5 if size else 0.0
+    return moved
+
+
 @dataclass(frozen=True)
 class PartRow:
     """One row of the parts table."""

@@ -70,14 +70,24 @@ def _train_step(
     seed: int,
     arm: str | None,
     architecture: tuple[str, str],
+    moved_from: Path | None = None,
+    track: str = "main",
 ) -> Step:
+    """A training step; with ``moved_from`` (the model a post arm started from) its result
+    also records how far each part moved from it (``relative_change``)."""
+
     def action() -> dict[str, Any]:
         from pivotlab.train import run_stage
 
         # A step without a valid record either stopped half-way (same config: run_stage
         # resumes from its checkpoint) or was configured differently (it starts over).
         summary = run_stage(cfg, out, overwrite=True).summary
-        return {"summary": summary, "flops": summary.get("total_flos")}
+        result = {"summary": summary, "flops": summary.get("total_flos")}
+        if moved_from is not None:
+            from pivotlab.model import load, relative_change
+
+            result["moved"] = relative_change(load(moved_from)[0], load(out / "final")[0])
+        return result
 
     outputs = [out / "final", out / "summary.json", out / "metrics.jsonl"]
     return Step(
@@ -88,6 +98,7 @@ def _train_step(
         action,
         seed,
         arm,
+        track,
         config=cfg,
         architecture=architecture,
     )
@@ -368,7 +379,9 @@ def track_steps(
         cfg = stage_config(study, study.post.arms[arm], f"post.arms.{arm}", sets)
         out = root / "post" / arm
         pair = (track.vision, track.lm)
-        steps.append(_train_step(track.step(seed, f"post-{arm}"), cfg, out, seed, arm, pair))
+        name = track.step(seed, f"post-{arm}")
+        moved_from = models[STAGE1]
+        steps.append(_train_step(name, cfg, out, seed, arm, pair, moved_from, track.name))
         models[arm] = out / "final"
         name, out = track.step(seed, f"eval-{arm}"), root / "eval" / arm
         test = splits["test"]

@@ -45,6 +45,7 @@ class StudyResults(TypedDict, total=False):
     vqa: list[dict[str, Any]]  # accuracy per arm, seed, track and category
     analysis: list[dict[str, Any]]  # the analysis suite's rows, labelled by arm and track
     transplant: list[dict[str, Any]]  # accuracy per transplanted encoder, seed and category
+    moved: list[dict[str, Any]]  # how far each post arm moved from Stage 1, per part and seed
     compute: list[dict[str, Any]]  # one row per step: wall seconds, FLOPs
     pivot_fraction: dict[str, float] | None  # the evolving step against pretraining FLOPs
     pictures: dict[str, dict[str, list[str]]]  # {kind: {arm: [paths]}}
@@ -361,6 +362,29 @@ def _analysis(study: StudyResults, run_dir: Path) -> list[Block]:
     return [*blocks, table, Note(INTERVAL_NOTE), _sources(rows, run_dir)]
 
 
+def _moved(study: StudyResults) -> list[Block]:
+    """Each post arm's relative weight change from its Stage-1 model, part by part."""
+    rows = study.get("moved") or []
+    if not rows:
+        return []
+    arms = list(dict.fromkeys(row["arm"] for row in rows))
+    parts = list(dict.fromkeys(row["part"] for row in rows))
+    summaries = _summaries(rows, lambda r: (r["arm"], r["part"]))
+    table = Table(["Arm", *parts], [])
+    for arm in arms:
+        table.rows.append([arm, *[_summary_cell(summaries.get((arm, p)), True) for p in parts]])
+    return [
+        Heading("How far each arm moved from Stage 1"),
+        Text(
+            "Relative change of each part's weights from the Stage-1 model the arm started "
+            "from (the norm of the change over the norm of the Stage-1 weights): read a "
+            "difference between arms against how far each of them moved."
+        ),
+        table,
+        Note("Means over seeds; intervals Student-t 95% across seeds where there are two or more."),
+    ]
+
+
 def _transplant(study: StudyResults, run_dir: Path) -> list[Block]:
     rows = study.get("transplant") or []
     blocks: list[Block] = [Heading("PIVOT transplant: each encoder, frozen, into a fresh LM")]
@@ -464,6 +488,7 @@ def build(study: StudyResults, run_dir: Path) -> list[Block]:
         *_header(study),
         *_claims(study, run_dir),
         *_vqa(study, run_dir),
+        *_moved(study),
         *_analysis(study, run_dir),
         *_transplant(study, run_dir),
         *_pictures(study, run_dir),

@@ -352,6 +352,15 @@ def _transplant_rows(study: StudyConfig, steps: list[Step]) -> list[dict]:
     ]
 
 
+def _moved_rows(study: StudyConfig, steps: list[Step]) -> list[dict]:
+    """How far each post arm moved from its Stage-1 model, per part and seed."""
+    return [
+        {"arm": arm_label(step.arm, step.track), "seed": step.seed, "part": part, "value": value}
+        for step in _in_report_order(study, steps, "train")
+        for part, value in (step.results.get("moved") or {}).items()
+    ]
+
+
 def _analysis_rows(study: StudyConfig, steps: list[Step]) -> list[dict]:
     rows = []
     for step in _in_report_order(study, steps, "analyze"):
@@ -479,6 +488,7 @@ def collect(study: StudyConfig, run: Path, steps: list[Step], command: str) -> S
         "claims": claim_rows,
         "analysis": _analysis_rows(study, steps),
         "transplant": transplant,
+        "moved": _moved_rows(study, steps),
         "compute": _compute_rows(steps),
         "pivot_fraction": _pivot_fraction(study, steps),
         "pictures": _pictures(study, run),
