@@ -108,6 +108,24 @@ def test_how_far_each_arm_moved_is_a_table_of_arms_by_parts(study: dict, tmp_pat
     assert "How far each arm moved" not in write_report(tmp_path / "bare", study)[0].read_text()
 
 
+def test_a_baseline_the_same_for_every_model_is_shown_once_as_a_reference(
+    study: dict, tmp_path: Path
+) -> None:
+    def row(arm: str, seed: int, method: str, value: float) -> dict:
+        keys = {"analysis": "saliency", "encoder": "e", "method": method, "metric": "energy"}
+        return {**keys, "arm": arm, "seed": seed, "value": value, "reference": True}
+
+    same = [row(arm, seed, "centre_prior", 0.127) for arm in ("sft", "dpo") for seed in (0, 1)]
+    differs = [row("sft", 0, "random", 0.1), row("dpo", 0, "random", 0.2)]
+    markdown, _ = write_report(tmp_path / "run", {**study, "analysis": same + differs})
+    lines = markdown.read_text().splitlines()
+    assert "| saliency, centre_prior, energy | 0.127 [0.127, 0.127] |" in lines  # once
+    assert not any(line.startswith("| saliency, centre_prior") and line.count("|") > 3
+                   for line in lines)  # fmt: skip
+    per_arm = next(line for line in lines if line.startswith("| saliency, random, energy"))
+    assert "0.100" in per_arm and "0.200" in per_arm  # marked, but not the same: a result
+
+
 def test_missing_sections_are_left_out_with_a_line_not_a_crash(tmp_path: Path) -> None:
     markdown, page = write_report(tmp_path / "run", {"title": "Nothing yet"})
     for path in (markdown, page):

@@ -425,8 +425,10 @@ def _rows(
     rows = []
     for method in METHODS:
         for metric, outcomes in scores[method].items():
-            extra = qualifiers.get(method, {})
-            rows.append(_metric_row(encoder, method, metric, outcomes, skipped=skipped, **extra))
+            extra = dict(qualifiers.get(method, {}), skipped=skipped)
+            if method not in GRADIENT_METHODS:
+                extra["reference"] = True  # a baseline's map does not depend on the model
+            rows.append(_metric_row(encoder, method, metric, outcomes, **extra))
     for method in GRADIENT_METHODS:
         for baseline, short in PAIRED_BASELINES.items():
             for metric, outcomes in scores[method].items():

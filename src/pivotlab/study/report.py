@@ -354,12 +354,34 @@ def _analysis(study: StudyResults, run_dir: Path) -> list[Block]:
     arms = list(dict.fromkeys(row.get("arm", row.get("encoder")) for row in rows))
     summaries = _summaries(rows, lambda r: (measurement(r), r.get("arm", r.get("encoder"))))
     keys = list(dict.fromkeys(key for key, _ in summaries))
+    references = _references(rows, summaries, arms)
     table = Table(["Measurement", *arms], [])
-    for key in keys:
+    for key in [k for k in keys if k not in references]:
         percent = is_percent(key[-1])
         cells = [_summary_cell(summaries.get((key, arm)), percent) for arm in arms]
         table.rows.append([", ".join(key), *cells])
-    return [*blocks, table, Note(INTERVAL_NOTE), _sources(rows, run_dir)]
+    blocks += [table, Note(INTERVAL_NOTE)]
+    if references:
+        reference_table = Table(["Reference (the same for every model)", "Value"], [])
+        for key in references:
+            cell = _summary_cell(summaries[(key, arms[0])], is_percent(key[-1]))
+            reference_table.rows.append([", ".join(key), cell])
+        text = (
+            "Baselines whose value does not depend on the model (a saliency map drawn without "
+            "it), shown once: what the models' rows are read against, not a result."
+        )
+        blocks += [Text(text), reference_table]
+    return [*blocks, _sources(rows, run_dir)]
+
+
+def _references(rows: list[dict], summaries: dict, arms: list) -> list[tuple]:
+    """The measurements of rows marked ``reference`` whose summary is the same for every arm."""
+    marked = dict.fromkeys(measurement(r) for r in rows if r.get("reference"))
+    return [
+        key
+        for key in marked
+        if all(summaries.get((key, arm)) == summaries.get((key, arms[0])) for arm in arms)
+    ]
 
 
 def _moved(study: StudyResults) -> list[Block]:
