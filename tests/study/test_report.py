@@ -108,6 +108,20 @@ def test_how_far_each_arm_moved_is_a_table_of_arms_by_parts(study: dict, tmp_pat
     assert "How far each arm moved" not in write_report(tmp_path / "bare", study)[0].read_text()
 
 
+def test_the_paper_s_effect_stands_beside_the_answer_with_its_source(
+    study: dict, tmp_path: Path
+) -> None:
+    first, *rest = study["claims"]
+    first = {**first, "paper_effect": 0.042, "paper_source": "PIVOT, Vision-Centric",
+             "paper_reading": "same direction, inside our interval"}  # fmt: skip
+    markdown, _ = write_report(tmp_path / "run", {**study, "claims": [first, *rest]})
+    text = markdown.read_text()
+    line = next(line for line in text.splitlines() if first["claim"] in line)
+    assert "| +4.2 pts: same direction, inside our interval |" in line
+    assert f"Paper: {first['comparison']}: PIVOT, Vision-Centric." in text
+    assert all(f"| - | {row['n_seeds']} | {row['verdict']} |" in text for row in rest)
+
+
 def test_a_baseline_the_same_for_every_model_is_shown_once_as_a_reference(
     study: dict, tmp_path: Path
 ) -> None:

@@ -405,3 +405,24 @@ def test_an_arm_against_a_shared_stage1_reads_the_one_stage1_model_for_every_see
     result = _claim_row(study, _steps(study, tmp_path), claim)
     assert result["n_seeds"] == 3
     assert result["diff"] == pytest.approx((2 + 3 + 2) / 3 / 4 - 1 / 4)
+
+
+def test_each_answer_is_read_against_the_paper_where_it_reports_one() -> None:
+    from dataclasses import replace
+
+    from pivotlab.study.config import PaperEffect
+    from pivotlab.study.run import _beside_the_paper, primary_comparisons
+
+    paper = {"a (VQA)": PaperEffect(0.042, "a table"), "b (VQA)": PaperEffect(0.018, "b row")}
+    rows = [
+        {"comparison": "a (VQA)", "diff": 0.03, "ci_low": 0.01, "ci_high": 0.05},
+        {"comparison": "b (VQA)", "diff": -0.01, "ci_low": -0.03, "ci_high": 0.01},
+        {"comparison": "c (VQA)", "diff": 0.02, "ci_low": None, "ci_high": None},
+    ]
+    _beside_the_paper(rows, paper)
+    assert rows[0]["paper_reading"] == "same direction, inside our interval"
+    assert rows[1]["paper_reading"] == "opposite direction, outside our interval"
+    assert rows[1]["paper_source"] == "b row" and "paper_effect" not in rows[2]
+    quick = load_study("quick")
+    with pytest.raises(StudyError, match=r"paper names 'dpo - ipo \(VQA\)', not a claim"):
+        primary_comparisons(replace(quick, paper={"dpo - ipo (VQA)": PaperEffect(0.1, "x")}))

@@ -133,6 +133,16 @@ class ClaimSection:
 
 
 @dataclass
+class PaperEffect:
+    """What a paper reports for one of the study's claims: ``effect``, a difference on the
+    claim's own scale (accuracies as fractions: +4.2 points is 0.042), and ``source`` (paper,
+    table, row), shown beside the study's own answer."""
+
+    effect: float = 0.0
+    source: str = ""
+
+
+@dataclass
 class StudyConfig:
     """One study: everything ``pivotlab study`` runs, in one tree."""
 
@@ -149,6 +159,8 @@ class StudyConfig:
     # The pre-registered primary claims by comparison ("dpo - sft (VQA)"), decided together
     # with Holm's correction; the rest are exploratory. None: the default set (study/run.py).
     primary: list[str] | None = None
+    # What the papers report for some claims, by comparison, shown beside each answer.
+    paper: dict[str, PaperEffect] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     source: str = ""
 

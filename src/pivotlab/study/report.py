@@ -239,7 +239,7 @@ def _claims(study: StudyResults, run_dir: Path) -> list[Block]:
                 "Pre-registered in the preset; decided together at 5% family-wise error with "
                 "Holm's correction (p: Holm-adjusted)."
             ),
-            _claims_table(primary, adjusted=True),
+            *_claims_table(primary, adjusted=True),
         ]
     if exploratory:
         if primary:
@@ -247,7 +247,7 @@ def _claims(study: StudyResults, run_dir: Path) -> list[Block]:
                 Heading("Exploratory claims", 3),
                 Text("Each at 95%, uncorrected: a 'holds' here suggests, it does not establish."),
             ]
-        blocks.append(_claims_table(exploratory, adjusted=False))
+        blocks += _claims_table(exploratory, adjusted=False)
     blocks.append(
         Note(
             "Differences of accuracies are in percentage points (pts). Intervals: paired "
@@ -267,22 +267,37 @@ def _claims(study: StudyResults, run_dir: Path) -> list[Block]:
     return [*blocks, _sources(rows, run_dir)]
 
 
-def _claims_table(rows: list[dict], adjusted: bool) -> Table:
-    """One row per claim; ``adjusted``: the p column holds Holm-adjusted p-values."""
+def _claims_table(rows: list[dict], adjusted: bool) -> list[Block]:
+    """One row per claim; ``adjusted``: the p column holds Holm-adjusted p-values. When a
+    paper reports an effect for some of them, a column shows it and how ours reads against
+    it, and a note names the sources."""
     header = ["Claim", "Comparison", "Metric", "Difference [95% CI]", "MDE (80% power)", "p"]
-    table = Table([*header, "Seeds", "Verdict"], [], verdict_column=7)
+    papers = any("paper_effect" in row for row in rows)
+    header += ["Paper", "Seeds", "Verdict"] if papers else ["Seeds", "Verdict"]
+    table = Table(header, [], verdict_column=len(header) - 1)
     for row in rows:
         percent = is_percent(row["metric"])
         difference = format_difference(row["diff"], row.get("ci_low"), row.get("ci_high"), percent)
         mde = row.get("mde")
         p_value = row.get("p_holm" if adjusted else "p_value")
-        table.rows.append(
-            [row["claim"], row["comparison"], row["metric"], difference,
-             "-" if mde is None else format_value(mde, percent).replace("%", " pts"),
-             "-" if p_value is None else f"{p_value:.3g}",
-             str(row.get("n_seeds", "")), row["verdict"]]
-        )  # fmt: skip
-    return table
+        cells = [row["claim"], row["comparison"], row["metric"], difference,
+                 "-" if mde is None else format_value(mde, percent).replace("%", " pts"),
+                 "-" if p_value is None else f"{p_value:.3g}"]  # fmt: skip
+        if papers:
+            cells.append(_paper_cell(row, percent))
+        table.rows.append([*cells, str(row.get("n_seeds", "")), row["verdict"]])
+    sources = [
+        f"{row['comparison']}: {row['paper_source']}" for row in rows if "paper_effect" in row
+    ]
+    return [table, Note("Paper: " + "; ".join(sources) + ".")] if sources else [table]
+
+
+def _paper_cell(row: dict, percent: bool) -> str:
+    if "paper_effect" not in row:
+        return "-"
+    effect = row["paper_effect"]
+    text = f"{100 * effect:+.1f} pts" if percent else f"{effect:+.3f}"
+    return f"{text}: {row['paper_reading']}"
 
 
 def _bar_chart(summaries: dict, categories: list, arms: list, chance: dict, path: Path) -> None:

@@ -15,7 +15,7 @@ import yaml
 
 from pivotlab.configtree import ConfigError, build_dataclass
 from pivotlab.io import read_jsonl, write_json_atomic, write_text_atomic
-from pivotlab.study.config import Recipe, StudyConfig, StudyError
+from pivotlab.study.config import PaperEffect, Recipe, StudyConfig, StudyError
 from pivotlab.study.ledger import Ledger
 from pivotlab.study.pipeline import (
     BLIND,
@@ -135,15 +135,14 @@ def primary_comparisons(study: StudyConfig) -> list[str]:
     must name one of the study's claims), else each compared arm against the baseline and
     against Stage 1 on VQA and, when transplanted, against the first original encoder."""
     known = [claim.comparison for claim in claims(study)]
-    if study.primary is None:
-        return default_primary(study)
-    for name in study.primary:
-        if name not in known:
-            raise StudyError(
-                f"{study.source}: primary names {name!r}, not a claim of this study; "
-                f"its claims: {'; '.join(known)}"
-            )
-    return list(study.primary)
+    for key, names in (("paper", list(study.paper)), ("primary", study.primary or [])):
+        for name in names:
+            if name not in known:
+                raise StudyError(
+                    f"{study.source}: {key} names {name!r}, not a claim of this study; "
+                    f"its claims: {'; '.join(known)}"
+                )
+    return default_primary(study) if study.primary is None else list(study.primary)
 
 
 def default_primary(study: StudyConfig) -> list[str]:
@@ -445,6 +444,23 @@ def _warnings(vqa: list[dict], claim_rows: list[dict], transplant: list[dict]) -
     return found + _chance_lines(claim_rows)
 
 
+def _beside_the_paper(rows: list[dict], paper: dict[str, PaperEffect]) -> None:
+    """Each row the papers speak to gets their effect, its source, and how ours reads
+    against it: the same direction or not, inside our 95% interval or not."""
+    for row in rows:
+        reported = paper.get(row["comparison"])
+        if reported is None:
+            continue
+        same = (row["diff"] > 0) == (reported.effect > 0)
+        reading = "same direction" if same else "opposite direction"
+        low, high = row.get("ci_low"), row.get("ci_high")
+        if low is not None and high is not None:
+            inside = low <= reported.effect <= high
+            reading += ", inside our interval" if inside else ", outside our interval"
+        row.update(paper_effect=reported.effect, paper_source=reported.source)
+        row["paper_reading"] = reading
+
+
 def _chance_lines(claim_rows: list[dict]) -> list[str]:
     """How many verdicts chance alone would give: at most 5% for any primary one, about
     5% of the exploratory ones."""
@@ -475,6 +491,7 @@ def collect(study: StudyConfig, run: Path, steps: list[Step], command: str) -> S
     vqa = _vqa_rows(study, steps)
     claim_rows = [_claim_row(study, steps, claim) for claim in claims(study)]
     _decide_primary(claim_rows, primary_comparisons(study))
+    _beside_the_paper(claim_rows, study.paper)
     transplant = _transplant_rows(study, steps)
     return {
         "title": f"pivotlab study: {study.name}",
@@ -501,7 +518,8 @@ def _without_growth(tree: dict[str, Any]) -> dict[str, Any]:
     transplant = tree["transplant"] and {
         k: v for k, v in tree["transplant"].items() if k != "encoders"
     }
-    rest = {k: v for k, v in tree.items() if k not in ("source", "claims", "notes", "primary")}
+    grows = ("source", "claims", "notes", "primary", "paper")
+    rest = {k: v for k, v in tree.items() if k not in grows}
     return {**rest, "post": post, "transplant": transplant}
 
 
