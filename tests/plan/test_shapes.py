@@ -92,7 +92,8 @@ def test_bundled_table_counts_equal_the_models_on_the_meta_device(name: str) -> 
 
 def test_paper_stack_matches_pivot_reference_numbers() -> None:
     """SigLIP2-So400m/16 @384: 576 tokens of width 1152; the mlp2x_gelu projector to
-    Qwen2.5-1.5B's 1536 (pivot.md section 2); Vicuna gains one row for <image>."""
+    Qwen2.5-1.5B's 1536 (PIVOT's siglip_encoder.py and scripts); Vicuna gains one row for
+    <image>."""
     vision, _ = resolve("google/siglip2-so400m-patch16-384", "vision")
     lm, _ = resolve("Qwen/Qwen2.5-1.5B-Instruct", "lm")
     arch = Architecture(vision, lm)

@@ -15,9 +15,10 @@ upkeep. platonic-rep's ``metrics.py`` is the numerical reference.
 
 Two analyses use them:
 
-- ``vision_language_alignment`` (PIVOT section 5, after PRH): an encoder's mean-pooled
-  features of the caption probe images against an LM's mean caption embedding at every LM
-  layer, plus the best layer (PRH reports the maximum over layers).
+- ``vision_language_alignment`` (PIVOT's encoder analyses, after PRH,
+  github.com/minyoungg/platonic-rep): an encoder's mean-pooled features of the caption
+  probe images against an LM's mean caption embedding at every LM layer, plus the best
+  layer (PRH reports the maximum over layers).
 - ``layerwise_curve`` (VIRAL's CKNNA curves): the MLLM's hidden states at the visual-token
   positions at every LM layer against the tokens its projector consumed and, optionally, a
   teacher encoder's patch features.

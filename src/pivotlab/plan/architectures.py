@@ -74,7 +74,7 @@ PUBLISHED: dict[str, Published] = {
         "siglip_vision_model",
         {**_SO400M, "patch_size": 16, "image_size": 384},
         _hub("google/siglip2-so400m-patch16-384")
-        + " (vision_config; 24x24 = 576 tokens x 1152 as PIVOT reads it, pivot.md section 2)",
+        + " (vision_config; 24x24 = 576 tokens x 1152 as PIVOT's siglip_encoder.py reads it)",
     ),
     "google/siglip2-base-patch16-384": Published(
         "siglip_vision_model",
@@ -109,7 +109,7 @@ PUBLISHED: dict[str, Published] = {
             "patch_size": 14,
             "image_size": 518,
         },
-        _hub("facebook/dinov2-base") + " (VIRAL's default teacher, viral.md section 2)",
+        _hub("facebook/dinov2-base") + " (VIRAL's default teacher, github.com/cvlab-kaist/VIRAL)",
     ),
     "Qwen/Qwen2.5-0.5B-Instruct": Published(
         "qwen2",
@@ -184,7 +184,7 @@ PUBLISHED: dict[str, Published] = {
             "rms_norm_eps": 1e-5,
             "tie_word_embeddings": False,
         },
-        _hub("lmsys/vicuna-7b-v1.5") + " (Llama-2-7B shape; VIRAL's LM, viral.md section 1)",
+        _hub("lmsys/vicuna-7b-v1.5") + " (Llama-2-7B shape; VIRAL's LM, its finetune_lora.sh)",
         32_000,
     ),
 }

@@ -12,7 +12,7 @@ model record what the objective's own forward already computes (``input_ids`` an
 alignment term to whatever loss TRL returned. Nothing assumes a token count: positions come
 from ``input_ids == image_token_id``, and the grid from the tower's config.
 
-Guards the public code lacks (``docs/reference``, viral.md section 2):
+Guards the public code (github.com/cvlab-kaist/VIRAL) lacks:
 
 - the teacher lives outside the Llava module, so no ``from_pretrained`` initialisation pass
   can redraw its weights, it is in no state dict, optimizer group or DDP bucket, runs under
