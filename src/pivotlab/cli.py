@@ -560,10 +560,10 @@ def _add_study(verbs: argparse._SubParsersAction) -> None:
 
 def _study(args: argparse.Namespace) -> None:
     from pivotlab.study.config import load_study
-    from pivotlab.study.run import primary_comparisons, run_study
+    from pivotlab.study.run import check_claim_names, run_study
 
     study = load_study(args.preset, args.overrides)
-    primary_comparisons(study)  # the dry run checks the pre-registered claims too
+    check_claim_names(study)  # the dry run too
     if args.dry_run:
         from pivotlab.plan.estimate import PlanOptions, local_launch
         from pivotlab.study.dryrun import dry_run

@@ -340,13 +340,13 @@ def test_every_arm_is_also_compared_with_the_stage1_model_it_started_from() -> N
 def test_the_primary_claims_are_pre_registered_and_a_stray_one_is_refused() -> None:
     from dataclasses import replace
 
-    from pivotlab.study.run import primary_comparisons
+    from pivotlab.study.run import check_claim_names, primary_comparisons
 
     quick = load_study("quick")
     assert primary_comparisons(quick) == quick.primary
     assert primary_comparisons(replace(quick, primary=None)) == quick.primary  # the default set
     with pytest.raises(StudyError, match=r"primary names 'dpo - ipo \(VQA\)', not a claim"):
-        primary_comparisons(replace(quick, primary=["dpo - ipo (VQA)"]))
+        check_claim_names(replace(quick, primary=["dpo - ipo (VQA)"]))
 
 
 def test_the_primary_claims_cannot_change_after_a_study_has_run(tmp_path: Path) -> None:
@@ -411,7 +411,7 @@ def test_each_answer_is_read_against_the_paper_where_it_reports_one() -> None:
     from dataclasses import replace
 
     from pivotlab.study.config import PaperEffect
-    from pivotlab.study.run import _beside_the_paper, primary_comparisons
+    from pivotlab.study.run import _beside_the_paper, check_claim_names
 
     paper = {"a (VQA)": PaperEffect(0.042, "a table"), "b (VQA)": PaperEffect(0.018, "b row")}
     rows = [
@@ -425,4 +425,4 @@ def test_each_answer_is_read_against_the_paper_where_it_reports_one() -> None:
     assert rows[1]["paper_source"] == "b row" and "paper_effect" not in rows[2]
     quick = load_study("quick")
     with pytest.raises(StudyError, match=r"paper names 'dpo - ipo \(VQA\)', not a claim"):
-        primary_comparisons(replace(quick, paper={"dpo - ipo (VQA)": PaperEffect(0.1, "x")}))
+        check_claim_names(replace(quick, paper={"dpo - ipo (VQA)": PaperEffect(0.1, "x")}))

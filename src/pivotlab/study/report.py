@@ -295,9 +295,7 @@ def _claims_table(rows: list[dict], adjusted: bool) -> list[Block]:
 def _paper_cell(row: dict, percent: bool) -> str:
     if "paper_effect" not in row:
         return "-"
-    effect = row["paper_effect"]
-    text = f"{100 * effect:+.1f} pts" if percent else f"{effect:+.3f}"
-    return f"{text}: {row['paper_reading']}"
+    return f"{format_difference(row['paper_effect'], None, None, percent)}: {row['paper_reading']}"
 
 
 def _bar_chart(summaries: dict, categories: list, arms: list, chance: dict, path: Path) -> None:

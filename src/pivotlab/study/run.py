@@ -130,10 +130,9 @@ def claims(study: StudyConfig) -> list[Claim]:
     return found
 
 
-def primary_comparisons(study: StudyConfig) -> list[str]:
-    """The pre-registered primary claims, by comparison: the preset's ``primary`` list (each
-    must name one of the study's claims), else each compared arm against the baseline and
-    against Stage 1 on VQA and, when transplanted, against the first original encoder."""
+def check_claim_names(study: StudyConfig) -> None:
+    """Refuse a ``primary`` or ``paper`` entry that names none of the study's claims (before
+    anything runs: a typo would otherwise leave a claim silently exploratory)."""
     known = [claim.comparison for claim in claims(study)]
     for key, names in (("paper", list(study.paper)), ("primary", study.primary or [])):
         for name in names:
@@ -142,6 +141,12 @@ def primary_comparisons(study: StudyConfig) -> list[str]:
                     f"{study.source}: {key} names {name!r}, not a claim of this study; "
                     f"its claims: {'; '.join(known)}"
                 )
+
+
+def primary_comparisons(study: StudyConfig) -> list[str]:
+    """The pre-registered primary claims, by comparison: the preset's ``primary`` list, else
+    each compared arm against the baseline and against Stage 1 on VQA and, when
+    transplanted, against the first original encoder."""
     return default_primary(study) if study.primary is None else list(study.primary)
 
 
@@ -250,11 +255,9 @@ def _claim_row(study: StudyConfig, steps: list[Step], claim: Claim) -> dict:
         difference = stats.paired_accuracy_difference(control, treated, category=claim.category)
         metric = f"{claim.category} accuracy"
 
-    treated_name = arm_label(claim.treated, claim.treated_track)
-    control_name = arm_label(claim.control, claim.control_track)
     return {
         "claim": claim.question,
-        "comparison": f"{treated_name} - {control_name} ({claim.where})",
+        "comparison": claim.comparison,
         "metric": metric,
         **difference,
         "mde": stats.minimum_detectable_effect(difference),
@@ -569,8 +572,8 @@ def _check_folder(study: StudyConfig, out: Path) -> None:
             or not _same_primary(previous_tree["primary"], study)
         ):
             raise StudyError(
-                f"{out} holds another study (study.yaml differs by more than added arms); "
-                "choose another --out"
+                f"{out} holds another study (study.yaml differs by more than added arms, or "
+                "pre-registers other primary claims); choose another --out"
             )
     elif out.exists() and any(out.iterdir()):
         raise StudyError(f"{out} is not empty and holds no study.yaml; refusing it")
@@ -582,7 +585,7 @@ def run_study(
     study: StudyConfig, out: Path, command: str, log: Callable[[str], None] = print
 ) -> tuple[Path, Path]:
     """Run (or resume) the study into ``out``; returns the report's markdown and HTML paths."""
-    primary_comparisons(study)  # a primary list naming no claim is refused before any work
+    check_claim_names(study)
     _check_folder(study, out)
     splits = world_splits(study)
     log("world: " + ", ".join(f"{k} {v.name}" for k, v in splits.items()))

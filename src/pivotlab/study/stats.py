@@ -293,7 +293,8 @@ def minimum_detectable_effect(
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:
     """Holm's step-down adjusted p-values, in the given order. Every entry counts in the
-    family (a claim without a p-value still is one of its hypotheses) and keeps None."""
+    family (a claim without a p-value still is one of its hypotheses) and keeps None, which
+    statsmodels' ``multipletests`` (not a dependency here) does not allow."""
     family = len(p_values)
     ranked = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
     adjusted: list[float | None] = [None] * family
