@@ -48,6 +48,7 @@ def preset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "post": {
             "baseline": "sft",
             "arms": {"sft": _recipe("post-sft"), "dpo": _recipe("post-dpo")},
+            "sweep": {"rates": [1.0e-4, 1.0e-3], "arms": ["dpo"]},
         },
         "evaluate": {"limit": 12, "batch_size": 12, "blind": True},
         "analysis": {"analyses": ["linear-probe"], "limit": 24},
@@ -95,12 +96,38 @@ def test_study_runs_every_step_and_writes_one_report(
     assert all(value > 0 for value in moved.values())  # every part trains in Stage 2
     assert all(line.startswith("[") and "left)" in line for line in lines if "/" in line.split()[0])
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
+    assert (out / "figures" / "rate-sweep.png").is_file()
     # Random tiny parts cannot beat the blind baseline: the report says so before any verdict.
     assert any("not clearly above the blind baseline" in w for w in results["warnings"])
     assert "Read this first" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_a_swept_arm_keeps_its_best_val_rate_and_every_arm_is_scored_on_val(
+    finished: tuple[Path, list[str]],
+) -> None:
+    out, _ = finished
+    results = json.loads((out / "results.json").read_text())
+    rows = {(row["arm"], row["rate"]): row for row in results["tuning"]}
+    assert set(rows) == {("stage1", None), ("sft", None), ("dpo", 1e-4), ("dpo", 1e-3)}
+    assert rows["sft", None]["lr"] == 5e-4 and not rows["sft", None]["swept"]
+    points = [rows["dpo", 1e-4], rows["dpo", 1e-3]]
+    best = max(points, key=lambda row: (row["value"], -row["rate"]))
+    assert [row["chosen"] for row in points] == [row is best for row in points]
+    chosen = json.loads((out / "seed0/post/dpo/chosen.json").read_text())
+    assert chosen["rate"] == best["rate"]
+    link = out / "seed0/post/dpo/final"
+    assert link.is_symlink() and link.resolve() == (out / f"seed0/post/dpo/lr-{best['rate']:g}/final")
+    # The arms moved, so their answers' distributions left Stage 1's; Stage 1 has no KL row.
+    assert all(row["kl"] > 0 for key, row in rows.items() if key[0] != "stage1")
+    assert "kl" not in rows["stage1", None]
+    assert results["headroom"]["arm"] in {"sft", "dpo"}
+    report = (out / "report.md").read_text()
+    assert "Learning rates, chosen on val" in report and "Headroom:" in report
+    assert any("kept the" in w for w in results["warnings"])  # a two-point grid: always an edge
+
+
 def test_rerun_skips_finished_steps_and_redoes_a_damaged_one(
     preset: Path, finished: tuple[Path, list[str]]
 ) -> None:
@@ -158,8 +185,22 @@ def test_quick_preset_builds_every_step_it_promises(tmp_path: Path) -> None:
     names = [step.name for step in steps]
     assert names[:2] == ["seed0/align", "seed0/full"]
     assert {"seed0/post-sft", "seed0/post-dpo", "seed0/eval-blind", "seed0/analysis"} <= set(names)
+    rates = ("3e-06", "1e-05", "3e-05", "0.0001", "0.0003")
+    for arm in ("sft", "dpo"):  # every point trained, scored on val, its KL measured
+        for kind in ("post", "val", "kl"):
+            assert {f"seed0/{kind}-{arm}/lr-{rate}" for rate in rates} <= set(names)
+        assert names.index(f"seed0/post-{arm}") > names.index(f"seed0/kl-{arm}/lr-0.0003")
+    assert {"seed0/post-continued", "seed0/val-continued", "seed0/val-stage1"} <= set(names)
+    points = [s for s in steps if s.name.startswith("seed0/post-sft/")]
+    assert [s.config.train.lr for s in points if s.config] == [float(r) for r in rates]
+    # The control reads the questions the preference arms' records were made from.
+    continued = next(s for s in steps if s.name == "seed0/post-continued").config
+    sft = points[0].config
+    assert continued and sft and continued.stage == "full"
+    assert (continued.data.limit, continued.seed) == (sft.data.limit, sft.seed)
     transplanted = {n.split("/")[1] for n in names if n.endswith("/eval") and "transplant" in n}
-    assert transplanted == {f"transplant-{e}" for e in ("sft", "dpo", "enc-s", "enc-m")}
+    expected = ("stage1", "sft", "dpo", "enc-s", "enc-m")
+    assert transplanted == {f"transplant-{e}" for e in expected}
     full = next(step for step in steps if step.name == "seed0/transplant-dpo/full")
     assert full.config is not None and full.config.parts == ["projector", "lm"]
 

@@ -65,3 +65,16 @@ def test_turns_join_an_images_questions_into_one_conversation(
     assert [a for _, a in joined[0]["turns"]] == [
         m["content"][0]["text"] for m in row["messages"] if m["role"] == "assistant"
     ]
+
+
+def test_the_full_stage_cut_to_n_reads_the_questions_of_the_first_n_preference_pairs(
+    splits: tuple[Path, Path],
+) -> None:
+    # The study's "Stage 1, continued" control relies on it: data.limit=N with the same
+    # seed gives the full stage the questions the preference arms' N pairs were made from.
+    train, _ = splits
+    questions, pairs = read_jsonl(train / "vqa.jsonl"), read_jsonl(train / "preferences.jsonl")
+    for seed in (0, 3):
+        kept_questions = keep_first(questions, 7, seed)
+        kept_pairs = keep_first(pairs, 7, seed)
+        assert [q["id"] for q in kept_questions] == [p["vqa_id"] for p in kept_pairs]

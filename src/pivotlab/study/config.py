@@ -60,6 +60,18 @@ class Stage1Section:
 
 
 @dataclass
+class RateSweep:
+    """Each listed arm trained at every rate of ``rates`` (``train.lr``, one rate for every
+    part; the same records, order and steps at each), scored on the val split, and kept
+    at the rate whose ``category`` accuracy on val is highest (ties: the lower rate);
+    the test split is never read to choose. ``arms``: None sweeps every arm."""
+
+    rates: list[float] = field(default_factory=list)
+    arms: list[str] | None = None
+    category: str = "vision_centric"
+
+
+@dataclass
 class PostSection:
     """Stage-2 arms: name -> recipe. Every arm reads the same records from the same
     Stage-1 model; ``baseline`` is the arm the claims compare the others with."""
@@ -67,6 +79,13 @@ class PostSection:
     arms: dict[str, Recipe] = field(default_factory=dict)
     baseline: str = "sft"
     compared: list[str] | None = None  # arms the default claims pit against the baseline
+    sweep: RateSweep | None = None  # each arm at its own best rate, chosen on val
+
+    def swept_arms(self) -> list[str]:
+        """The arms whose rate the sweep chooses (none without a sweep)."""
+        if self.sweep is None:
+            return []
+        return list(self.arms) if self.sweep.arms is None else list(self.sweep.arms)
 
     def compared_arms(self) -> list[str]:
         """The arms of the default claims: ``compared``, else every arm but the baseline."""
@@ -212,6 +231,7 @@ def _validate(study: StudyConfig) -> None:
             raise StudyError(f"{where}: arm name {name!r} must be letters, digits, - or _")
     for key, recipe in _recipes(study):
         recipe_path(study, recipe, key)
+    _validate_sweep(study)
     scale = study.sweeps.scale
     missing = [arm for arm in (scale.arms if scale else []) if arm not in study.post.arms]
     if missing:
@@ -236,6 +256,21 @@ def _validate(study: StudyConfig) -> None:
                 raise StudyError(
                     f"{where}: claims[{number}].{side} {getattr(claim, side)!r} is not a post arm"
                 )
+
+
+def _validate_sweep(study: StudyConfig) -> None:
+    sweep, where = study.post.sweep, study.source
+    if sweep is None:
+        return
+    if not sweep.rates:
+        raise StudyError(f"{where}: post.sweep.rates must list at least one rate")
+    if any(rate <= 0 for rate in sweep.rates) or len(set(sweep.rates)) != len(sweep.rates):
+        raise StudyError(f"{where}: post.sweep.rates must be distinct and positive")
+    unknown = [arm for arm in sweep.arms or [] if arm not in study.post.arms]
+    if unknown:
+        raise StudyError(f"{where}: post.sweep.arms names {unknown[0]!r}, not a post arm")
+    if not study.world.val:
+        raise StudyError(f"{where}: post.sweep chooses rates on the val split: set world.val")
 
 
 def _recipes(study: StudyConfig) -> list[tuple[str, Recipe]]:

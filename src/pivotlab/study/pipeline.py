@@ -21,17 +21,26 @@ from typing import Any
 import yaml
 
 from pivotlab.configtree import apply_override, set_dotted
+from pivotlab.io import write_json_atomic
 from pivotlab.study.config import Recipe, StudyConfig, recipe_path
 from pivotlab.study.ledger import Ledger, fingerprint
 from pivotlab.train.config import StageConfig, config_from_dict
 
 STAGE1 = "stage1"
 BLIND = "blind"
-# What an evaluation measures: a model of a track, or a transplanted encoder's MLLM.
-VQA, TRANSPLANT = "VQA", "after transplant"
+# What an evaluation measures: a model of a track on test, the same on the val split
+# (choosing rates, headroom), or a transplanted encoder's MLLM.
+VQA, VAL, TRANSPLANT = "VQA", "val", "after transplant"
 # Seconds a step of each kind is assumed to take before one has been measured in the run
 # (the tiny preset on 2 cores); the estimate of what is left uses measured steps first.
-DEFAULT_SECONDS = {"train": 120.0, "evaluate": 60.0, "analyze": 120.0, "export": 5.0}
+DEFAULT_SECONDS = {
+    "train": 120.0,
+    "evaluate": 60.0,
+    "divergence": 20.0,
+    "choose": 1.0,
+    "analyze": 120.0,
+    "export": 5.0,
+}
 
 
 @dataclass
@@ -46,7 +55,8 @@ class Step:
     seed: int = 0
     arm: str | None = None
     track: str = "main"
-    measures: str | None = None  # evaluate steps: VQA or TRANSPLANT
+    measures: str | None = None  # evaluate steps: VQA, VAL or TRANSPLANT
+    rate: float | None = None  # a rate sweep's point: its learning rate
     results: dict[str, Any] = field(default_factory=dict)
     config: StageConfig | None = None  # training steps: what a dry run plans
     architecture: tuple[str, str] | None = None  # (vision, lm) the step's model is made of
@@ -138,6 +148,64 @@ def _eval_step(
 
     outputs = [out / "predictions.jsonl", out / "metrics.jsonl"]
     return Step(name, "evaluate", spec, outputs, action, seed, arm, track, measures)
+
+
+def _kl_step(
+    study: StudyConfig,
+    name: str,
+    model: Path,
+    reference: Path,
+    data: Path,
+    out: Path,
+    seed: int,
+    arm: str,
+    track: str,
+) -> Step:
+    """KL of a post arm's answers from its Stage-1 model's, on held-out questions."""
+    spec = {"model": str(model), "reference": str(reference), "data": str(data), "seed": seed}
+    spec.update(limit=study.evaluate.limit, batch_size=study.evaluate.batch_size)
+
+    def action() -> dict[str, Any]:
+        from pivotlab.evaluate.divergence import measure_kl
+
+        limit, batch_size = study.evaluate.limit, study.evaluate.batch_size
+        summary = measure_kl(model, reference, data, out, limit=limit, batch_size=batch_size)
+        return {"kl": summary["value"]}
+
+    outputs = [out / "kl.jsonl", out / "metrics.jsonl"]
+    return Step(name, "divergence", spec, outputs, action, seed, arm, track)
+
+
+def _choose_step(
+    study: StudyConfig,
+    name: str,
+    arm_folder: Path,
+    points: list[tuple[Step, Step]],
+    seed: int,
+    arm: str,
+    track: str,
+) -> Step:
+    """The arm's rate, chosen on val among its sweep's (training, val evaluation) points."""
+    from pivotlab.study import sweep
+
+    assert study.post.sweep is not None
+    category = study.post.sweep.category
+    folders = {train.rate: val.outputs[0].parent for train, val in points}
+    spec = {"points": {str(rate): str(f) for rate, f in folders.items()}, "category": category}
+
+    def action() -> dict[str, Any]:
+        rows = {rate: sweep.val_accuracy(folder, category) for rate, folder in folders.items()}
+        rate = sweep.choose_rate({r: row["value"] for r, row in rows.items()})
+        sweep.link_chosen(arm_folder, rate)
+        chosen = {"rate": rate, "category": category, "val": {str(r): v for r, v in rows.items()}}
+        write_json_atomic(arm_folder / sweep.CHOSEN, chosen, indent=1)
+        trained = next(train for train, _ in points if train.rate == rate)
+        # The chosen point's cost under its own key: ``flops`` would count it twice.
+        moved, flops = trained.results.get("moved"), trained.results.get("flops")
+        return {"rate": rate, "moved": moved, "trained_flops": flops}
+
+    outputs = [arm_folder / sweep.CHOSEN, arm_folder / "final"]
+    return Step(name, "choose", spec, outputs, action, seed, arm, track)
 
 
 def _analysis_step(
@@ -358,6 +426,71 @@ def _stage1_steps(
         steps.append(
             _eval_step(study, name, model, splits["test"], out, seed, arm, arm == BLIND, track.name)
         )
+    if "val" in splits:  # the reference the arms' val scores (rates, headroom) are read against
+        name, out = track.step(seed, f"val-{STAGE1}"), root / "val" / STAGE1
+        steps.append(
+            _eval_step(study, name, model, splits["val"], out, seed, STAGE1, False, track.name, VAL)
+        )
+    return steps
+
+
+def _arm_steps(
+    study: StudyConfig,
+    sets: dict[str, Any],
+    root: Path,
+    seed: int,
+    splits: dict[str, Path],
+    track: Track,
+    arm: str,
+    stage1: Path,
+    rate: float | None = None,
+) -> list[Step]:
+    """One post arm trained from the Stage-1 model (at ``rate`` when a sweep's point), and,
+    with a val split, scored there and its answers' KL from Stage 1 measured there."""
+    from pivotlab.study.sweep import rate_label
+
+    point = "" if rate is None else f"/{rate_label(rate)}"
+    if rate is not None:
+        sets = {**sets, "train.lr": rate, "run": f"{sets['run']}-{rate_label(rate)}"}
+    cfg = stage_config(study, study.post.arms[arm], f"post.arms.{arm}", sets)
+    out = root / "post" / arm / point.lstrip("/")
+    pair = (track.vision, track.lm)
+    name = track.step(seed, f"post-{arm}{point}")
+    steps = [_train_step(name, cfg, out, seed, arm, pair, stage1, track.name)]
+    if "val" in splits:
+        model, label = out / "final", f"{arm}{point}"
+        val, kl = root / "val" / arm / point.lstrip("/"), root / "kl" / arm / point.lstrip("/")
+        name = track.step(seed, f"val-{label}")
+        steps.append(
+            _eval_step(study, name, model, splits["val"], val, seed, arm, False, track.name, VAL)
+        )
+        name = track.step(seed, f"kl-{label}")
+        steps.append(_kl_step(study, name, model, stage1, splits["val"], kl, seed, arm, track.name))
+    for step in steps:
+        step.rate = rate
+    return steps
+
+
+def _swept_arm_steps(
+    study: StudyConfig,
+    sets: dict[str, Any],
+    root: Path,
+    seed: int,
+    splits: dict[str, Path],
+    track: Track,
+    arm: str,
+    stage1: Path,
+) -> list[Step]:
+    """The arm at every rate of the sweep, then the choice among them on val."""
+    assert study.post.sweep is not None
+    steps: list[Step] = []
+    points = []
+    for rate in study.post.sweep.rates:
+        made = _arm_steps(study, sets, root, seed, splits, track, arm, stage1, rate)
+        points.append((made[0], made[1]))  # its training and its val evaluation
+        steps += made
+    name = track.step(seed, f"post-{arm}")
+    steps.append(_choose_step(study, name, root / "post" / arm, points, seed, arm, track.name))
     return steps
 
 
@@ -376,13 +509,11 @@ def track_steps(
     base = {"seed": seed, **_data_sets(splits)}
     for arm in track.arms:
         sets = {**base, "run": f"{arm}{label}-s{seed}", "model.init": str(models[STAGE1])}
-        cfg = stage_config(study, study.post.arms[arm], f"post.arms.{arm}", sets)
-        out = root / "post" / arm
-        pair = (track.vision, track.lm)
-        name = track.step(seed, f"post-{arm}")
-        moved_from = models[STAGE1]
-        steps.append(_train_step(name, cfg, out, seed, arm, pair, moved_from, track.name))
-        models[arm] = out / "final"
+        if arm in study.post.swept_arms():
+            steps += _swept_arm_steps(study, sets, root, seed, splits, track, arm, models[STAGE1])
+        else:
+            steps += _arm_steps(study, sets, root, seed, splits, track, arm, models[STAGE1])
+        models[arm] = root / "post" / arm / "final"
         name, out = track.step(seed, f"eval-{arm}"), root / "eval" / arm
         test = splits["test"]
         steps.append(_eval_step(study, name, models[arm], test, out, seed, arm, False, track.name))

@@ -46,6 +46,8 @@ class StudyResults(TypedDict, total=False):
     analysis: list[dict[str, Any]]  # the analysis suite's rows, labelled by arm and track
     transplant: list[dict[str, Any]]  # accuracy per transplanted encoder, seed and category
     moved: list[dict[str, Any]]  # how far each post arm moved from Stage 1, per part and seed
+    tuning: list[dict[str, Any]]  # every model scored on val: rate, accuracy, KL, moved, chosen
+    headroom: dict[str, Any] | None  # the best arm against Stage 1 on val
     compute: list[dict[str, Any]]  # one row per step: wall seconds, FLOPs
     pivot_fraction: dict[str, float] | None  # the evolving step against pretraining FLOPs
     pictures: dict[str, dict[str, list[str]]]  # {kind: {arm: [paths]}}
@@ -55,6 +57,7 @@ class StudyResults(TypedDict, total=False):
 PERCENT_METRICS = frozenset({"accuracy", "pair_accuracy", "average", "top1"})
 FIGURES = "figures"
 CHART = "vqa-by-category.png"
+SWEEP_CHART = "rate-sweep.png"
 PICTURE_TITLES = {
     "saliency": "Saliency overlays, side by side",
     "pca": "PCA views of the visual tokens",
@@ -420,6 +423,95 @@ def _moved(study: StudyResults) -> list[Block]:
     ]
 
 
+def _sweep_chart(rows: list[dict], stage1: dict | None, path: Path) -> None:
+    """Val accuracy against the learning rate (left) and against KL to Stage 1 (right), one
+    line per swept arm, its chosen point circled; Stage 1 dashed."""
+    figure = PlotFigure(figsize=(10.0, 4.0), dpi=100)
+    by_rate, by_kl = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    for arm in dict.fromkeys(row["arm"] for row in rows):
+        points = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["rate"])
+        accuracy = [100 * r["value"] for r in points]
+        (line,) = by_rate.plot([r["rate"] for r in points], accuracy, marker="o", label=arm)
+        kls = [r.get("kl") for r in points]
+        if None not in kls:
+            by_kl.plot(kls, accuracy, marker="o", color=line.get_color(), label=arm)
+        for row in (r for r in points if r["chosen"]):
+            chosen = {"s": 160, "facecolors": "none", "edgecolors": line.get_color()}
+            by_rate.scatter([row["rate"]], [100 * row["value"]], **chosen)
+            if row.get("kl") is not None:
+                by_kl.scatter([row["kl"]], [100 * row["value"]], **chosen)
+    for axes in (by_rate, by_kl):
+        if stage1 is not None:
+            axes.axhline(100 * stage1["value"], color="black", linestyle="dashed", label="stage1")
+        axes.set_ylabel(f"val {rows[0]['category']} accuracy (%)")
+        axes.legend(fontsize=8)
+    by_rate.set_xscale("log")
+    by_rate.set_xlabel("learning rate")
+    by_rate.set_title("Each arm's sweep (circled: chosen on val)", fontsize=10)
+    by_kl.set_xlabel("KL to Stage 1 on val answers (nats per token)")
+    by_kl.set_title("The same points against how far each moved", fontsize=10)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+
+
+def _rate_cell(row: dict) -> str:
+    if row["rate"] is not None:
+        return f"{row['rate']:g}" + (" (chosen)" if row["chosen"] else "")
+    lr = row.get("lr")
+    if isinstance(lr, dict):
+        return ", ".join(f"{part} {value:g}" for part, value in lr.items())
+    return "-" if lr is None else f"{lr:g}"
+
+
+def _tuning(study: StudyResults, run_dir: Path) -> list[Block]:
+    """Every model scored on val: the rate sweep (figure, table) and the headroom line."""
+    rows = study.get("tuning") or []
+    if not rows:
+        return []
+    main = [r for r in rows if r["track"] == "main"]
+    first = [r for r in main if r["seed"] == main[0]["seed"]] if main else []
+    stage1 = next((r for r in first if r["arm"] == "stage1"), None)
+    swept = [r for r in first if r["swept"]]
+    blocks: list[Block] = [
+        Heading("Learning rates, chosen on val, and how far each arm moved"),
+        Text(
+            "Every arm was scored on the val split (never test) at each rate it was trained "
+            "with; a swept arm keeps its best. KL: KL(arm || Stage 1) per answer token on the "
+            "val questions' answers, teacher-forced. Moved: relative weight change per part."
+        ),
+    ]
+    if swept:
+        _sweep_chart(swept, stage1, run_dir / FIGURES / SWEEP_CHART)
+        caption = "Val accuracy against rate and against KL to Stage 1 (first seed, main track)."
+        blocks.append(Picture(f"{FIGURES}/{SWEEP_CHART}", caption))
+    parts = list(dict.fromkeys(part for r in rows for part in (r.get("moved") or {})))
+    table = Table(["Arm", "Seed", "Rate", f"Val {rows[0]['category']}", "KL", *parts], [])
+    for row in rows:
+        kl = row.get("kl")
+        kl_cell = "-" if kl is None else format_cell(kl, row["kl_ci_low"], row["kl_ci_high"], False)
+        moved = [format_value((row.get("moved") or {}).get(p), True) for p in parts]
+        accuracy = format_cell(row["value"], row["ci_low"], row["ci_high"], True)
+        cells = [row["arm"], str(row["seed"]), _rate_cell(row), accuracy, kl_cell]
+        table.rows.append([*cells, *moved])
+    blocks.append(table)
+    headroom = study.get("headroom")
+    if headroom:
+        met = "met" if headroom["diff"] >= headroom["required"] else "not met"
+        rate = "" if headroom["rate"] is None else f" at {headroom['rate']:g}"
+        difference = format_difference(
+            headroom["diff"], headroom["ci_low"], headroom["ci_high"], True
+        )
+        blocks.append(
+            Text(
+                f"Headroom: the best arm on val, {headroom['arm']}{rate}, is {difference} over "
+                f"Stage 1 in {headroom['category']} accuracy (paired, same val questions); the "
+                f"protocol asks for at least {100 * headroom['required']:.0f} points: {met}."
+            )
+        )
+    return [*blocks, _sources(rows, run_dir)]
+
+
 def _transplant(study: StudyResults, run_dir: Path) -> list[Block]:
     rows = study.get("transplant") or []
     blocks: list[Block] = [Heading("PIVOT transplant: each encoder, frozen, into a fresh LM")]
@@ -523,6 +615,7 @@ def build(study: StudyResults, run_dir: Path) -> list[Block]:
         *_header(study),
         *_claims(study, run_dir),
         *_vqa(study, run_dir),
+        *_tuning(study, run_dir),
         *_moved(study),
         *_analysis(study, run_dir),
         *_transplant(study, run_dir),

@@ -21,6 +21,7 @@ from pivotlab.study.pipeline import (
     BLIND,
     STAGE1,
     TRANSPLANT,
+    VAL,
     VQA,
     Step,
     Track,
@@ -41,6 +42,9 @@ HEADLINE_CATEGORY = "vision_centric"
 # colour jointly, the label that needs both attributes the world's questions ask about.
 ENCODER_MEASUREMENT = {"analysis": "linear_probe", "method": "logistic", "label": "shape_color"}
 ENCODER = "encoder probe"  # a claim measured on the encoder (VQA, TRANSPLANT: pipeline.py)
+# How far above Stage 1 on val the best arm must get for the study to be able to tell
+# objectives apart by what they teach (docs/study.md, Headroom).
+HEADROOM = 0.03
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,12 @@ def _transplant_claims(study: StudyConfig, evolved: list[str]) -> list[Claim]:
     baseline = study.post.baseline
     found = []
     for arm in [a for a in evolved if a in taken]:
+        if STAGE1 in taken:  # DPO's own effect on the encoder, apart from Stage 1's tuning
+            question = (
+                f"Does the {arm}-evolved encoder make a better MLLM than the Stage-1 encoder it "
+                "was evolved from?"
+            )
+            found.append(Claim(question, STAGE1, arm, TRANSPLANT))
         for original in originals[:1]:
             question = (
                 f"Does the {arm}-evolved encoder make a better MLLM than the original {original}?"
@@ -305,7 +315,11 @@ def _pivot_fraction(study: StudyConfig, steps: list[Step]) -> dict | None:
         return None
     part = vision.removeprefix("zoo:")
     pretraining = manifests().get(part, {}).get("compute", {}).get("flops")
-    arm_flops = [s.results.get("flops") for s in steps if s.name.endswith(f"/post-{evolving[0]}")]
+    arm_flops = [
+        s.results.get("trained_flops", s.results.get("flops"))
+        for s in steps
+        if s.name.endswith(f"/post-{evolving[0]}")
+    ]
     if not pretraining or not arm_flops or None in arm_flops:
         return None
     pivot = sum(arm_flops) / len(arm_flops)
@@ -355,12 +369,90 @@ def _transplant_rows(study: StudyConfig, steps: list[Step]) -> list[dict]:
 
 
 def _moved_rows(study: StudyConfig, steps: list[Step]) -> list[dict]:
-    """How far each post arm moved from its Stage-1 model, per part and seed."""
+    """How far each post arm moved from its Stage-1 model, per part and seed (a swept arm:
+    its chosen point, which the sweep's choice step records)."""
+    arms = [
+        step
+        for kind in ("train", "choose")
+        for step in _in_report_order(study, steps, kind)
+        if step.rate is None
+    ]
     return [
         {"arm": arm_label(step.arm, step.track), "seed": step.seed, "part": part, "value": value}
-        for step in _in_report_order(study, steps, "train")
+        for step in arms
         for part, value in (step.results.get("moved") or {}).items()
     ]
+
+
+def _tuning_rows(study: StudyConfig, steps: list[Step]) -> list[dict]:
+    """Every model scored on val (Stage 1, each arm, each point of a rate sweep): its val
+    accuracy in the sweep's category, its answers' KL from Stage 1 there, how far its parts
+    moved, its rate and whether the sweep chose it."""
+    from pivotlab.study.sweep import val_accuracy
+
+    category = study.post.sweep.category if study.post.sweep else HEADLINE_CATEGORY
+    chosen = {(s.track, s.seed, s.arm): s.results.get("rate") for s in steps if s.kind == "choose"}
+    kl = {(s.track, s.seed, s.arm, s.rate): s for s in steps if s.kind == "divergence"}
+    # A post arm's training (a transplant's steps are named ``transplant-<arm>/...``).
+    trained = {
+        (s.track, s.seed, s.arm, s.rate): s
+        for s in steps
+        if s.kind == "train" and "/post-" in s.name
+    }
+    rows = []
+    for step in _in_report_order(study, steps, "evaluate"):
+        if step.measures != VAL:
+            continue
+        key = (step.track, step.seed, step.arm, step.rate)
+        folder = step.outputs[0].parent
+        accuracy = val_accuracy(folder, category)
+        row = {"arm": arm_label(step.arm, step.track), "track": step.track, "seed": step.seed}
+        row.update({k: accuracy.get(k) for k in ("category", "value", "ci_low", "ci_high", "n")})
+        train = trained.get(key)
+        lr = train.config.train.lr if train is not None and train.config is not None else None
+        row.update(rate=step.rate, lr=lr, swept=step.rate is not None)
+        row["chosen"] = step.rate is not None and chosen.get(key[:3]) == step.rate
+        row["moved"] = train.results.get("moved") if train is not None else None
+        if key in kl:
+            summary = read_jsonl(kl[key].outputs[1])[-1]
+            row.update(kl=summary["value"], kl_ci_low=summary["ci_low"])
+            row["kl_ci_high"] = summary["ci_high"]
+        row["source"] = str(folder / "metrics.jsonl")
+        rows.append(row)
+    return rows
+
+
+def _val_predictions(steps: list[Step], track: str, arm: str, rate: float | None) -> dict:
+    """Seed -> the val predictions of ``arm`` (at ``rate``) on ``track``."""
+    return {
+        step.seed: read_jsonl(step.outputs[0])
+        for step in steps
+        if (step.kind, step.measures, step.track, step.arm, step.rate)
+        == ("evaluate", VAL, track, arm, rate)
+    }
+
+
+def _headroom(study: StudyConfig, steps: list[Step], tuning: list[dict]) -> dict | None:
+    """The best arm on val (each swept arm at its chosen rate) against Stage 1 on val, paired
+    over the same questions: can Stage 2 change what the model sees in this world? The
+    protocol asks for at least ``HEADROOM`` (docs/study.md, Headroom)."""
+    from pivotlab.study import stats
+
+    main = [r for r in tuning if r["track"] == "main" and r["arm"] != STAGE1]
+    kept = [r for r in main if r["chosen"] or not r["swept"]]
+    if not kept:
+        return None
+    by_arm: dict[tuple[str, float | None], list[float]] = {}
+    for row in kept:
+        by_arm.setdefault((row["arm"], row["rate"]), []).append(row["value"])
+    arm, rate = max(by_arm, key=lambda key: sum(by_arm[key]) / len(by_arm[key]))
+    treated = _val_predictions(steps, "main", arm, rate)
+    stage1 = _val_predictions(steps, "main", STAGE1, None)
+    if study.stage1.seed is not None:  # one Stage-1 model that every seed started from
+        stage1 = {seed: stage1[study.stage1.seed] for seed in treated}
+    category = study.post.sweep.category if study.post.sweep else HEADLINE_CATEGORY
+    difference = stats.paired_accuracy_difference(stage1, treated, category=category)
+    return {"arm": arm, "rate": rate, "category": category, "required": HEADROOM, **difference}
 
 
 def _analysis_rows(study: StudyConfig, steps: list[Step]) -> list[dict]:
@@ -388,6 +480,14 @@ def _setup(study: StudyConfig) -> list[str]:
         + ("" if study.stage1.seed is None else f"; one Stage-1 model (seed {study.stage1.seed})"),
         "Arms: " + "; ".join(f"{name} {recipe(r)}" for name, r in study.post.arms.items()) + ".",
     ]
+    sweep = study.post.sweep
+    if sweep is not None:
+        rates = ", ".join(f"{rate:g}" for rate in sweep.rates)
+        lines.append(
+            f"Rates: {', '.join(study.post.swept_arms())} each trained at {rates} "
+            f"(train.lr, every part) and kept at the rate with the best val {sweep.category} "
+            "accuracy; the test split is never read to choose."
+        )
     if study.transplant is not None:
         plan = study.transplant
         lines.append(
@@ -447,6 +547,34 @@ def _warnings(vqa: list[dict], claim_rows: list[dict], transplant: list[dict]) -
     return found + _chance_lines(claim_rows)
 
 
+def _tuning_warnings(study: StudyConfig, steps: list[Step], headroom: dict | None) -> list[str]:
+    """A chosen rate at the edge of its grid (a better one may lie outside it), and a Stage 2
+    whose best arm moves val accuracy less than ``HEADROOM`` above Stage 1."""
+    from pivotlab.study.report import format_difference
+    from pivotlab.study.sweep import at_edge
+
+    found = []
+    rates = study.post.sweep.rates if study.post.sweep else []
+    for step in steps:
+        rate = step.results.get("rate")
+        if step.kind == "choose" and rate is not None and at_edge(rate, rates):
+            found.append(
+                f"Warning: {arm_label(step.arm, step.track)} (seed {step.seed}) kept the "
+                f"{'lowest' if rate == min(rates) else 'highest'} rate of its sweep ({rate:g}): "
+                "its best rate may lie outside the grid."
+            )
+    if headroom is not None and headroom["diff"] < headroom["required"]:
+        found.append(
+            f"Warning: no headroom. The best arm on val ({headroom['arm']}) is "
+            f"{format_difference(headroom['diff'], headroom['ci_low'], headroom['ci_high'], True)}"
+            f" over Stage 1 in {headroom['category']} accuracy; the "
+            f"protocol asks for {headroom['required']:.0%} points: in this world Stage 2 can "
+            "barely change what the model sees, so a 'not significant' between objectives says "
+            "little about them (docs/study.md, Headroom)."
+        )
+    return found
+
+
 def _beside_the_paper(rows: list[dict], paper: dict[str, PaperEffect]) -> None:
     """Each row the papers speak to gets their effect, its source, and how ours reads
     against it: the same direction or not, inside our 95% interval or not."""
@@ -496,11 +624,14 @@ def collect(study: StudyConfig, run: Path, steps: list[Step], command: str) -> S
     _decide_primary(claim_rows, primary_comparisons(study))
     _beside_the_paper(claim_rows, study.paper)
     transplant = _transplant_rows(study, steps)
+    tuning = _tuning_rows(study, steps)
+    headroom = _headroom(study, steps, tuning)
+    warnings = _warnings(vqa, claim_rows, transplant)
     return {
         "title": f"pivotlab study: {study.name}",
         "preset": study.name,
         "command": command,
-        "warnings": _warnings(vqa, claim_rows, transplant),
+        "warnings": _tuning_warnings(study, steps, headroom) + warnings,
         "notes": study.notes,
         "seeds": study.seeds,
         "setup": _setup(study),
@@ -509,6 +640,8 @@ def collect(study: StudyConfig, run: Path, steps: list[Step], command: str) -> S
         "analysis": _analysis_rows(study, steps),
         "transplant": transplant,
         "moved": _moved_rows(study, steps),
+        "tuning": tuning,
+        "headroom": headroom,
         "compute": _compute_rows(steps),
         "pivot_fraction": _pivot_fraction(study, steps),
         "pictures": _pictures(study, run),
