@@ -118,7 +118,8 @@ def test_a_swept_arm_keeps_its_best_val_rate_and_every_arm_is_scored_on_val(
     chosen = json.loads((out / "seed0/post/dpo/chosen.json").read_text())
     assert chosen["rate"] == best["rate"]
     link = out / "seed0/post/dpo/final"
-    assert link.is_symlink() and link.resolve() == (out / f"seed0/post/dpo/lr-{best['rate']:g}/final")
+    chosen_model = out / f"seed0/post/dpo/lr-{best['rate']:g}/final"
+    assert link.is_symlink() and link.resolve() == chosen_model
     # The arms moved, so their answers' distributions left Stage 1's; Stage 1 has no KL row.
     assert all(row["kl"] > 0 for key, row in rows.items() if key[0] != "stage1")
     assert "kl" not in rows["stage1", None]
