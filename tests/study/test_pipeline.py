@@ -30,10 +30,11 @@ def test_the_estimate_learns_each_step_from_its_own_kind_not_the_slowest(
     as long)."""
     study = load_study("quick", ["seeds=[0,1]"])
     world = _planned_world(study)
-    wanted = ["seed0/align", "seed0/full", "seed0/post-sft", "seed1/post-sft"]
+    point = "post-sft/lr-1e-05"  # a point of the SFT arm's rate sweep
+    wanted = ["seed0/align", "seed0/full", f"seed0/{point}", f"seed1/{point}"]
     steps = {s.name: s for seed in (0, 1) for s in seed_steps(study, tmp_path, seed, world)}
     clock = [0.0]
-    seconds = {"seed0/align": 10.0, "seed0/full": 160.0, "seed0/post-sft": 20.0}
+    seconds = {"seed0/align": 10.0, "seed0/full": 160.0, f"seed0/{point}": 20.0}
     chosen = [_timed(steps[n], seconds.get(n, 20.0), clock) for n in wanted]
     monkeypatch.setattr("pivotlab.study.pipeline.time.perf_counter", lambda: clock[0])
     lines: list[str] = []
@@ -65,3 +66,19 @@ def test_the_stage1_and_blind_evaluations_are_different_steps(tmp_path: Path) ->
     stage1, blind = steps["seed0/eval-stage1"], steps["seed0/eval-blind"]
     assert (stage1.spec["blind"], blind.spec["blind"]) == (False, True)
     assert fingerprint(stage1.spec) != fingerprint(blind.spec)
+
+
+def test_a_key_added_to_the_evaluate_section_leaves_finished_evaluations_alone(
+    tmp_path: Path,
+) -> None:
+    """An evaluation's spec holds what it reads: ``evaluate.kl_limit`` (read by the KL steps
+    only) must not change the test evaluations' fingerprints, or every finished one runs again."""
+    from pivotlab.study.ledger import fingerprint
+
+    def specs(overrides: list[str]) -> dict[str, str]:
+        study = load_study("quick", overrides)
+        steps = seed_steps(study, tmp_path, 0, _planned_world(study))
+        return {s.name: fingerprint(s.spec) for s in steps if s.kind == "evaluate"}
+
+    assert specs([]) == specs(["evaluate.kl_limit=100"])
+    assert specs([]) != specs(["evaluate.limit=100"])

@@ -57,6 +57,7 @@ def preset(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "originals": ["tiny-siglip"],
             "align": _recipe("align", *TINY_MODEL),
             "full": _recipe("full"),
+            "control": {"weaker": "tiny-siglip", "stronger": "stage1", "known": "a test's pair"},
         },
         "notes": ["tests-sized"],
     }
@@ -127,6 +128,43 @@ def test_a_swept_arm_keeps_its_best_val_rate_and_every_arm_is_scored_on_val(
     report = (out / "report.md").read_text()
     assert "Learning rates, chosen on val" in report and "Headroom:" in report
     assert any("kept the" in w for w in results["warnings"])  # a two-point grid: always an edge
+
+
+@pytest.mark.slow
+def test_the_transplant_control_is_reported_and_warns_when_it_fails(
+    finished: tuple[Path, list[str]],
+) -> None:
+    out, _ = finished
+    results = json.loads((out / "results.json").read_text())
+    control = results["transplant_control"]
+    assert control["comparison"] == "stage1 - tiny-siglip (after transplant)"
+    assert control["known"] == "a test's pair"
+    assert control["comparison"] not in [c["comparison"] for c in results["claims"]]
+    failed = any("failed its positive control" in w for w in results["warnings"])
+    assert failed == (control["verdict"] != "holds")
+    assert (
+        "Positive control, stage1 - tiny-siglip (after transplant)"
+        in (out / "report.md").read_text()
+    )
+
+
+def test_a_failed_control_warns_and_a_passed_one_does_not() -> None:
+    from pivotlab.study.run import _control_warning
+
+    row = {"comparison": "enc-m - enc-s (after transplant)", "diff": -0.014, "ci_low": -0.05}
+    row.update(ci_high=0.02, known="+2.9 in Stage 1", verdict="not significant at this scale")
+    (warning,) = _control_warning(row)
+    assert "failed its positive control" in warning and "+2.9 in Stage 1" in warning
+    assert _control_warning({**row, "verdict": "holds"}) == []
+    assert _control_warning(None) == []
+
+
+def test_a_control_naming_an_encoder_not_transplanted_is_refused() -> None:
+    from pivotlab.study.run import check_transplant_control
+
+    with pytest.raises(StudyError, match=r"transplant\.control\.stronger 'enc-l' is not"):
+        check_transplant_control(load_study("quick", ["transplant.control.stronger=enc-l"]))
+    check_transplant_control(load_study("quick"))
 
 
 def test_rerun_skips_finished_steps_and_redoes_a_damaged_one(

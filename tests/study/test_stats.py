@@ -243,6 +243,8 @@ def test_minimum_detectable_effect_from_the_interval() -> None:
     assert minimum_detectable_effect(row) == pytest.approx(2.8016, abs=1e-3)
     assert minimum_detectable_effect(row, alpha=0.05 / 3) == pytest.approx(3.2353, abs=1e-3)
     assert minimum_detectable_effect({"diff": 0.1, "ci_low": None, "ci_high": None}) is None
+    # Two models that answered alike: no spread to read a power from.
+    assert minimum_detectable_effect({"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0}) is None
 
 
 def test_a_primary_verdict_follows_the_adjusted_p_value() -> None:

@@ -96,15 +96,32 @@ class PostSection:
 
 @dataclass
 class EvaluateSection:
+    """VQA of every model (the first ``limit`` questions of a split), the blind baseline,
+    and each arm's answers' KL from Stage 1 on the first ``kl_limit`` val questions (a mean
+    over 500 answers is already tight, and the sweep measures it for every point)."""
+
     limit: int | None = None
     batch_size: int = 32
     blind: bool = True
+    kl_limit: int | None = 500
 
 
 @dataclass
 class AnalysisSection:
     analyses: list[str] = field(default_factory=list)
     limit: int | None = None
+
+
+@dataclass
+class TransplantControl:
+    """The transplant's positive control: two transplanted encoders (by their transplant
+    names) whose order is known, ``stronger`` ahead of ``weaker`` where it was measured
+    (``known``: a line saying where). The transplant must find that order with an interval
+    above zero before its claims are read as measuring encoders."""
+
+    weaker: str = ""
+    stronger: str = ""
+    known: str = ""
 
 
 @dataclass
@@ -119,6 +136,7 @@ class TransplantSection:
     originals: list[str] = field(default_factory=list)
     align: Recipe = field(default_factory=Recipe)
     full: Recipe = field(default_factory=Recipe)
+    control: TransplantControl | None = None
 
 
 @dataclass

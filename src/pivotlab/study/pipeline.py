@@ -126,10 +126,13 @@ def _eval_step(
     track: str = "main",
     measures: str = VQA,
 ) -> Step:
-    # The step's own flag last: the study-wide ``evaluate.blind`` says whether a blind step
-    # exists, not whether this one is blind (the ledger keys resumption on the spec).
-    spec = {**study.evaluate.__dict__, "model": str(model), "data": str(data)}
-    spec.update(blind=blind, seed=seed)
+    # What the evaluation reads, not the whole section: the study-wide ``evaluate.blind``
+    # says whether a blind step exists, not whether this one is blind, and a key added to
+    # the section must not make every finished evaluation run again (the ledger keys
+    # resumption on the spec).
+    settings = study.evaluate
+    spec = {"limit": settings.limit, "batch_size": settings.batch_size, "blind": blind}
+    spec.update(model=str(model), data=str(data), seed=seed)
 
     def action() -> dict[str, Any]:
         from pivotlab.evaluate.runner import EvalConfig, evaluate
@@ -163,12 +166,12 @@ def _kl_step(
 ) -> Step:
     """KL of a post arm's answers from its Stage-1 model's, on held-out questions."""
     spec = {"model": str(model), "reference": str(reference), "data": str(data), "seed": seed}
-    spec.update(limit=study.evaluate.limit, batch_size=study.evaluate.batch_size)
+    spec.update(limit=study.evaluate.kl_limit, batch_size=study.evaluate.batch_size)
 
     def action() -> dict[str, Any]:
         from pivotlab.evaluate.divergence import measure_kl
 
-        limit, batch_size = study.evaluate.limit, study.evaluate.batch_size
+        limit, batch_size = study.evaluate.kl_limit, study.evaluate.batch_size
         summary = measure_kl(model, reference, data, out, limit=limit, batch_size=batch_size)
         return {"kl": summary["value"]}
 

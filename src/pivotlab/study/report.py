@@ -48,6 +48,7 @@ class StudyResults(TypedDict, total=False):
     moved: list[dict[str, Any]]  # how far each post arm moved from Stage 1, per part and seed
     tuning: list[dict[str, Any]]  # every model scored on val: rate, accuracy, KL, moved, chosen
     headroom: dict[str, Any] | None  # the best arm against Stage 1 on val
+    transplant_control: dict[str, Any] | None  # the transplant's positive control
     compute: list[dict[str, Any]]  # one row per step: wall seconds, FLOPs
     pivot_fraction: dict[str, float] | None  # the evolving step against pretraining FLOPs
     pictures: dict[str, dict[str, list[str]]]  # {kind: {arm: [paths]}}
@@ -524,7 +525,20 @@ def _transplant(study: StudyResults, run_dir: Path) -> list[Block]:
     for encoder in encoders:
         cells = [_summary_cell(summaries.get((encoder, c)), True) for c in categories]
         table.rows.append([encoder, *cells])
-    return [*blocks, table, Note(INTERVAL_NOTE), _sources(rows, run_dir)]
+    blocks += [table, Note(INTERVAL_NOTE)]
+    control = study.get("transplant_control")
+    if control:
+        difference = format_difference(control["diff"], control["ci_low"], control["ci_high"], True)
+        known = f" (known: {control['known']})" if control.get("known") else ""
+        passed = "passed" if control["verdict"] == HOLDS else "failed"
+        blocks.append(
+            Text(
+                f"Positive control, {control['comparison']}{known}: {difference}, "
+                f"{control['verdict']}: the control {passed}. A transplant that cannot order "
+                "these two encoders cannot be trusted to order the study's."
+            )
+        )
+    return [*blocks, _sources(rows, run_dir)]
 
 
 def _picture_name(kind: str, arm: str, index: int, source: Path) -> str:

@@ -153,6 +153,29 @@ def check_claim_names(study: StudyConfig) -> None:
                 )
 
 
+def check_transplant_control(study: StudyConfig) -> None:
+    """Refuse a positive control that names an encoder the transplant does not take."""
+    control = study.transplant.control if study.transplant else None
+    taken = transplanted(study)
+    for side in ("weaker", "stronger") if control else ():
+        if getattr(control, side) not in taken:
+            raise StudyError(
+                f"{study.source}: transplant.control.{side} {getattr(control, side)!r} is not "
+                f"a transplanted encoder ({', '.join(taken)})"
+            )
+
+
+def _transplant_control(study: StudyConfig, steps: list[Step]) -> dict | None:
+    """The positive control's difference (stronger - weaker after transplant), decided at
+    95% on its own: it is a check of the instrument, not one of the claims."""
+    control = study.transplant.control if study.transplant else None
+    if control is None:
+        return None
+    question = f"Positive control: does {control.stronger} transplant better than {control.weaker}?"
+    row = _claim_row(study, steps, Claim(question, control.weaker, control.stronger, TRANSPLANT))
+    return {**row, "known": control.known}
+
+
 def primary_comparisons(study: StudyConfig) -> list[str]:
     """The pre-registered primary claims, by comparison: the preset's ``primary`` list, else
     each compared arm against the baseline and against Stage 1 on VQA and, when
@@ -547,7 +570,22 @@ def _warnings(vqa: list[dict], claim_rows: list[dict], transplant: list[dict]) -
     return found + _chance_lines(claim_rows)
 
 
-def _tuning_warnings(study: StudyConfig, steps: list[Step], headroom: dict | None) -> list[str]:
+def _level_rates(choice: Step, tuning: list[dict]) -> list[float]:
+    """The other rates of a choice's sweep whose val accuracy equals the chosen one's."""
+    arm = arm_label(choice.arm, choice.track)
+    points = [
+        row
+        for row in tuning
+        if (row["track"], row["seed"], row["arm"]) == (choice.track, choice.seed, arm)
+        and row["swept"]
+    ]
+    best = next(row["value"] for row in points if row["chosen"])
+    return [row["rate"] for row in points if row["value"] == best and not row["chosen"]]
+
+
+def _tuning_warnings(
+    study: StudyConfig, steps: list[Step], tuning: list[dict], headroom: dict | None
+) -> list[str]:
     """A chosen rate at the edge of its grid (a better one may lie outside it), and a Stage 2
     whose best arm moves val accuracy less than ``HEADROOM`` above Stage 1."""
     from pivotlab.study.report import format_difference
@@ -558,10 +596,13 @@ def _tuning_warnings(study: StudyConfig, steps: list[Step], headroom: dict | Non
     for step in steps:
         rate = step.results.get("rate")
         if step.kind == "choose" and rate is not None and at_edge(rate, rates):
+            end = "lowest" if rate == min(rates) else "highest"
+            level = _level_rates(step, tuning)
+            tie = f"; level on val with {', '.join(f'{r:g}' for r in level)}" if level else ""
             found.append(
-                f"Warning: {arm_label(step.arm, step.track)} (seed {step.seed}) kept the "
-                f"{'lowest' if rate == min(rates) else 'highest'} rate of its sweep ({rate:g}): "
-                "its best rate may lie outside the grid."
+                f"Warning: {arm_label(step.arm, step.track)} (seed {step.seed}) kept the {end} "
+                f"rate of its sweep ({rate:g}{tie}): its best rate may lie outside the grid"
+                + (", or no rate helps on val (a tie goes to the lower rate)." if level else ".")
             )
     if headroom is not None and headroom["diff"] < headroom["required"]:
         found.append(
@@ -573,6 +614,21 @@ def _tuning_warnings(study: StudyConfig, steps: list[Step], headroom: dict | Non
             "little about them (docs/study.md, Headroom)."
         )
     return found
+
+
+def _control_warning(control: dict | None) -> list[str]:
+    """When the positive control does not come out in its known order, above the claims."""
+    from pivotlab.study.report import format_difference
+    from pivotlab.study.stats import HOLDS
+
+    if control is None or control["verdict"].startswith(HOLDS):
+        return []
+    difference = format_difference(control["diff"], control["ci_low"], control["ci_high"], True)
+    return [
+        f"Warning: the transplant failed its positive control ({control['comparison']}: "
+        f"{difference}; known: {control['known'] or 'stronger ahead'}): it cannot separate "
+        "encoders of that gap, so read the transplant claims as not measured."
+    ]
 
 
 def _beside_the_paper(rows: list[dict], paper: dict[str, PaperEffect]) -> None:
@@ -626,12 +682,13 @@ def collect(study: StudyConfig, run: Path, steps: list[Step], command: str) -> S
     transplant = _transplant_rows(study, steps)
     tuning = _tuning_rows(study, steps)
     headroom = _headroom(study, steps, tuning)
-    warnings = _warnings(vqa, claim_rows, transplant)
+    control = _transplant_control(study, steps)
+    warnings = _control_warning(control) + _warnings(vqa, claim_rows, transplant)
     return {
         "title": f"pivotlab study: {study.name}",
         "preset": study.name,
         "command": command,
-        "warnings": _tuning_warnings(study, steps, headroom) + warnings,
+        "warnings": _tuning_warnings(study, steps, tuning, headroom) + warnings,
         "notes": study.notes,
         "seeds": study.seeds,
         "setup": _setup(study),
@@ -639,6 +696,7 @@ def collect(study: StudyConfig, run: Path, steps: list[Step], command: str) -> S
         "claims": claim_rows,
         "analysis": _analysis_rows(study, steps),
         "transplant": transplant,
+        "transplant_control": control,
         "moved": _moved_rows(study, steps),
         "tuning": tuning,
         "headroom": headroom,
@@ -651,8 +709,9 @@ def collect(study: StudyConfig, run: Path, steps: list[Step], command: str) -> S
 def _without_growth(tree: dict[str, Any]) -> dict[str, Any]:
     """A study tree without what may grow between runs in one folder."""
     post = {k: v for k, v in tree["post"].items() if k not in ("arms", "compared")}
+    # A positive control reads finished transplants: adding one changes no step.
     transplant = tree["transplant"] and {
-        k: v for k, v in tree["transplant"].items() if k != "encoders"
+        k: v for k, v in tree["transplant"].items() if k not in ("encoders", "control")
     }
     grows = ("source", "claims", "notes", "primary", "paper")
     rest = {k: v for k, v in tree.items() if k not in grows}
@@ -719,6 +778,7 @@ def run_study(
 ) -> tuple[Path, Path]:
     """Run (or resume) the study into ``out``; returns the report's markdown and HTML paths."""
     check_claim_names(study)
+    check_transplant_control(study)
     _check_folder(study, out)
     splits = world_splits(study)
     log("world: " + ", ".join(f"{k} {v.name}" for k, v in splits.items()))

@@ -283,9 +283,11 @@ def minimum_detectable_effect(
 ) -> float | None:
     """The smallest true difference the claim's test would find with ``power`` at the
     two-sided level ``alpha``: (z(1 - alpha/2) + z(power)) x the standard error read off its
-    95% interval (width / 2 x 1.96, a normal approximation). None without an interval."""
+    95% interval (width / 2 x 1.96, a normal approximation). None without an interval, or
+    with one of no width (two models that answered every question alike: no spread to read
+    a standard error from, not a test that detects everything)."""
     low, high = diff_row.get("ci_low"), diff_row.get("ci_high")
-    if low is None or high is None or np.isnan(low) or np.isnan(high):
+    if low is None or high is None or np.isnan(low) or np.isnan(high) or high == low:
         return None
     error = (high - low) / (2 * scipy_stats.norm.ppf(0.975))
     return float((scipy_stats.norm.ppf(1 - alpha / 2) + scipy_stats.norm.ppf(power)) * error)
