@@ -43,7 +43,7 @@ HEADLINE_CATEGORY = "vision_centric"
 ENCODER_MEASUREMENT = {"analysis": "linear_probe", "method": "logistic", "label": "shape_color"}
 ENCODER = "encoder probe"  # a claim measured on the encoder (VQA, TRANSPLANT: pipeline.py)
 # How far above Stage 1 on val the best arm must get for the study to be able to tell
-# objectives apart by what they teach (docs/study.md, Headroom).
+# objectives apart by what they teach (docs/study.md, The protocol).
 HEADROOM = 0.03
 
 
@@ -458,7 +458,7 @@ def _val_predictions(steps: list[Step], track: str, arm: str, rate: float | None
 def _headroom(study: StudyConfig, steps: list[Step], tuning: list[dict]) -> dict | None:
     """The best arm on val (each swept arm at its chosen rate) against Stage 1 on val, paired
     over the same questions: can Stage 2 change what the model sees in this world? The
-    protocol asks for at least ``HEADROOM`` (docs/study.md, Headroom)."""
+    protocol asks for at least ``HEADROOM`` (docs/study.md, The protocol)."""
     from pivotlab.study import stats
 
     main = [r for r in tuning if r["track"] == "main" and r["arm"] != STAGE1]
@@ -609,9 +609,9 @@ def _tuning_warnings(
             f"Warning: no headroom. The best arm on val ({headroom['arm']}) is "
             f"{format_difference(headroom['diff'], headroom['ci_low'], headroom['ci_high'], True)}"
             f" over Stage 1 in {headroom['category']} accuracy; the "
-            f"protocol asks for {headroom['required']:.0%} points: in this world Stage 2 can "
+            f"protocol asks for {100 * headroom['required']:.0f} points: in this world Stage 2 can "
             "barely change what the model sees, so a 'not significant' between objectives says "
-            "little about them (docs/study.md, Headroom)."
+            "little about them (docs/study.md, The protocol)."
         )
     return found
 
