@@ -424,9 +424,11 @@ def _moved(study: StudyResults) -> list[Block]:
     ]
 
 
-def _sweep_chart(rows: list[dict], stage1: dict | None, path: Path) -> None:
+def _sweep_chart(rows: list[dict], others: list[dict], stage1: dict | None, path: Path) -> None:
     """Val accuracy against the learning rate (left) and against KL to Stage 1 (right), one
-    line per swept arm, its chosen point circled; Stage 1 dashed."""
+    line per swept arm, its chosen point circled, each unswept arm (``others``) a cross on
+    the right; Stage 1 dashed. KL on a log scale below 0.001 linear (a point at zero moved
+    nothing)."""
     figure = PlotFigure(figsize=(10.0, 4.0), dpi=100)
     by_rate, by_kl = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
     for arm in dict.fromkeys(row["arm"] for row in rows):
@@ -441,6 +443,10 @@ def _sweep_chart(rows: list[dict], stage1: dict | None, path: Path) -> None:
             by_rate.scatter([row["rate"]], [100 * row["value"]], **chosen)
             if row.get("kl") is not None:
                 by_kl.scatter([row["kl"]], [100 * row["value"]], **chosen)
+    arms = len(dict.fromkeys(row["arm"] for row in rows))
+    for index, row in enumerate(r for r in others if r.get("kl") is not None):
+        cross = {"marker": "x", "s": 60, "color": f"C{arms + index}", "label": row["arm"]}
+        by_kl.scatter([row["kl"]], [100 * row["value"]], **cross)
     for axes in (by_rate, by_kl):
         if stage1 is not None:
             axes.axhline(100 * stage1["value"], color="black", linestyle="dashed", label="stage1")
@@ -449,6 +455,8 @@ def _sweep_chart(rows: list[dict], stage1: dict | None, path: Path) -> None:
     by_rate.set_xscale("log")
     by_rate.set_xlabel("learning rate")
     by_rate.set_title("Each arm's sweep (circled: chosen on val)", fontsize=10)
+    by_kl.set_xscale("symlog", linthresh=1e-3)
+    by_kl.set_xlim(left=0)
     by_kl.set_xlabel("KL to Stage 1 on val answers (nats per token)")
     by_kl.set_title("The same points against how far each moved", fontsize=10)
     figure.tight_layout()
@@ -483,7 +491,8 @@ def _tuning(study: StudyResults, run_dir: Path) -> list[Block]:
         ),
     ]
     if swept:
-        _sweep_chart(swept, stage1, run_dir / FIGURES / SWEEP_CHART)
+        others = [r for r in first if not r["swept"] and r["arm"] != "stage1"]
+        _sweep_chart(swept, others, stage1, run_dir / FIGURES / SWEEP_CHART)
         caption = "Val accuracy against rate and against KL to Stage 1 (first seed, main track)."
         blocks.append(Picture(f"{FIGURES}/{SWEEP_CHART}", caption))
     parts = list(dict.fromkeys(part for r in rows for part in (r.get("moved") or {})))
