@@ -140,6 +140,29 @@ def test_a_baseline_the_same_for_every_model_is_shown_once_as_a_reference(
     assert "0.100" in per_arm and "0.200" in per_arm  # marked, but not the same: a result
 
 
+def test_a_measurement_the_world_hides_is_listed_with_its_reason_not_shown(
+    study: dict, tmp_path: Path
+) -> None:
+    def row(arm: str, metric: str, value: float) -> dict:
+        keys = {"analysis": "saliency", "encoder": "e", "method": "projector_grad"}
+        return {**keys, "metric": metric, "arm": arm, "seed": 0, "value": value}
+
+    rows = [
+        row(a, m, v)
+        for a in ("sft", "dpo")
+        for m, v in (("energy", 0.18), ("energy_minus_centre", 0.054))
+    ]
+    hidden = {"minus_centre": "the centre prior points where no object is"}
+    results = {**study, "analysis": rows, "not_measurable": hidden}
+    markdown, page = write_report(tmp_path / "run", results)
+    text = markdown.read_text()
+    assert "| saliency, projector_grad, energy | 0.180 | 0.180 |" in text  # still a result
+    assert "0.054" not in text and "energy_minus_centre" not in text
+    section = text[text.index("### Not measurable in this world") :]
+    assert "| minus_centre | the centre prior points where no object is | 2 |" in section
+    assert "Not measurable in this world" in page.read_text()
+
+
 def test_missing_sections_are_left_out_with_a_line_not_a_crash(tmp_path: Path) -> None:
     markdown, page = write_report(tmp_path / "run", {"title": "Nothing yet"})
     for path in (markdown, page):

@@ -198,6 +198,10 @@ class StudyConfig:
     primary: list[str] | None = None
     # What the papers report for some claims, by comparison, shown beside each answer.
     paper: dict[str, PaperEffect] = field(default_factory=dict)
+    # Analysis measurements the world makes uninformative (a measurement as the report names
+    # it, "saliency, projector_grad, energy_minus_centre", or part of one: "minus_centre")
+    # -> why; the report lists them with the reason instead of showing their rows as results.
+    not_measurable: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     source: str = ""
 

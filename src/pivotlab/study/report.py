@@ -41,6 +41,7 @@ class StudyResults(TypedDict, total=False):
     setup: list[str]  # what every number was measured on, one line each
     warnings: list[str]  # what the reader must know first
     notes: list[str]
+    not_measurable: dict[str, str]  # measurement (or its start) -> why the world hides it
     claims: list[dict[str, Any]]  # one row per claim: difference, interval, verdict, sources
     vqa: list[dict[str, Any]]  # accuracy per arm, seed, track and category
     analysis: list[dict[str, Any]]  # the analysis suite's rows, labelled by arm and track
@@ -363,11 +364,39 @@ def _vqa(study: StudyResults, run_dir: Path) -> list[Block]:
     ]
 
 
+def _hidden_by_the_world(row: dict, not_measurable: dict[str, str]) -> str | None:
+    """The ``not_measurable`` entry a row's measurement name contains, if any."""
+    name = ", ".join(measurement(row))
+    return next((entry for entry in not_measurable if entry in name), None)
+
+
+def _not_measurable(rows: list[dict], not_measurable: dict[str, str]) -> list[Block]:
+    """What the world cannot tell models apart on, with the reason and how many rows it
+    set aside; no values (they are not results)."""
+    if not not_measurable:
+        return []
+    counts = Counter(_hidden_by_the_world(row, not_measurable) for row in rows)
+    table = Table(["Measurement", "Why this world cannot measure it", "Rows set aside"], [])
+    for entry, reason in not_measurable.items():
+        table.rows.append([entry, reason, str(counts.get(entry, 0))])
+    text = (
+        "Declared in the preset before the run: measurements whose value cannot differ "
+        "between models in this world by construction, so their rows are not shown as results."
+    )
+    return [Heading("Not measurable in this world", 3), Text(text), table]
+
+
 def _analysis(study: StudyResults, run_dir: Path) -> list[Block]:
-    rows = study.get("analysis") or []
+    every_row = study.get("analysis") or []
+    hidden = study.get("not_measurable") or {}
+    rows = [row for row in every_row if _hidden_by_the_world(row, hidden) is None]
     blocks: list[Block] = [Heading("Encoder analyses (probes, alignment, saliency scores)")]
     if not rows:
-        return [*blocks, Text("No analysis rows in this study.")]
+        return [
+            *blocks,
+            Text("No analysis rows in this study."),
+            *_not_measurable(every_row, hidden),
+        ]
     arms = list(dict.fromkeys(row.get("arm", row.get("encoder")) for row in rows))
     summaries = _summaries(rows, lambda r: (measurement(r), r.get("arm", r.get("encoder"))))
     keys = list(dict.fromkeys(key for key, _ in summaries))
@@ -388,7 +417,7 @@ def _analysis(study: StudyResults, run_dir: Path) -> list[Block]:
             "it), shown once: what the models' rows are read against, not a result."
         )
         blocks += [Text(text), reference_table]
-    return [*blocks, _sources(rows, run_dir)]
+    return [*blocks, *_not_measurable(every_row, hidden), _sources(rows, run_dir)]
 
 
 def _references(rows: list[dict], summaries: dict, arms: list) -> list[tuple]:

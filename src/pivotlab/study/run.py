@@ -690,6 +690,7 @@ def collect(study: StudyConfig, run: Path, steps: list[Step], command: str) -> S
         "command": command,
         "warnings": _tuning_warnings(study, steps, tuning, headroom) + warnings,
         "notes": study.notes,
+        "not_measurable": study.not_measurable,
         "seeds": study.seeds,
         "setup": _setup(study),
         "vqa": vqa,
@@ -713,7 +714,7 @@ def _without_growth(tree: dict[str, Any]) -> dict[str, Any]:
     transplant = tree["transplant"] and {
         k: v for k, v in tree["transplant"].items() if k not in ("encoders", "control")
     }
-    grows = ("source", "claims", "notes", "primary", "paper")
+    grows = ("source", "claims", "notes", "primary", "paper", "not_measurable")
     rest = {k: v for k, v in tree.items() if k not in grows}
     return {**rest, "post": post, "transplant": transplant}
 
