@@ -190,16 +190,21 @@ def _summary_cell(summary: dict | None, percent: bool) -> str:
     return format_cell(summary["mean"], summary["ci_low"], summary["ci_high"], percent)
 
 
+def _in_run(source: str | Path, run_dir: Path) -> str:
+    """A source path as the report names it: relative to the run folder when inside it."""
+    path = Path(source)
+    if path.is_absolute() and path.is_relative_to(run_dir.resolve()):
+        path = path.relative_to(run_dir.resolve())
+    return str(path)
+
+
 def _sources(rows: list[dict], run_dir: Path) -> Note:
     """The footnote naming the files a section's numbers were read from."""
     names = []
     for row in rows:
         sources = row.get("source") or []
         for source in [sources] if isinstance(sources, str) else sources:
-            path = Path(source)
-            if path.is_absolute() and path.is_relative_to(run_dir.resolve()):
-                path = path.relative_to(run_dir.resolve())
-            names.append(str(path))
+            names.append(_in_run(source, run_dir))
     files = ", ".join(dict.fromkeys(names)) or "not recorded in the study's rows"
     return Note(f"Source: {files}.")
 
@@ -622,7 +627,7 @@ def _pictures(study: StudyResults, run_dir: Path) -> list[Block]:
         blocks.append(gallery)
         if missing:
             blocks.append(Note(f"Missing pictures: {', '.join(missing)}."))
-        sources = {str(Path(p).parent) for paths in by_arm.values() for p in paths}
+        sources = {_in_run(Path(p).parent, run_dir) for paths in by_arm.values() for p in paths}
         blocks.append(Note(f"Source: {', '.join(sorted(sources))}."))
     return blocks
 
