@@ -446,54 +446,50 @@ def _arm_steps(
     track: Track,
     arm: str,
     stage1: Path,
-    rate: float | None = None,
 ) -> list[Step]:
-    """One post arm trained from the Stage-1 model (at ``rate`` when a sweep's point), and,
-    with a val split, scored there and its answers' KL from Stage 1 measured there."""
+    """One post arm trained from the Stage-1 model (a swept arm: once per rate of the sweep,
+    then the choice among them on val) and, with a val split, each model scored there and
+    its answers' KL from Stage 1 measured there."""
     from pivotlab.study.sweep import rate_label
 
-    point = "" if rate is None else f"/{rate_label(rate)}"
-    if rate is not None:
-        sets = {**sets, "train.lr": rate, "run": f"{sets['run']}-{rate_label(rate)}"}
-    cfg = stage_config(study, study.post.arms[arm], f"post.arms.{arm}", sets)
-    out = root / "post" / arm / point.lstrip("/")
+    swept = arm in study.post.swept_arms()
+    rates: list[float | None] = (
+        list(study.post.sweep.rates) if study.post.sweep and swept else [None]
+    )
     pair = (track.vision, track.lm)
-    name = track.step(seed, f"post-{arm}{point}")
-    steps = [_train_step(name, cfg, out, seed, arm, pair, stage1, track.name)]
-    if "val" in splits:
-        model, label = out / "final", f"{arm}{point}"
-        val, kl = root / "val" / arm / point.lstrip("/"), root / "kl" / arm / point.lstrip("/")
-        name = track.step(seed, f"val-{label}")
-        steps.append(
-            _eval_step(study, name, model, splits["val"], val, seed, arm, False, track.name, VAL)
-        )
-        name = track.step(seed, f"kl-{label}")
-        steps.append(_kl_step(study, name, model, stage1, splits["val"], kl, seed, arm, track.name))
-    for step in steps:
-        step.rate = rate
-    return steps
-
-
-def _swept_arm_steps(
-    study: StudyConfig,
-    sets: dict[str, Any],
-    root: Path,
-    seed: int,
-    splits: dict[str, Path],
-    track: Track,
-    arm: str,
-    stage1: Path,
-) -> list[Step]:
-    """The arm at every rate of the sweep, then the choice among them on val."""
-    assert study.post.sweep is not None
     steps: list[Step] = []
-    points = []
-    for rate in study.post.sweep.rates:
-        made = _arm_steps(study, sets, root, seed, splits, track, arm, stage1, rate)
-        points.append((made[0], made[1]))  # its training and its val evaluation
+    points = []  # a sweep's (training, val evaluation) per rate
+    for rate in rates:
+        point = "" if rate is None else rate_label(rate)
+        point_sets = (
+            sets if rate is None else {**sets, "train.lr": rate, "run": f"{sets['run']}-{point}"}
+        )
+        cfg = stage_config(study, study.post.arms[arm], f"post.arms.{arm}", point_sets)
+        out, label = root / "post" / arm / point, arm + (f"/{point}" if point else "")
+        made = [
+            _train_step(
+                track.step(seed, f"post-{label}"), cfg, out, seed, arm, pair, stage1, track.name
+            )
+        ]
+        if "val" in splits:
+            val, kl, model = root / "val" / arm / point, root / "kl" / arm / point, out / "final"
+            name = track.step(seed, f"val-{label}")
+            made.append(
+                _eval_step(
+                    study, name, model, splits["val"], val, seed, arm, False, track.name, VAL
+                )
+            )
+            name = track.step(seed, f"kl-{label}")
+            made.append(
+                _kl_step(study, name, model, stage1, splits["val"], kl, seed, arm, track.name)
+            )
+            points.append((made[0], made[1]))
+        for step in made:
+            step.rate = rate
         steps += made
-    name = track.step(seed, f"post-{arm}")
-    steps.append(_choose_step(study, name, root / "post" / arm, points, seed, arm, track.name))
+    if swept:
+        name = track.step(seed, f"post-{arm}")
+        steps.append(_choose_step(study, name, root / "post" / arm, points, seed, arm, track.name))
     return steps
 
 
@@ -512,10 +508,7 @@ def track_steps(
     base = {"seed": seed, **_data_sets(splits)}
     for arm in track.arms:
         sets = {**base, "run": f"{arm}{label}-s{seed}", "model.init": str(models[STAGE1])}
-        if arm in study.post.swept_arms():
-            steps += _swept_arm_steps(study, sets, root, seed, splits, track, arm, models[STAGE1])
-        else:
-            steps += _arm_steps(study, sets, root, seed, splits, track, arm, models[STAGE1])
+        steps += _arm_steps(study, sets, root, seed, splits, track, arm, models[STAGE1])
         models[arm] = root / "post" / arm / "final"
         name, out = track.step(seed, f"eval-{arm}"), root / "eval" / arm
         test = splits["test"]
