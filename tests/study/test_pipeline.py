@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pivotlab.study.config import load_study
 from pivotlab.study.dryrun import _planned_world
 from pivotlab.study.ledger import Ledger
@@ -82,3 +84,62 @@ def test_a_key_added_to_the_evaluate_section_leaves_finished_evaluations_alone(
 
     assert specs([]) == specs(["evaluate.kl_limit=100"])
     assert specs([]) != specs(["evaluate.limit=100"])
+
+
+def test_stage2_trains_on_world_post_and_stage1_on_world_train(tmp_path: Path) -> None:
+    """With ``world.post`` every post arm (swept points and the continued control) reads
+    it, while Stage 1 and the transplant keep ``world.train``; without it the arms read
+    ``world.train`` too."""
+
+    def train_sets(overrides: list[str]) -> dict[str, object]:
+        study = load_study("quick", overrides)
+        steps = seed_steps(study, tmp_path, 0, _planned_world(study))
+        return {s.name: s.config.data.train for s in steps if s.kind == "train"}
+
+    unset = train_sets(["world.post={}"])
+    post = {"preset": "tiny", "split": "train", "n": 300, "seed": 11, "size": 64}
+    own = train_sets(["world.post={preset: tiny, split: train, n: 300, seed: 11, size: 64}"])
+    arms = [n for n in own if "/post-" in n]
+    assert arms and {"seed0/post-sft/lr-3e-05", "seed0/post-continued"} <= set(arms)
+    assert all(own[n] == post for n in arms)
+    assert all(own[n] == unset[n] for n in own if n not in arms)
+    assert all(unset[n] == unset["seed0/full"] for n in arms)
+
+
+def test_a_sweep_ratio_gives_each_part_its_multiple_of_the_swept_rate(tmp_path: Path) -> None:
+    """``post.sweep.ratio`` keeps Stage 1's ratio between the parts at every point; without
+    it each point trains every part at the swept rate."""
+    ratio = "post.sweep.ratio={vision: 1, projector: 5, lm: 2}"
+
+    def point_lr(overrides: list[str]) -> object:
+        study = load_study("quick", overrides)
+        steps = {s.name: s for s in seed_steps(study, tmp_path, 0, _planned_world(study))}
+        return steps["seed0/post-dpo/lr-3e-05"].config.train.lr
+
+    assert point_lr(["post.sweep.ratio=null"]) == 3e-5
+    rates = point_lr([ratio])
+    assert rates == pytest.approx({"vision": 3e-5, "projector": 1.5e-4, "lm": 6e-5})
+
+
+@pytest.mark.parametrize(
+    ("ratio", "message"),
+    [
+        ("{vision: 0.5, head: 10}", r"post\.sweep\.ratio names 'head', not a part"),
+        ("{vision: 0, projector: 10, lm: 1}", r"post\.sweep\.ratio must give each part"),
+    ],
+)
+def test_a_bad_sweep_ratio_is_refused_in_one_line(ratio: str, message: str) -> None:
+    from pivotlab.study.config import StudyError
+
+    with pytest.raises(StudyError, match=message):
+        load_study("quick", [f"post.sweep.ratio={ratio}"])
+
+
+def test_a_ratio_missing_a_trained_part_is_refused_when_the_steps_are_planned(
+    tmp_path: Path,
+) -> None:
+    from pivotlab.configtree import ConfigError
+
+    study = load_study("quick", ["post.sweep.ratio={projector: 10, lm: 1}"])
+    with pytest.raises(ConfigError, match=r"train\.lr has no rate for trained part vision"):
+        seed_steps(study, tmp_path, 0, _planned_world(study))

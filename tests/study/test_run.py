@@ -224,19 +224,28 @@ def test_quick_preset_builds_every_step_it_promises(tmp_path: Path) -> None:
     names = [step.name for step in steps]
     assert names[:2] == ["seed0/align", "seed0/full"]
     assert {"seed0/post-sft", "seed0/post-dpo", "seed0/eval-blind", "seed0/analysis"} <= set(names)
-    rates = ("3e-06", "1e-05", "3e-05", "0.0001", "0.0003")
+    rates = ("1e-05", "3e-05", "0.0001", "0.0003")
     for arm in ("sft", "dpo"):  # every point trained, scored on val, its KL measured
         for kind in ("post", "val", "kl"):
             assert {f"seed0/{kind}-{arm}/lr-{rate}" for rate in rates} <= set(names)
         assert names.index(f"seed0/post-{arm}") > names.index(f"seed0/kl-{arm}/lr-0.0003")
     assert {"seed0/post-continued", "seed0/val-continued", "seed0/val-stage1"} <= set(names)
     points = [s for s in steps if s.name.startswith("seed0/post-sft/")]
-    assert [s.config.train.lr for s in points if s.config] == [float(r) for r in rates]
-    # The control reads the questions the preference arms' records were made from.
+    # Each point in Stage 1's ratio between the parts, the LM at the swept rate.
+    lms = [
+        s.config.train.lr["lm"] for s in points if s.config and isinstance(s.config.train.lr, dict)
+    ]
+    assert lms == [float(r) for r in rates]
+    # The control reads the questions the preference arms' records were made from, and
+    # Stage 2 a split of its own (the task Stage 1 never trained on).
     continued = next(s for s in steps if s.name == "seed0/post-continued").config
     sft = points[0].config
-    assert continued and sft and continued.stage == "full"
+    stage1 = next(s for s in steps if s.name == "seed0/full").config
+    assert continued and sft and stage1 and continued.stage == "full"
     assert (continued.data.limit, continued.seed) == (sft.data.limit, sft.seed)
+    assert continued.data.train == sft.data.train != stage1.data.train
+    assert "relation" not in stage1.data.train["tasks"]
+    assert sft.data.train["tasks"] == ["relation"]
     transplanted = {n.split("/")[1] for n in names if n.endswith("/eval") and "transplant" in n}
     expected = ("stage1", "sft", "dpo", "enc-s", "enc-m")
     assert transplanted == {f"transplant-{e}" for e in expected}

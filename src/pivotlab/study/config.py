@@ -19,6 +19,7 @@ import yaml
 
 from pivotlab.configtree import ConfigError, apply_override, build_dataclass
 from pivotlab.errors import PivotlabError
+from pivotlab.model.parts import PARTS
 from pivotlab.study.presets import known_presets, preset_roots
 
 
@@ -28,14 +29,29 @@ class StudyError(PivotlabError):
 
 @dataclass
 class WorldSection:
-    """World splits as ``WorldConfig`` fields (or split folders): training questions
-    (``train``), the held-out loss's questions (``val``), the test questions every model
-    is scored on (``test``), and the analysis probes' training images (``probes``)."""
+    """World splits as ``WorldConfig`` fields (or split folders): Stage 1's training
+    questions (``train``), the held-out loss's and the sweep's questions (``val``), the test
+    questions every model is scored on (``test``), the analysis probes' training images
+    (``probes``), and, when Stage 2 learns from records of its own (PIVOT's Stage 2 reads
+    preference data Stage 1 never trained on), the post arms' training split (``post``;
+    unset, the arms read ``train``)."""
 
     train: str | dict[str, Any] = field(default_factory=dict)
     val: str | dict[str, Any] = field(default_factory=dict)
     test: str | dict[str, Any] = field(default_factory=dict)
     probes: str | dict[str, Any] = field(default_factory=dict)
+    post: str | dict[str, Any] = field(default_factory=dict)
+
+    def sections(self) -> dict[str, str | dict[str, Any]]:
+        """The splits the study names, by section."""
+        named = {
+            "train": self.train,
+            "val": self.val,
+            "test": self.test,
+            "probes": self.probes,
+            "post": self.post,
+        }
+        return {key: value for key, value in named.items() if value}
 
 
 @dataclass
@@ -61,14 +77,30 @@ class Stage1Section:
 
 @dataclass
 class RateSweep:
-    """Each listed arm trained at every rate of ``rates`` (``train.lr``, one rate for every
-    part; the same records, order and steps at each), scored on the val split, and kept
-    at the rate whose ``category`` accuracy on val is highest (ties: the lower rate);
-    the test split is never read to choose. ``arms``: None sweeps every arm."""
+    """Each listed arm trained at every rate of ``rates`` (the same records, order and
+    steps at each), scored on the val split, and kept at the rate whose ``category``
+    accuracy on val is highest (ties: the lower rate); the test split is never read to
+    choose. ``arms``: None sweeps every arm. ``ratio``: each part's rate as a multiple of
+    the swept one (Stage 1's ratio, ``{vision: 0.5, projector: 10, lm: 1}``, keeps the
+    projector ten times faster than the LM); None: one rate for every part."""
 
     rates: list[float] = field(default_factory=list)
     arms: list[str] | None = None
     category: str = "vision_centric"
+    ratio: dict[str, float] | None = None
+
+    def learning_rates(self, rate: float) -> float | dict[str, float]:
+        """A point's ``train.lr``: the rate itself, or one rate per part in ``ratio``."""
+        if self.ratio is None:
+            return rate
+        return {part: rate * multiple for part, multiple in self.ratio.items()}
+
+    def describe(self) -> str:
+        """How a point's rate reaches the parts, for the report."""
+        if self.ratio is None:
+            return "train.lr, every part"
+        parts = ", ".join(f"{part} {multiple:g}x" for part, multiple in self.ratio.items())
+        return f"train.lr per part: {parts} the rate"
 
 
 @dataclass
@@ -291,6 +323,14 @@ def _validate_sweep(study: StudyConfig) -> None:
     unknown = [arm for arm in sweep.arms or [] if arm not in study.post.arms]
     if unknown:
         raise StudyError(f"{where}: post.sweep.arms names {unknown[0]!r}, not a post arm")
+    if sweep.ratio is not None:
+        strays = [part for part in sweep.ratio if part not in PARTS]
+        if strays:
+            raise StudyError(
+                f"{where}: post.sweep.ratio names {strays[0]!r}, not a part ({', '.join(PARTS)})"
+            )
+        if not sweep.ratio or any(multiple <= 0 for multiple in sweep.ratio.values()):
+            raise StudyError(f"{where}: post.sweep.ratio must give each part a positive multiple")
     if not study.world.val:
         raise StudyError(f"{where}: post.sweep chooses rates on the val split: set world.val")
 

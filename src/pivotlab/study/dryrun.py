@@ -22,9 +22,7 @@ from pivotlab.study.pipeline import Step, seed_steps
 
 def _planned_world(study: StudyConfig) -> dict[str, Any]:
     """The world sections as they are written: fields stay fields (nothing generated)."""
-    world = study.world
-    sections = {"train": world.train, "val": world.val, "test": world.test, "probes": world.probes}
-    return {key: value for key, value in sections.items() if value}
+    return study.world.sections()
 
 
 def _plan(step: Step, options: PlanOptions) -> Plan | str:

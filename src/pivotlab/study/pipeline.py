@@ -275,17 +275,15 @@ def world_splits(study: StudyConfig) -> dict[str, Path]:
     use. Without ``world.train`` the recipes' own data (real datasets) is used to train."""
     from pivotlab.train.stage_data import resolve_split
 
-    world = study.world
-    sections = {"train": world.train, "val": world.val, "test": world.test, "probes": world.probes}
     return {
-        key: resolve_split(fields, f"world.{key}") for key, fields in sections.items() if fields
+        key: resolve_split(fields, f"world.{key}") for key, fields in study.world.sections().items()
     }
 
 
-def _data_sets(splits: dict[str, Any]) -> dict[str, Any]:
+def _data_sets(splits: dict[str, Any], train: str = "train") -> dict[str, Any]:
     """Stage config settings for the study's world: split folders, or (a dry run) the
-    ``WorldConfig`` fields that would make them."""
-    names = {"train": "data.train", "val": "data.eval"}
+    ``WorldConfig`` fields that would make them; ``train`` names the section trained on."""
+    names = {train: "data.train", "val": "data.eval"}
     return {
         names[key]: value if isinstance(value, dict) else str(value)
         for key, value in splits.items()
@@ -452,18 +450,18 @@ def _arm_steps(
     its answers' KL from Stage 1 measured there."""
     from pivotlab.study.sweep import rate_label
 
-    swept = arm in study.post.swept_arms()
-    rates: list[float | None] = (
-        list(study.post.sweep.rates) if study.post.sweep and swept else [None]
-    )
+    sweep = study.post.sweep
+    swept = sweep is not None and arm in study.post.swept_arms()
+    rates: list[float | None] = list(sweep.rates) if sweep is not None and swept else [None]
     pair = (track.vision, track.lm)
     steps: list[Step] = []
     points = []  # a sweep's (training, val evaluation) per rate
     for rate in rates:
         point = "" if rate is None else rate_label(rate)
-        point_sets = (
-            sets if rate is None else {**sets, "train.lr": rate, "run": f"{sets['run']}-{point}"}
-        )
+        point_sets = sets
+        if rate is not None and sweep is not None:
+            lr = sweep.learning_rates(rate)
+            point_sets = {**sets, "train.lr": lr, "run": f"{sets['run']}-{point}"}
         cfg = stage_config(study, study.post.arms[arm], f"post.arms.{arm}", point_sets)
         out, label = root / "post" / arm / point, arm + (f"/{point}" if point else "")
         made = [
@@ -505,7 +503,7 @@ def track_steps(
     root = track.root(run, seed)
     models = {STAGE1: track.root(run, stage1_seed) / "full" / "final"}
     label = "" if track.main else f"-{track.name}"
-    base = {"seed": seed, **_data_sets(splits)}
+    base = {"seed": seed, **_data_sets(splits, "post" if "post" in splits else "train")}
     for arm in track.arms:
         sets = {**base, "run": f"{arm}{label}-s{seed}", "model.init": str(models[STAGE1])}
         steps += _arm_steps(study, sets, root, seed, splits, track, arm, models[STAGE1])

@@ -487,7 +487,7 @@ def _sweep_chart(rows: list[dict], others: list[dict], stage1: dict | None, path
         axes.set_ylabel(f"val {rows[0]['category']} accuracy (%)")
         axes.legend(fontsize=8)
     by_rate.set_xscale("log")
-    by_rate.set_xlabel("learning rate")
+    by_rate.set_xlabel("swept learning rate")
     by_rate.set_title("Each arm's sweep (circled: chosen on val)", fontsize=10)
     by_kl.set_xscale("symlog", linthresh=1e-3)
     by_kl.set_xlim(left=0)

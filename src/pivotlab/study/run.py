@@ -497,7 +497,9 @@ def _setup(study: StudyConfig) -> list[str]:
 
     world = study.world
     lines = [
-        f"World: train {world.train}; test {world.test}; probes {world.probes}.",
+        f"World: train {world.train}; "
+        + (f"Stage 2 trains on {world.post}; " if world.post else "")
+        + f"test {world.test}; probes {world.probes}.",
         f"Stage 1: {study.stage1.vision} + {study.stage1.lm}; align {recipe(study.stage1.align)};"
         f" full {recipe(study.stage1.full)}"
         + ("" if study.stage1.seed is None else f"; one Stage-1 model (seed {study.stage1.seed})"),
@@ -508,7 +510,7 @@ def _setup(study: StudyConfig) -> list[str]:
         rates = ", ".join(f"{rate:g}" for rate in sweep.rates)
         lines.append(
             f"Rates: {', '.join(study.post.swept_arms())} each trained at {rates} "
-            f"(train.lr, every part) and kept at the rate with the best val {sweep.category} "
+            f"({sweep.describe()}) and kept at the rate with the best val {sweep.category} "
             "accuracy; the test split is never read to choose."
         )
     if study.transplant is not None:
