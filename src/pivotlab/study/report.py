@@ -490,7 +490,9 @@ def _sweep_chart(rows: list[dict], others: list[dict], stage1: dict | None, path
     by_rate.set_xlabel("swept learning rate")
     by_rate.set_title("Each arm's sweep (circled: chosen on val)", fontsize=10)
     by_kl.set_xscale("symlog", linthresh=1e-3)
-    by_kl.set_xlim(left=0)
+    # A symlog axis leaves no margin past its largest point: give the farthest one room.
+    kls = [row["kl"] for row in [*rows, *others] if row.get("kl") is not None]
+    by_kl.set_xlim(left=0, right=max([1e-3, *kls]) * 1.6)
     by_kl.set_xlabel("KL to Stage 1 on val answers (nats per token)")
     by_kl.set_title("The same points against how far each moved", fontsize=10)
     figure.tight_layout()
