@@ -92,6 +92,23 @@ def test_same_config_is_byte_identical_for_any_number_of_workers(tmp_path: Path)
     assert all(one[k] == two[k] for k in one)
 
 
+def test_rationale_fraction_changes_the_pairs_text_only(tmp_path: Path) -> None:
+    """The studies drop the rationale from Stage 2's pairs; the split must keep the same
+    scenes, questions and pair ids, and with none asked for no chosen answer carries one."""
+    for fraction, name in ((0.5, "half"), (0.0, "none")):
+        cfg = WorldConfig(n=12, size=32, probe_n=0, rationale_fraction=fraction)
+        generate(cfg, tmp_path / name)
+    half, none = tmp_path / "half", tmp_path / "none"
+    for file in ("scenes.jsonl", "vqa.jsonl"):
+        assert (half / file).read_bytes() == (none / file).read_bytes()
+    with_rationale = read_jsonl(half / "preferences.jsonl")
+    without = read_jsonl(none / "preferences.jsonl")
+    assert [p["id"] for p in with_rationale] == [p["id"] for p in without]
+    answers = {q["id"]: q["answer"] for q in read_jsonl(none / "vqa.jsonl")}
+    assert all(p["chosen"] == answers[p["vqa_id"]] for p in without)
+    assert any(p["chosen"] != answers[p["vqa_id"]] for p in with_rationale)
+
+
 def test_seed_changes_the_world(tmp_path: Path) -> None:
     generate(WorldConfig(n=6, seed=1, size=32, probe_n=0), tmp_path / "a")
     generate(WorldConfig(n=6, seed=2, size=32, probe_n=0), tmp_path / "b")
