@@ -148,6 +148,13 @@ def _add_world(verbs: argparse._SubParsersAction) -> None:
         help="share of questions asked as multiple choice (default: the preset's)",
     )
     gen.add_argument(
+        "--rationale-fraction",
+        type=float,
+        default=None,
+        help="share of preference pairs whose answers carry a one-sentence rationale "
+        "(default: the preset's)",
+    )
+    gen.add_argument(
         "--pair-fraction",
         type=float,
         default=None,
@@ -185,7 +192,7 @@ def _world_generate(args: argparse.Namespace) -> None:
 
     chosen = {
         name: getattr(args, name)
-        for name in ("grid", "tasks", "mc_fraction", "pair_fraction")
+        for name in ("grid", "tasks", "mc_fraction", "rationale_fraction", "pair_fraction")
         if getattr(args, name) is not None
     }
     cfg = WorldConfig.from_preset(

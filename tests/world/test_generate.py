@@ -95,9 +95,9 @@ def test_same_config_is_byte_identical_for_any_number_of_workers(tmp_path: Path)
 def test_rationale_fraction_changes_the_pairs_text_only(tmp_path: Path) -> None:
     """The studies drop the rationale from Stage 2's pairs; the split must keep the same
     scenes, questions and pair ids, and with none asked for no chosen answer carries one."""
-    for fraction, name in ((0.5, "half"), (0.0, "none")):
-        cfg = WorldConfig(n=12, size=32, probe_n=0, rationale_fraction=fraction)
-        generate(cfg, tmp_path / name)
+    generate(WorldConfig(n=12, size=32, probe_n=0), tmp_path / "half")
+    argv = ["--n", "12", "--size", "32", "--probe-n", "0", "--rationale-fraction", "0"]
+    assert main(["world", "generate", "--out", str(tmp_path / "none"), *argv]) == 0
     half, none = tmp_path / "half", tmp_path / "none"
     for file in ("scenes.jsonl", "vqa.jsonl"):
         assert (half / file).read_bytes() == (none / file).read_bytes()
@@ -152,6 +152,7 @@ def test_holdout_holds_exactly_the_combinations_train_never_shows(tmp_path: Path
         (["--split", "dev"], "unknown split 'dev'"),
         (["--tasks", "count,telepathy"], "unknown task 'telepathy'"),
         (["--n", "many"], "invalid int value"),
+        (["--rationale-fraction", "1.5"], "rationale_fraction must be between 0 and 1"),
     ],
 )
 def test_bad_arguments_exit_nonzero_with_one_line(
