@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,17 @@ def audit_splits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     generate(WorldConfig(split="train", n=3000, seed=0, size=64, probe_n=0), train, workers=2)
     generate(WorldConfig(split="test", n=1500, seed=0, size=64, probe_n=0), test, workers=2)
     return train, test
+
+
+def hold_folder_lock(folder: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding ``folder``'s lock for ``seconds``; returns once it holds it."""
+    code = (
+        "import time\n"
+        "from pivotlab.io import folder_lock\n"
+        f"with folder_lock({str(folder)!r}):\n"
+        "    print('held', flush=True)\n"
+        f"    time.sleep({seconds})\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline().strip() == "held"
+    return process

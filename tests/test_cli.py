@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from pivotlab.cli import EXIT_INTERNAL, EXIT_TERMINATED, EXIT_USAGE, main
-from tests.conftest import TEST_SIZE
+from tests.conftest import TEST_SIZE, hold_folder_lock
 
 _OPENED: list[str] = []
 _RECORDING = [False]
@@ -368,3 +368,40 @@ def test_evaluate_and_analyze_options_are_their_configs_fields(tmp_path: Path) -
     assert cfg.data == Path("tr") and cfg.labels == ("shape", "color", "shape_color")
     defaults = _sub_parser("analyze").parse_args(["pca", "--data", "d", "--out", "o"])
     assert defaults.encoders == [] and defaults.models == []  # a fresh list per parse
+
+
+LOCKED_VERBS = {
+    "train": ["train", "--config", "configs/tiny/full.yaml", "--out", "{out}", "model.init={mllm}", "data.train={split}"],
+    "evaluate": ["evaluate", "--model", "{mllm}", "--data", "{split}", "--out", "{out}"],
+    "analyze": ["analyze", "linear-probe", "--encoder", "{encoder}", "--data", "{split}", "--eval-data", "{split}", "--out", "{out}"],
+    "study": ["study", "--preset", "quick", "--out", "{out}"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("verb", LOCKED_VERBS)
+def test_a_second_command_on_a_folder_in_use_is_refused_and_touches_nothing(
+    verb: str, corpus: Corpus, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """One run per folder: while another command holds ``--out``, a second exits 2 in one
+    line naming the folder and the holder's pid, and leaves what is there as it was."""
+    monkeypatch.chdir(Path(__file__).parent.parent)  # configs/ of the checkout
+    monkeypatch.setenv("PIVOTLAB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "kept.txt").write_text("the first run's\n")
+    paths = {name: getattr(corpus, name) for name in ("split", "mllm", "encoder")}
+    argv = [arg.format(**paths, out=out) for arg in LOCKED_VERBS[verb]]
+    holder = hold_folder_lock(out, 60)
+    try:
+        code = main(argv)
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == (
+        f"pivotlab: error: {out}: in use by another pivotlab command (pid {holder.pid}); "
+        "wait for it to finish or choose another folder"
+    )
+    assert [p.name for p in out.iterdir()] == ["kept.txt"]
+    assert (out / "kept.txt").read_text() == "the first run's\n"

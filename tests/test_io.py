@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from collections import namedtuple
 from pathlib import Path
 
@@ -12,10 +13,12 @@ import pytest
 
 from pivotlab import io
 from pivotlab.io import (
+    FolderInUse,
     OutputError,
     append_jsonl,
     check_output,
     complete_lines,
+    folder_lock,
     read_jsonl,
     remove_temporaries,
     removed_on_failure,
@@ -24,6 +27,7 @@ from pivotlab.io import (
     write_jsonl_atomic,
     write_text_atomic,
 )
+from tests.conftest import hold_folder_lock
 
 Usage = namedtuple("Usage", "total used free")
 
@@ -243,3 +247,51 @@ def test_a_failed_block_takes_back_only_the_empty_folder_it_created(tmp_path: Pa
             (folder / "config.json").write_text("{}")
             raise RuntimeError("failed before training")
     assert not made.exists() and kept.exists() and existing.exists()
+
+
+# ---------------------------------------------------------------------------- folder lock
+def test_a_second_command_on_a_locked_folder_is_refused_naming_thehold_folder_lock(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "run"
+    holder = hold_folder_lock(folder, 30)
+    try:
+        refused = rf"{folder}: in use .*\(pid {holder.pid}\)"
+        with pytest.raises(FolderInUse, match=refused), folder_lock(folder):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_killed_holder_releases_the_lock(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    holder = hold_folder_lock(folder, 30)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with folder_lock(folder):
+        assert io.lock_path(folder).read_text().strip() == str(os.getpid())
+
+
+def test_waiting_for_a_lock_says_so_once_and_then_holds_it(tmp_path: Path) -> None:
+    folder = tmp_path / "entry"
+    holder = hold_folder_lock(folder, 1.5)
+    said: list[str] = []
+    with folder_lock(folder, wait=True, log=said.append):
+        assert holder.poll() is not None  # the holder had finished
+    assert said == [f"{folder}: waiting for pid {holder.pid}, which holds it"]
+
+
+def test_the_lock_sits_beside_the_folder_and_goes_with_itshold_folder_lock(tmp_path: Path) -> None:
+    """A run folder's own checks (empty, or a run of this config) must never see it, and a
+    command that ends leaves nothing behind."""
+    with folder_lock(tmp_path / "run"):
+        assert io.lock_path(tmp_path / "run") == tmp_path / ".run.lock"
+        assert not (tmp_path / "run").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_only_a_launched_runs_main_process_takes_the_lock(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("RANK", "1")
+    with folder_lock(tmp_path / "run"):
+        assert not io.lock_path(tmp_path / "run").exists()

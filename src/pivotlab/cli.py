@@ -31,6 +31,7 @@ from pivotlab import __version__
 from pivotlab.cache import cache_root
 from pivotlab.configtree import add_options, comma_separated, from_options
 from pivotlab.errors import PivotlabError, one_line
+from pivotlab.io import folder_lock
 from pivotlab.model.folders import check_saved_mllm
 
 PROG = "pivotlab"
@@ -366,12 +367,13 @@ def _evaluate(args: argparse.Namespace) -> None:
     from pivotlab.evaluate.config import EvalConfig
 
     cfg = from_options(EvalConfig, args)
-    if (Path(cfg.out) / "predictions.jsonl").exists() and not args.overwrite:
-        raise UsageError(f"{PROG}: {cfg.out} already holds an evaluation; pass --overwrite")
-    check_saved_mllm(cfg.model)
-    from pivotlab.evaluate import evaluate
+    with folder_lock(cfg.out):
+        if (Path(cfg.out) / "predictions.jsonl").exists() and not args.overwrite:
+            raise UsageError(f"{PROG}: {cfg.out} already holds an evaluation; pass --overwrite")
+        check_saved_mllm(cfg.model)
+        from pivotlab.evaluate import evaluate
 
-    report = evaluate(cfg)
+        report = evaluate(cfg)
     print(f"{'metric':14s} {'category':15s} {'task':8s} {'value':>6s} {'95% CI':>15s} {'n':>6s}")
     for row in report.metrics:
         if "task" in row and row["metric"] == "accuracy":
@@ -487,9 +489,10 @@ def _train(args: argparse.Namespace) -> None:
     from pivotlab.train import load_config, run_stage
 
     cfg = load_config(args.config, args.overrides)
-    result = run_stage(
-        cfg, args.out, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code
-    )
+    with folder_lock(args.out):
+        result = run_stage(
+            cfg, args.out, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code
+        )
     from accelerate import PartialState
 
     if not PartialState().is_main_process:
@@ -519,12 +522,13 @@ def _add_analyze(verbs: argparse._SubParsersAction) -> None:
 def _analyze(args: argparse.Namespace) -> None:
     from pivotlab.analysis.config import AnalyzeConfig
 
-    if (args.out / "metrics.jsonl").exists() and not args.overwrite:
-        raise UsageError(f"{PROG}: {args.out} already holds an analysis; pass --overwrite")
-    cfg = from_options(AnalyzeConfig, args)
-    from pivotlab.analysis.suite import run_analyses
+    with folder_lock(args.out):
+        if (args.out / "metrics.jsonl").exists() and not args.overwrite:
+            raise UsageError(f"{PROG}: {args.out} already holds an analysis; pass --overwrite")
+        cfg = from_options(AnalyzeConfig, args)
+        from pivotlab.analysis.suite import run_analyses
 
-    run_analyses(cfg, log=lambda line: print(line, file=sys.stderr))
+        run_analyses(cfg, log=lambda line: print(line, file=sys.stderr))
     print((args.out / "table.md").read_text(), end="")
     print(f"wrote {args.out}")
 
@@ -581,7 +585,9 @@ def _study(args: argparse.Namespace) -> None:
         dry_run(study, args.out, options)
         return
     command = " ".join([PROG, "study", "--preset", args.preset, "--out", str(args.out)])
-    markdown, html = run_study(study, args.out, command + "".join(f" {o}" for o in args.overrides))
+    with folder_lock(args.out):
+        overrides = "".join(f" {o}" for o in args.overrides)
+        markdown, html = run_study(study, args.out, command + overrides)
     print(f"wrote {markdown} and {html}")
 
 

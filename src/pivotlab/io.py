@@ -16,6 +16,8 @@ that an output folder can take a run before the run starts.
   produced anything.
 - ``check_output`` fails in one line when a folder cannot be created or written, or when its
   disk has less free space than the caller's estimate.
+- ``folder_lock`` holds an exclusive OS lock on a folder for one command: a second command
+  on the same folder is refused (or waits), and a killed holder releases it.
 
 Appends are not fsynced (one per logged step would cost more than the log is worth): they
 survive the process being killed, not the machine losing power. Whole-file writes are.
@@ -24,12 +26,14 @@ survive the process being killed, not the machine losing power. Whole-file write
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -119,6 +123,74 @@ def staging_folder(target: Path | str, kind: str = "partial") -> Path:
     staging = target.with_name(f".{target.name}.{kind}-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     return staging
+
+
+class FolderInUse(PivotlabError):
+    """Another process holds the folder's lock; one line naming the folder and its pid."""
+
+
+def lock_path(folder: Path | str) -> Path:
+    """``.NAME.lock`` beside ``folder``: beside it, not in it, so that the folder's own
+    checks (empty, or a run of this config) never see it and replacing the folder keeps it."""
+    folder = Path(folder).resolve()
+    if not folder.name:  # the file system's root
+        return folder / ".pivotlab.lock"
+    return folder.with_name(f".{folder.name}.lock")
+
+
+@contextlib.contextmanager
+def folder_lock(
+    folder: Path | str, wait: bool = False, log: Callable[[str], None] | None = None
+) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` while the block runs (``fcntl.flock`` on
+    ``lock_path(folder)``, which holds the holder's pid). Another holder: ``FolderInUse``
+    naming the folder and its pid, or with ``wait`` a wait until it lets go (``log`` says
+    so once). The OS releases the lock when its process ends, a ``kill -9`` included, so a
+    resume finds the folder free; a holder that ends normally removes the file. Only the
+    main process of a launched run (``RANK`` 0) takes it: the others write into the folder
+    the main process holds."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    path = lock_path(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    told = False
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(descriptor)
+            if not wait:
+                raise FolderInUse(
+                    f"{folder}: in use by another pivotlab command (pid {holder}); "
+                    "wait for it to finish or choose another folder"
+                ) from None
+            if log is not None and not told:
+                log(f"{folder}: waiting for pid {holder}, which holds it")
+                told = True
+            time.sleep(1.0)
+            continue
+        if _same_file(descriptor, path):
+            break
+        os.close(descriptor)  # its holder removed the file as we opened it: open it anew
+    try:
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        # Removed while still held, so a waiter that opened it sees it gone and reopens.
+        path.unlink(missing_ok=True)
+        os.close(descriptor)
+
+
+def _same_file(descriptor: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``descriptor``."""
+    try:
+        return os.stat(path).st_ino == os.fstat(descriptor).st_ino
+    except FileNotFoundError:
+        return False
 
 
 @contextlib.contextmanager

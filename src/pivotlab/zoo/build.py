@@ -48,7 +48,7 @@ from transformers import (
 from pivotlab import __version__
 from pivotlab.cache import cache_root
 from pivotlab.errors import PivotlabError
-from pivotlab.io import file_sha256, staging_folder, write_json_atomic
+from pivotlab.io import file_sha256, folder_lock, staging_folder, write_json_atomic
 from pivotlab.world.generate import GENERATOR_VERSION
 from pivotlab.zoo import pretraining, quality
 from pivotlab.zoo.tokenizer import IMAGE_TOKEN, world_tokenizer
@@ -673,27 +673,37 @@ def build(
     folders = {}
     for part in parts:
         entry = entry_dir(config, part, cache, seed)
-        problem = "rebuild asked for" if force else verify(entry)
-        if problem is None:
-            log(f"zoo: {part} cached at {entry}")
-        elif not force and _copy_shipped(config, part, entry, seed):
-            log(f"zoo: {part} copied from the weights shipped with pivotlab -> {entry}")
-        else:
-            if entry.exists():
-                log(f"zoo: {part} cache entry {entry.name} is unusable ({problem}); rebuilding")
-            manifest = _write_entry(config, part, entry, data, seed)
-            compute = manifest["compute"]
-            cost = f"{compute['seconds']:.0f}s, {compute['flops']:.2e} FLOPs"
-            log(f"zoo: built {part} ({cost}) -> {entry}")
-        manifest = json.loads((entry / MANIFEST).read_text())
-        if probes_outdated(manifest):
-            _measure_again(config, part, entry, data, seed)
-            log(
-                f"zoo: {part} quality measured again (probe protocol "
-                f"{manifest.get('probe_protocol', 1)} -> {quality.PROBE_PROTOCOL})"
-            )
+        # One builder per part: a second (another study on the same cache) waits, then
+        # finds the part built.
+        with folder_lock(entry, wait=True, log=log):
+            _build_part(config, part, entry, data, seed, force, log)
         folders[part] = entry
     return folders
+
+
+def _build_part(
+    config: ZooConfig, part: str, entry: Path, data: _Data, seed: int, force: bool, log
+) -> None:
+    """Verify, copy from the shipped weights, or train one part into ``entry``."""
+    problem = "rebuild asked for" if force else verify(entry)
+    if problem is None:
+        log(f"zoo: {part} cached at {entry}")
+    elif not force and _copy_shipped(config, part, entry, seed):
+        log(f"zoo: {part} copied from the weights shipped with pivotlab -> {entry}")
+    else:
+        if entry.exists():
+            log(f"zoo: {part} cache entry {entry.name} is unusable ({problem}); rebuilding")
+        manifest = _write_entry(config, part, entry, data, seed)
+        compute = manifest["compute"]
+        cost = f"{compute['seconds']:.0f}s, {compute['flops']:.2e} FLOPs"
+        log(f"zoo: built {part} ({cost}) -> {entry}")
+    manifest = json.loads((entry / MANIFEST).read_text())
+    if probes_outdated(manifest):
+        _measure_again(config, part, entry, data, seed)
+        log(
+            f"zoo: {part} quality measured again (probe protocol "
+            f"{manifest.get('probe_protocol', 1)} -> {quality.PROBE_PROTOCOL})"
+        )
 
 
 def shipped_dir(zoo: ZooConfig, part: str, seed: int = 0) -> Path:
