@@ -135,8 +135,23 @@ def _bad_splits(c: Corpus) -> dict[str, Path]:
     rows[0] = json.dumps(json.loads(rows[0]) | {"image": "../outside/secret.png"})
     probes.write_text("\n".join(rows) + "\n")
     splits["probe-escape"] = probe_escape
+    splits.update(_bad_models(c))
     _bad_splits.made = splits  # type: ignore[attr-defined]
     return splits
+
+
+def _bad_models(c: Corpus) -> dict[str, Path]:
+    """MLLM folders broken in one way: weights cut short, weights of another shape."""
+    cut = c.root / "cut-model"
+    shutil.copytree(c.mllm, cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    reshaped = c.root / "reshaped-model"
+    shutil.copytree(c.mllm, reshaped)
+    config = json.loads((reshaped / "config.json").read_text())
+    config["text_config"]["intermediate_size"] += 8
+    (reshaped / "config.json").write_text(json.dumps(config))
+    return {"cut-model": cut, "reshaped-model": reshaped}
 
 
 # (case, argv with {placeholders} for the corpus' paths and {out}, exit status, text the
@@ -168,6 +183,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
         ("train: missing config", ["train", "--config", "{root}/no-such-folder.yaml", "--out", "{out}"], 2, "no-such-folder"),
         ("train: LM folder as init", ["train", "--config", "configs/tiny/full.yaml", "--out", "{out}", "model.init={lm}", "data.train={split}"], 2, "Qwen2ForCausalLM"),
         ("train: LM folder as VIRAL teacher", ["train", "--config", "configs/tiny/full.yaml", "--out", "{out}", "model.init={mllm}", "data.train={split}", "viral.enabled=true", "viral.teacher={lm}"], 2, "viral.teacher"),
+        ("train: weights cut short as init", ["train", "--config", "configs/tiny/full.yaml", "--out", "{out}", "model.init={root}/cut-model", "data.train={split}"], 2, "unreadable weights"),
         ("train: wrong type", ["train", "--config", "configs/tiny/full.yaml", "--out", "{out}", "train.epochs=many"], 2, "train.epochs"),
         ("train: escaping image", ["train", "--config", "configs/tiny/full.yaml", "--out", "{out}", "model.init={mllm}", "data.train={root}/dotdot", "data.limit=null"], 2, "leaves the image root"),
         ("evaluate: LM folder", ["evaluate", "--model", "{lm}", "--data", "{split}", "--out", "{out}"], 2, "Qwen2ForCausalLM"),
@@ -178,8 +194,11 @@ CASES: list[tuple[str, list[str], int, str]] = [
         ("evaluate: symlink outside", ["evaluate", "--model", "{mllm}", "--data", "{root}/symlink", "--out", "{out}"], 2, "outside the image root"),
         ("evaluate: zero-byte image", ["evaluate", "--model", "{mllm}", "--data", "{root}/empty", "--out", "{out}"], 2, "zero-byte"),
         ("evaluate: truncated vqa", ["evaluate", "--model", "{mllm}", "--data", "{root}/truncated", "--out", "{out}"], 2, "vqa.jsonl:"),
+        ("evaluate: weights cut short", ["evaluate", "--model", "{root}/cut-model", "--data", "{split}", "--out", "{out}"], 2, "cut-model/model.safetensors: unreadable weights"),
+        ("evaluate: weights of another shape", ["evaluate", "--model", "{root}/reshaped-model", "--data", "{split}", "--out", "{out}"], 2, "reshaped-model/model.safetensors: its tensors' shapes do not fit"),
         ("evaluate: out under a file", ["evaluate", "--model", "{mllm}", "--data", "{split}", "--out", "{a_file}/sub"], 2, "a-file"),
         ("analyze: LM folder", ["analyze", "linear-probe", "--model", "{lm}", "--data", "{split}", "--eval-data", "{root}/dotdot", "--out", "{out}"], 2, "Qwen2ForCausalLM"),
+        ("analyze: weights of another shape", ["analyze", "linear-probe", "--model", "{root}/reshaped-model", "--data", "{split}", "--eval-data", "{root}/dotdot", "--out", "{out}"], 2, "shapes do not fit"),
         ("analyze: encoder typo", ["analyze", "linear-probe", "--encoder", "zoo:enc-z", "--data", "{split}", "--eval-data", "{root}/dotdot", "--out", "{out}"], 2, "enc-z"),
         ("analyze: probe image escapes", ["analyze", "linear-probe", "--encoder", "{encoder}", "--data", "{root}/probe-escape", "--eval-data", "{root}/dotdot", "--out", "{out}"], 2, "leaves the image root"),
         ("study: preset typo", ["study", "--preset", "quik", "--out", "{out}"], 2, "quik"),

@@ -35,7 +35,7 @@ from transformers import (
 from pivotlab.errors import PivotlabError
 from pivotlab.io import write_json_atomic
 from pivotlab.model.families import VisionFamily, vision_family
-from pivotlab.model.folders import Kind, check_saved_mllm, check_source
+from pivotlab.model.folders import Kind, check_saved_mllm, check_source, mismatched_weights
 from pivotlab.model.presets import LM_PRESETS, VISION_PRESETS
 from pivotlab.zoo.build import part_path
 from pivotlab.zoo.tokenizer import CHAT_TEMPLATE, IMAGE_TOKEN, world_tokenizer
@@ -87,7 +87,8 @@ def resolve_zoo(source: str) -> str:
 def _from_pretrained(auto_class, source: str, trust_remote_code: bool, **kwargs):
     """``auto_class.from_pretrained`` with a one-line error naming the source."""
     try:
-        return auto_class.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+        with mismatched_weights(source):
+            return auto_class.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
     except OSError as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise AssemblyError(
@@ -266,7 +267,8 @@ def load(path: Path | str) -> tuple[LlavaForConditionalGeneration, LlavaProcesso
     """A saved MLLM folder, with plain transformers classes."""
     path = Path(path)
     check_saved_mllm(path)
-    model = LlavaForConditionalGeneration.from_pretrained(path, use_safetensors=True)
+    with mismatched_weights(path):
+        model = LlavaForConditionalGeneration.from_pretrained(path, use_safetensors=True)
     processor = LlavaProcessor.from_pretrained(path)
     check_geometry(model, source=str(path))
     return model, processor

@@ -6,18 +6,22 @@ holds another kind of model than the caller expects: handed to
 ``LlavaForConditionalGeneration.from_pretrained``, a language model's config becomes a
 default Llava around a 7B-class LM, built on the CPU before any error (gigabytes, minutes).
 A name that is neither a preset nor a folder nor shaped like a hub id (``owner/name``) is
-refused without a network call, listing the presets.
+refused without a network call, listing the presets. Its safetensors weights are opened
+(their header, no tensor) so that a file cut short or unreadable is named in one line
+before anything loads; weights whose shapes do not fit ``config.json`` are named when
+transformers finds them (``mismatched_weights``), since only the model class knows the shapes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from enum import Enum
 from pathlib import Path
 
-from pivotlab.errors import PivotlabError
+from pivotlab.errors import PivotlabError, one_line
 from pivotlab.model.families import UNSUPPORTED_VISION, VISION_FAMILIES
 
 LLAVA_MODEL_TYPE = "llava"
@@ -86,9 +90,64 @@ def check_model_folder(folder: Path | str, expected: Kind, what: str = "model") 
     config = folder_config(folder)
     kind = kind_of(config)
     unknown_may_pass = expected is Kind.LANGUAGE or "auto_map" in config
-    if kind is expected or (kind is None and unknown_may_pass):
-        return config
-    raise ModelFolderError(f"{what} {folder} is {_describe(config)}; expected {expected.value}")
+    if kind is not expected and not (kind is None and unknown_may_pass):
+        raise ModelFolderError(f"{what} {folder} is {_describe(config)}; expected {expected.value}")
+    check_weights(folder)
+    return config
+
+
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files a model folder's weights are in (one, or the shards its index
+    names); none for a folder in another format, which its loader checks."""
+    single, index = folder / SAFETENSORS, folder / SAFETENSORS_INDEX
+    if single.is_file():
+        return [single]
+    if not index.is_file():
+        return []
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ModelFolderError(f"{index}: not a safetensors index ({one_line(error)})") from None
+    if not all(isinstance(shard, str) and "/" not in shard for shard in shards):
+        raise ModelFolderError(f"{index}: a shard is not a file name in {folder}")
+    return [folder / shard for shard in shards]
+
+
+def check_weights(folder: Path) -> None:
+    """Refuse, naming the file, safetensors weights that are missing, cut short or
+    unreadable: the header is read and checked against the file's size, no tensor is."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in weight_files(folder):
+        if not path.is_file():
+            raise ModelFolderError(f"{path}: missing (named by {SAFETENSORS_INDEX})")
+        try:
+            with safe_open(str(path), framework="np"):
+                pass
+        except (OSError, SafetensorError) as error:
+            raise ModelFolderError(f"{path}: unreadable weights ({one_line(error)})") from None
+
+
+@contextlib.contextmanager
+def mismatched_weights(folder: Path | str) -> Iterator[None]:
+    """Turn transformers' refusal of weights whose shapes do not fit the folder's
+    ``config.json`` (a ``RuntimeError`` suggesting ``ignore_mismatched_sizes``, as of
+    transformers 5.23) into one line naming the weights."""
+    try:
+        yield
+    except RuntimeError as error:
+        if "ignore_mismatched_sizes" not in str(error):
+            raise
+        files = weight_files(Path(folder)) or [Path(folder)]
+        raise ModelFolderError(
+            f"{files[0]}: its tensors' shapes do not fit {Path(folder) / 'config.json'} "
+            "(weights of another model, or an edited config)"
+        ) from None
 
 
 def check_saved_mllm(folder: Path | str, what: str = "model") -> None:
