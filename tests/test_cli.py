@@ -116,6 +116,9 @@ def _bad_splits(c: Corpus) -> dict[str, Path]:
         "other": _split_with(c.root, c.split, "other", _image_named("../train/images/bait.png")),
         "symlink": _split_with(c.root, c.split, "symlink", symlinked),
         "empty": _split_with(c.root, c.split, "empty", zero_byte),
+        "number-question": _split_with(
+            c.root, c.split, "number-question", lambda record, split: record | {"question": 42}
+        ),
     }
     truncated = c.root / "truncated"
     shutil.copytree(c.split, truncated)
@@ -135,6 +138,12 @@ def _bad_splits(c: Corpus) -> dict[str, Path]:
     rows[0] = json.dumps(json.loads(rows[0]) | {"image": "../outside/secret.png"})
     probes.write_text("\n".join(rows) + "\n")
     splits["probe-escape"] = probe_escape
+    number_chosen = c.root / "number-chosen"
+    shutil.copytree(c.split, number_chosen)
+    pairs = (number_chosen / "preferences.jsonl").read_text().splitlines()
+    pairs[1] = json.dumps(json.loads(pairs[1]) | {"chosen": 42})
+    (number_chosen / "preferences.jsonl").write_text("\n".join(pairs) + "\n")
+    splits["number-chosen"] = number_chosen
     splits.update(_bad_models(c))
     _bad_splits.made = splits  # type: ignore[attr-defined]
     return splits
@@ -165,6 +174,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
         ("world show: out under a file", ["world", "show", "{split}", "--out", "{a_file}/sub/s.png"], 2, "a-file"),
         ("world show: escaping scene id", ["world", "show", "{root}/escaping-scene", "--out", "{out}/s.png"], 2, "leaves the image root"),
         ("world audit: missing split", ["world", "audit", "--train", "{root}/no-such-folder", "--test", "{split}"], 2, "no-such-folder"),
+        ("world audit: a question that is not text", ["world", "audit", "--train", "{root}/number-question", "--test", "{split}"], 2, "vqa.jsonl:1: field question is a number"),
         ("world audit: truncated vqa", ["world", "audit", "--train", "{root}/truncated", "--test", "{split}"], 2, "vqa.jsonl:"),
         ("model build: MLLM as vision", ["model", "build", "--vision", "{mllm}", "--lm", "tiny-qwen2", "--out", "{out}"], 2, "llava"),
         ("model build: empty folder as vision", ["model", "build", "--vision", "{root}/outside", "--lm", "tiny-qwen2", "--out", "{out}"], 2, "config.json"),
@@ -184,6 +194,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
         ("train: LM folder as init", ["train", "--config", "configs/tiny/full.yaml", "--out", "{out}", "model.init={lm}", "data.train={split}"], 2, "Qwen2ForCausalLM"),
         ("train: LM folder as VIRAL teacher", ["train", "--config", "configs/tiny/full.yaml", "--out", "{out}", "model.init={mllm}", "data.train={split}", "viral.enabled=true", "viral.teacher={lm}"], 2, "viral.teacher"),
         ("train: weights cut short as init", ["train", "--config", "configs/tiny/full.yaml", "--out", "{out}", "model.init={root}/cut-model", "data.train={split}"], 2, "unreadable weights"),
+        ("train: a question that is not text", ["train", "--config", "configs/tiny/full.yaml", "--out", "{out}", "model.init={mllm}", "data.train={root}/number-question"], 2, "vqa.jsonl:1: field question is a number"),
+        ("train: a chosen answer that is not text", ["train", "--config", "configs/tiny/post-dpo.yaml", "--out", "{out}", "model.init={mllm}", "data.train={root}/number-chosen"], 2, "preferences.jsonl:2: field chosen is a number, expected a string"),
         ("train: wrong type", ["train", "--config", "configs/tiny/full.yaml", "--out", "{out}", "train.epochs=many"], 2, "train.epochs"),
         ("train: escaping image", ["train", "--config", "configs/tiny/full.yaml", "--out", "{out}", "model.init={mllm}", "data.train={root}/dotdot", "data.limit=null"], 2, "leaves the image root"),
         ("evaluate: LM folder", ["evaluate", "--model", "{lm}", "--data", "{split}", "--out", "{out}"], 2, "Qwen2ForCausalLM"),
@@ -196,6 +208,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
         ("evaluate: truncated vqa", ["evaluate", "--model", "{mllm}", "--data", "{root}/truncated", "--out", "{out}"], 2, "vqa.jsonl:"),
         ("evaluate: weights cut short", ["evaluate", "--model", "{root}/cut-model", "--data", "{split}", "--out", "{out}"], 2, "cut-model/model.safetensors: unreadable weights"),
         ("evaluate: weights of another shape", ["evaluate", "--model", "{root}/reshaped-model", "--data", "{split}", "--out", "{out}"], 2, "reshaped-model/model.safetensors: its tensors' shapes do not fit"),
+        ("evaluate: a question that is not text", ["evaluate", "--model", "{mllm}", "--data", "{root}/number-question", "--out", "{out}"], 2, "number-question/vqa.jsonl:1: field question is a number, expected a string"),
         ("evaluate: out under a file", ["evaluate", "--model", "{mllm}", "--data", "{split}", "--out", "{a_file}/sub"], 2, "a-file"),
         ("analyze: LM folder", ["analyze", "linear-probe", "--model", "{lm}", "--data", "{split}", "--eval-data", "{root}/dotdot", "--out", "{out}"], 2, "Qwen2ForCausalLM"),
         ("analyze: weights of another shape", ["analyze", "linear-probe", "--model", "{root}/reshaped-model", "--data", "{split}", "--eval-data", "{root}/dotdot", "--out", "{out}"], 2, "shapes do not fit"),

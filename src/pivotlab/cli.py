@@ -226,7 +226,7 @@ def _world_show(args: argparse.Namespace) -> None:
 
 
 def _world_audit(args: argparse.Namespace) -> None:
-    from pivotlab.io import read_jsonl
+    from pivotlab.data.formats import read_world_file
     from pivotlab.world.audit import text_only_baseline
 
     records = []
@@ -235,7 +235,7 @@ def _world_audit(args: argparse.Namespace) -> None:
             raise UsageError(
                 f"{PROG} world audit: {split_dir} has no vqa.jsonl (not a world split)"
             )
-        records.append(read_jsonl(split_dir / "vqa.jsonl"))
+        records.append(read_world_file(split_dir, "vqa.jsonl"))
     scores = text_only_baseline(*records)
     print(f"{'group':28s} {'n':>6s} {'text-only':>9s} {'chance':>7s} {'above':>6s}")
     for score in scores.values():

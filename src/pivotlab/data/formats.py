@@ -21,8 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pivotlab.data.reading import RawRow
+from pivotlab.data.reading import RawRow, read_rows
 from pivotlab.data.records import Problem, Record
+from pivotlab.errors import PivotlabError
 
 IMAGE = "<image>"
 FORMATS: tuple[str, ...] = ("llava", "mmpr", "world")
@@ -266,3 +267,18 @@ def parse_row(raw: RawRow, parser: Parser, limits: Limits) -> Record | Problem:
     except RowError as error:
         identity = _identity(raw.value, raw)
         return Problem(raw.file, raw.line, error.kind, str(error), raw.item, identity)
+
+
+def read_world_file(split: Path, name: str) -> list[dict]:
+    """The rows of one of a world split's ``WORLD_FILES``, each checked as ``pivotlab data
+    check`` checks it (every field the format reads present and of its type, placeholders,
+    lengths): every reader of a split reads it through here, so a bad row is one line
+    naming ``file:line`` and the field, whichever verb meets it first."""
+    parser = PARSERS[WORLD_FILES[name]]
+    rows = []
+    for raw in read_rows(split / name):
+        parsed = raw if isinstance(raw, Problem) else parse_row(raw, parser, Limits())
+        if isinstance(parsed, Problem):
+            raise PivotlabError(f"{parsed.where()}: {parsed.message}")
+        rows.append(raw.value)
+    return rows

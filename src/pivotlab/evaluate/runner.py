@@ -19,11 +19,12 @@ import torch
 from PIL import Image
 
 from pivotlab import __version__
+from pivotlab.data.formats import read_world_file
 from pivotlab.errors import PivotlabError
 from pivotlab.evaluate.config import EvalConfig
 from pivotlab.evaluate.metrics import accuracy_rows
 from pivotlab.images import first_unusable, open_image
-from pivotlab.io import MiB, check_output, read_jsonl, write_json_atomic, write_jsonl_atomic
+from pivotlab.io import MiB, check_output, write_json_atomic, write_jsonl_atomic
 from pivotlab.model import load
 from pivotlab.model.generation import chat_prompt, generate_replies
 from pivotlab.world.answers import LETTERS, score_reply
@@ -54,7 +55,7 @@ def load_items(
     if not path.is_file():
         raise PivotlabError(f"{data} has no vqa.jsonl: not a world split or VQA folder")
     items, lines = [], []
-    for line, record in enumerate(read_jsonl(path), start=1):
+    for line, record in enumerate(read_world_file(data, "vqa.jsonl"), start=1):
         missing = [name for name in REQUIRED_FIELDS if name not in record]
         if missing:
             raise PivotlabError(f"{path}:{line}: missing field {missing[0]!r}")

@@ -25,8 +25,8 @@ from typing import Any
 import datasets
 import numpy as np
 
+from pivotlab.data.formats import read_world_file
 from pivotlab.images import ImageError, first_unusable
-from pivotlab.io import read_jsonl
 from pivotlab.train.config import ConfigError, StageConfig, dataset_spec
 from pivotlab.train.external import dataset_records, dataset_split, is_dataset_split
 from pivotlab.train.rewards import GROUND_TRUTH, ground_truth
@@ -70,7 +70,7 @@ def stage_records(cfg: StageConfig, split: Path) -> list[dict]:
         "full": "vqa.jsonl",
         "post": "preferences.jsonl",
     }[cfg.stage]
-    return read_jsonl(split / name)
+    return read_world_file(split, name)
 
 
 def keep_first(records: list[dict], limit: int | None, seed: int) -> list[dict]:
@@ -118,7 +118,7 @@ def ground_truths(records: list[dict], split: Path) -> list[str]:
     VQA question it was made from (``vqa_id`` in the split's ``vqa.jsonl``); a record
     without one (a dataset's pair) is scored as an open answer against its ``chosen``."""
     vqa = split / "vqa.jsonl"
-    questions = {q["id"]: q for q in read_jsonl(vqa)} if vqa.is_file() else {}
+    questions = {q["id"]: q for q in read_world_file(split, "vqa.jsonl")} if vqa.is_file() else {}
     return [
         ground_truth(questions.get(record.get("vqa_id")) or {"answer": record["chosen"]})
         for record in records

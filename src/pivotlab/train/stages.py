@@ -34,6 +34,7 @@ from accelerate import PartialState
 from transformers import set_seed
 
 from pivotlab import __version__
+from pivotlab.data.formats import read_world_file
 from pivotlab.images import open_image
 from pivotlab.io import (
     append_jsonl,
@@ -162,7 +163,7 @@ def _sample_on_policy(cfg: StageConfig, model, processor, split: Path) -> list[d
     """Preference pairs whose rejected answer the starting model actually gave and the
     world's ground truth marks wrong."""
     settings = cfg.post.on_policy
-    questions = keep_first(read_jsonl(split / "vqa.jsonl"), settings.questions, cfg.seed)
+    questions = keep_first(read_world_file(split, "vqa.jsonl"), settings.questions, cfg.seed)
     torch.manual_seed(cfg.seed)
     model.eval()
     replies: dict[str, list[str]] = {}
