@@ -564,6 +564,12 @@ def _add_study(verbs: argparse._SubParsersAction) -> None:
         "them, else h100 as the reference)",
     )
     study.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show what each step prints (the libraries' logs) live, instead of only in "
+        "RUN/logs/<step>.log",
+    )
+    study.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. seeds=[0,1]"
     )
     study.set_defaults(handler=_study)
@@ -587,8 +593,24 @@ def _study(args: argparse.Namespace) -> None:
     command = " ".join([PROG, "study", "--preset", args.preset, "--out", str(args.out)])
     with folder_lock(args.out):
         overrides = "".join(f" {o}" for o in args.overrides)
-        markdown, html = run_study(study, args.out, command + overrides)
+        markdown, html = run_study(study, args.out, command + overrides, verbose=args.verbose)
     print(f"wrote {markdown} and {html}")
+    _print_primary_answers(args.out / "results.json")
+
+
+def _print_primary_answers(results: Path) -> None:
+    """The pre-registered claims' answers, a few lines under the report's path."""
+    import json
+
+    from pivotlab.study.report import format_difference, is_percent
+
+    for claim in json.loads(results.read_text())["claims"]:
+        if claim.get("primary"):
+            percent = is_percent(claim["metric"])
+            difference = format_difference(
+                claim["diff"], claim.get("ci_low"), claim.get("ci_high"), percent
+            )
+            print(f"  {claim['comparison']}: {difference}, {claim['verdict']}")
 
 
 def _add_data(verbs: argparse._SubParsersAction) -> None:

@@ -49,13 +49,13 @@ def test_the_estimate_learns_each_step_from_its_own_kind_not_the_slowest(
 def test_a_transplant_is_not_guessed_from_the_longer_stage1_run(tmp_path: Path) -> None:
     """Both are ``full`` on ``enc-s`` + ``lm-s``, but the transplant reads fewer questions
     and trains no encoder: only the kind is shared."""
-    from pivotlab.study.pipeline import _estimate_keys
+    from pivotlab.study.progress import estimate_keys
 
     study = load_study("quick")
     steps = {s.name: s for s in seed_steps(study, tmp_path, 0, _planned_world(study))}
     stage1, transplant = steps["seed0/full"], steps["seed0/transplant-enc-s/full"]
     assert stage1.architecture == transplant.architecture
-    assert set(_estimate_keys(stage1)) & set(_estimate_keys(transplant)) == {"train"}
+    assert set(estimate_keys(stage1)) & set(estimate_keys(transplant)) == {"train"}
 
 
 def test_the_stage1_and_blind_evaluations_are_different_steps(tmp_path: Path) -> None:

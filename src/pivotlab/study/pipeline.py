@@ -11,7 +11,6 @@ a step interrupted half-way resumes from its own checkpoints when the study runs
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from pivotlab.configtree import apply_override, set_dotted
 from pivotlab.io import write_json_atomic
 from pivotlab.study.config import Recipe, StudyConfig, recipe_path
 from pivotlab.study.ledger import Ledger, fingerprint
+from pivotlab.study.progress import Ticker, TimeLeft, clock, step_output
 from pivotlab.train.config import StageConfig, config_from_dict
 
 STAGE1 = "stage1"
@@ -33,14 +33,6 @@ BLIND = "blind"
 VQA, VAL, TRANSPLANT = "VQA", "val", "after transplant"
 # Seconds a step of each kind is assumed to take before one has been measured in the run
 # (the tiny preset on 2 cores); the estimate of what is left uses measured steps first.
-DEFAULT_SECONDS = {
-    "train": 120.0,
-    "evaluate": 60.0,
-    "divergence": 20.0,
-    "choose": 1.0,
-    "analyze": 120.0,
-    "export": 5.0,
-}
 
 
 @dataclass
@@ -533,61 +525,52 @@ def seed_steps(study: StudyConfig, run: Path, seed: int, splits: dict[str, Path]
     return steps
 
 
-def _estimate_keys(step: Step) -> list[str]:
-    """What a step's time is guessed from, most specific first: the same step on an earlier
-    seed, then finished steps of the same stage and objective on the same model, data size
-    and trained parts, then its kind.
-
-    A mean over the kind alone overshot: one long Stage-1 ``full`` made every short
-    post-training arm, and every transplant's shorter ``full``, look as long."""
-    keys = [re.sub(r"^seed\d+/", "", step.name)]
-    if step.config is not None:
-        cfg = step.config
-        stage = f"post-{cfg.post.objective}" if cfg.stage == "post" else cfg.stage
-        size = (cfg.data.limit, cfg.train.epochs, cfg.train.steps, tuple(cfg.parts))
-        keys.append(f"{step.kind}:{stage}:{step.architecture}:{size}")
-    keys.append(step.kind)
-    return keys
-
-
-def _eta(steps: list[Step], done_walls: dict[str, list[float]], start: int) -> float:
-    def guess(step: Step) -> float:
-        for key in _estimate_keys(step):
-            if seen := done_walls.get(key):
-                return sum(seen) / len(seen)
-        return DEFAULT_SECONDS[step.kind]
-
-    return sum(guess(step) for step in steps[start:])
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs:02d}s"
-
-
-def run_steps(steps: list[Step], ledger: Ledger, log: Callable[[str], None] = print) -> None:
-    """Run the steps in order, skipping finished ones; one progress line per step."""
+def run_steps(
+    steps: list[Step],
+    ledger: Ledger,
+    log: Callable[[str], None] = print,
+    logs: Path | None = None,
+) -> None:
+    """Run the steps in order, skipping finished ones; one progress line per step. With
+    ``logs``, what each step prints (the libraries' logs included) goes to
+    ``logs/<step>.log`` instead of the console, and a terminal shows a live line for the
+    step that runs."""
     began = time.perf_counter()
-    walls: dict[str, list[float]] = {}
+    time_left = TimeLeft(steps)
     for index, step in enumerate(steps):
+        counter = f"[{index + 1}/{len(steps)}] {step.name}"
         key = fingerprint(step.spec)
         record = ledger.finished(step.name, key)
         if record is None:
             start = time.perf_counter()
-            results = step.action()
+            results = _run(step, logs, counter, log, time_left.left(steps[index:]))
             wall = time.perf_counter() - start
             record = ledger.record(
                 step.name, key, step.outputs, wall, results.pop("flops", None), results
             )
-            status = f"done in {_clock(wall)}"
+            status = f"done in {clock(wall)}"
         else:
             status = "finished earlier, skipped"
-        for key in _estimate_keys(step):
-            walls.setdefault(key, []).append(record.wall_s)
+        time_left.finished(step, record.wall_s)
         step.results = {**record.results, "wall_s": record.wall_s, "flops": record.flops}
         elapsed = time.perf_counter() - began
-        left = _eta(steps, walls, index + 1)
-        log(
-            f"[{index + 1}/{len(steps)}] {step.name}: {status} "
-            f"(elapsed {_clock(elapsed)}, about {_clock(left)} left)"
-        )
+        left = time_left.left(steps[index + 1 :])
+        log(f"{counter}: {status} (elapsed {clock(elapsed)}, about {clock(left)} left)")
+
+
+def _run(
+    step: Step, logs: Path | None, counter: str, log: Callable[[str], None], left: float
+) -> dict:
+    """A step's action, what it prints in its log file when there is one."""
+    if logs is None:
+        return step.action()
+    path = logs / f"{step.name.replace('/', '--')}.log"
+    try:
+        with (
+            step_output(path) as console,
+            Ticker(console, f"{counter}: running", time.perf_counter(), left),
+        ):
+            return step.action()
+    except BaseException:
+        log(f"{counter}: failed; what it printed is in {path}")
+        raise

@@ -777,16 +777,21 @@ def _check_folder(study: StudyConfig, out: Path) -> None:
 
 
 def run_study(
-    study: StudyConfig, out: Path, command: str, log: Callable[[str], None] = print
+    study: StudyConfig,
+    out: Path,
+    command: str,
+    log: Callable[[str], None] = print,
+    verbose: bool = False,
 ) -> tuple[Path, Path]:
-    """Run (or resume) the study into ``out``; returns the report's markdown and HTML paths."""
+    """Run (or resume) the study into ``out``; returns the report's markdown and HTML paths.
+    What each step prints goes to ``out/logs/<step>.log`` (``verbose``: to the console)."""
     check_claim_names(study)
     check_transplant_control(study)
     _check_folder(study, out)
     splits = world_splits(study)
     log("world: " + ", ".join(f"{k} {v.name}" for k, v in splits.items()))
     steps = [step for seed in study.seeds for step in seed_steps(study, out, seed, splits)]
-    run_steps(steps, Ledger(out), log)
+    run_steps(steps, Ledger(out), log, logs=None if verbose else out / "logs")
     results = collect(study, out, steps, command)
     write_json_atomic(out / "results.json", results, indent=1, default=str)
     from pivotlab.study.report import write_report

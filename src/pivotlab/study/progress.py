@@ -1,0 +1,212 @@
+"""What a person watching a study sees, and how long the rest will take.
+
+- ``TimeLeft`` guesses the time the steps left will take. A training step's time comes
+  from the work it plans: its FLOPs (the planner's count for its records, model and
+  trained parts), at the rate and fixed cost per step fitted to the training steps
+  finished so far (wall = overhead + FLOPs / rate, least squares). A step run on an
+  earlier seed is taken as measured; any other step from the finished steps most like it
+  (``estimate_keys``). Extrapolating from step counts alone was off by a factor of twelve
+  after the first two steps of the quick study: its Stage 1 is a hundred times the work of
+  a Stage-2 sweep point.
+- ``step_output`` sends everything a step prints (the libraries' logs and progress bars
+  included, at the file-descriptor level) to the step's own log file, so the console holds
+  the study's own lines; ``Ticker`` keeps one live line for the running step on a terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from pivotlab.study.pipeline import Step
+
+DEFAULT_SECONDS = {
+    "train": 120.0,
+    "evaluate": 60.0,
+    "divergence": 20.0,
+    "choose": 1.0,
+    "analyze": 120.0,
+    "export": 5.0,
+}
+# What a training step's manifest count is, by stage.
+_COUNTED = {"align": ("probes", "captions"), "full": ("questions",), "post": ("preferences",)}
+
+
+def clock(seconds: float) -> str:
+    """``4m10s``."""
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s"
+
+
+def estimate_keys(step: Step) -> list[str]:
+    """What a step's time is guessed from, most specific first: the same step on an earlier
+    seed, then finished steps of the same stage and objective on the same model, data size
+    and trained parts, then its kind.
+
+    A mean over the kind alone overshot: one long Stage-1 ``full`` made every short
+    post-training arm, and every transplant's shorter ``full``, look as long."""
+    keys = [re.sub(r"^seed\d+/", "", step.name)]
+    if step.config is not None:
+        cfg = step.config
+        stage = f"post-{cfg.post.objective}" if cfg.stage == "post" else cfg.stage
+        size = (cfg.data.limit, cfg.train.epochs, cfg.train.steps, tuple(cfg.parts))
+        keys.append(f"{step.kind}:{stage}:{step.architecture}:{size}")
+    keys.append(step.kind)
+    return keys
+
+
+def _records(step: Step) -> int | None:
+    """The records a training step reads, from its split's manifest (None when unknown: a
+    dataset, a split not made yet, conversations of several questions)."""
+    cfg = step.config
+    if cfg is None or not isinstance(cfg.data.train, str) or cfg.data.turns != 1:
+        return None
+    manifest = Path(cfg.data.train) / "manifest.json"
+    try:
+        counts: object = json.loads(manifest.read_text())["counts"]
+        for key in _COUNTED[cfg.stage]:
+            counts = counts[key]  # type: ignore[index]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(counts, int):
+        return None
+    return min(counts, cfg.data.limit) if cfg.data.limit else counts
+
+
+def planned_flops(step: Step) -> float | None:
+    """A training step's FLOPs as the planner counts them (None for other steps, or when
+    the planner cannot count them)."""
+    from pivotlab.errors import PivotlabError
+    from pivotlab.plan.estimate import PlanOptions, estimate
+
+    if step.kind != "train" or step.config is None or step.architecture is None:
+        return None
+    records = _records(step)
+    if records is None:
+        return None
+    vision, lm = step.architecture
+    options = PlanOptions(gpus=1, records=records, vision=vision, lm=lm)
+    try:
+        return float(estimate(step.config, options).run_flops)
+    except (PivotlabError, OSError):
+        return None
+
+
+class TimeLeft:
+    """The time the steps not yet run will take, learnt from the ones that ran."""
+
+    def __init__(self, steps: list[Step]) -> None:
+        self.flops = {step.name: planned_flops(step) for step in steps}
+        self.walls: dict[str, list[float]] = {}
+        self.trained: list[tuple[float, float]] = []  # (planned FLOPs, wall) per training step
+
+    def finished(self, step: Step, wall: float) -> None:
+        """Learn from a finished step (run now, or recorded by an earlier run)."""
+        for key in estimate_keys(step):
+            self.walls.setdefault(key, []).append(wall)
+        flops = self.flops.get(step.name)
+        if flops is not None:
+            self.trained.append((flops, wall))
+
+    def _line(self) -> tuple[float, float] | None:
+        """(overhead, seconds per FLOP) of the training steps so far, or None."""
+        if not self.trained:
+            return None
+        flops = [f for f, _ in self.trained]
+        walls = [w for _, w in self.trained]
+        mean_f, mean_w = sum(flops) / len(flops), sum(walls) / len(walls)
+        spread = sum((f - mean_f) ** 2 for f in flops)
+        if spread > 0:
+            slope = sum((f - mean_f) * (w - mean_w) for f, w in self.trained) / spread
+            if slope > 0:
+                overhead = max(0.0, mean_w - slope * mean_f)
+                return overhead, slope
+        # One size of step so far: its time is all rate, no overhead.
+        return 0.0, sum(walls) / max(sum(flops), 1.0)
+
+    def guess(self, step: Step) -> float:
+        """The seconds ``step`` will take."""
+        keys = estimate_keys(step)
+        if seen := self.walls.get(keys[0]):
+            return sum(seen) / len(seen)
+        flops, line = self.flops.get(step.name), self._line()
+        if flops is not None and line is not None:
+            overhead, per_flop = line
+            return overhead + flops * per_flop
+        for key in keys[1:]:
+            if seen := self.walls.get(key):
+                return sum(seen) / len(seen)
+        return DEFAULT_SECONDS[step.kind]
+
+    def left(self, steps: list[Step]) -> float:
+        """The seconds ``steps`` will take."""
+        return sum(self.guess(step) for step in steps)
+
+
+@contextlib.contextmanager
+def step_output(path: Path) -> Iterator[TextIO]:
+    """Everything written to this process's stdout and stderr while the block runs goes
+    to ``path`` (appended): Python's prints, the libraries' loggers and progress bars, and
+    C code alike, since the file descriptors themselves are redirected. Yields a stream to
+    the console as it was, for the live line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    console = os.fdopen(os.dup(saved[2]), "w", buffering=1)
+    try:
+        with path.open("a", encoding="utf-8", buffering=1) as log:
+            for fd in (1, 2):
+                os.dup2(log.fileno(), fd)
+            try:
+                # Python's own streams too, where they are not descriptors 1 and 2 (a
+                # notebook, a test's capture).
+                with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                    yield console
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                for fd, copy in saved.items():
+                    os.dup2(copy, fd)
+    finally:
+        for copy in saved.values():
+            os.close(copy)
+        console.close()
+
+
+class Ticker:
+    """On a terminal, one line for the running step rewritten every second (its time so
+    far and the estimate); elsewhere (CI, a log file) nothing until the step's own line."""
+
+    def __init__(self, console: TextIO, text: str, began: float, left: float) -> None:
+        self.console, self.text, self.began, self.left = console, text, began, left
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.done.wait(1.0):
+            elapsed = time.perf_counter() - self.began
+            left = max(0.0, self.left - elapsed)
+            self.console.write(f"\r{self.text} {clock(elapsed)} (about {clock(left)} left)  ")
+            self.console.flush()
+
+    def __enter__(self) -> Ticker:
+        if self.console.isatty():
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        if self.thread.is_alive():
+            self.thread.join()
+            self.console.write("\r\x1b[K")  # clear the live line for the step's own line
+            self.console.flush()
