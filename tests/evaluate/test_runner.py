@@ -179,7 +179,7 @@ def test_bad_data_is_reported_with_file_and_line(tmp_path: Path, eval_split: Pat
         lines[0] + "\n" + json.dumps({"id": "x", "image": "i.png"}) + "\n"
     )
     shutil.copytree(eval_split / "images", broken / "images")
-    with pytest.raises(PivotlabError, match=r"vqa\.jsonl:2: missing field 'category'"):
+    with pytest.raises(PivotlabError, match=r"vqa\.jsonl:2: field question is missing"):
         load_items(broken)
     record = json.loads(lines[0]) | {"image": "images/nowhere.png"}
     (broken / "vqa.jsonl").write_text(json.dumps(record) + "\n")
