@@ -97,3 +97,15 @@ def test_planned_flops_come_from_the_split_a_step_reads(small_split: Path, tmp_p
     full_flops, point_flops = planned_flops(full), planned_flops(point)
     assert full_flops and point_flops and full_flops > point_flops > 0
     assert planned_flops(steps["seed0/eval-stage1"]) is None
+
+
+def test_with_one_size_of_step_seen_a_fixed_cost_is_assumed(tmp_path: Path) -> None:
+    """After Stage 1's align alone, its 17 s are 5 s of fixed cost and 12 s of work: a step
+    of ten times the FLOPs is guessed at 5 + 120 s, not 170."""
+    study = load_study("quick")
+    steps = {s.name: s for s in seed_steps(study, tmp_path, 0, _planned_world(study))}
+    align, full = steps["seed0/align"], steps["seed0/full"]
+    time_left = TimeLeft([align, full])
+    time_left.flops.update({align.name: 1e12, full.name: 1e13})
+    time_left.finished(align, 17.0)
+    assert time_left.guess(full) == pytest.approx(125.0)

@@ -29,14 +29,22 @@ from typing import TYPE_CHECKING, TextIO
 if TYPE_CHECKING:
     from pivotlab.study.pipeline import Step
 
+# A step's guess before any step of its kind has finished: what the embedded default (the
+# tiny world's models on a laptop CPU) takes, since that is where most studies start. Each
+# kind's first finished step replaces it (the quick study's first evaluation is its third
+# step); the 60 s, 120 s per evaluation of an earlier version made the estimate after the
+# first step three times the truth.
 DEFAULT_SECONDS = {
-    "train": 120.0,
-    "evaluate": 60.0,
-    "divergence": 20.0,
+    "train": 60.0,
+    "evaluate": 5.0,
+    "divergence": 2.0,
     "choose": 1.0,
-    "analyze": 120.0,
-    "export": 5.0,
+    "analyze": 45.0,
+    "export": 1.0,
 }
+# A training step's fixed cost (loading, data, held-out evaluation, saving) while the
+# finished ones are all of one size, so that the line has only one point to go through.
+DEFAULT_OVERHEAD_SECONDS = 5.0
 # What a training step's manifest count is, by stage.
 _COUNTED = {"align": ("probes", "captions"), "full": ("questions",), "post": ("preferences",)}
 
@@ -130,8 +138,9 @@ class TimeLeft:
             if slope > 0:
                 overhead = max(0.0, mean_w - slope * mean_f)
                 return overhead, slope
-        # One size of step so far: its time is all rate, no overhead.
-        return 0.0, sum(walls) / max(sum(flops), 1.0)
+        # One size of step so far: a default fixed cost, the rest at its rate.
+        overhead = min(DEFAULT_OVERHEAD_SECONDS, min(walls) / 2)
+        return overhead, max(sum(walls) - overhead * len(walls), 0.0) / max(sum(flops), 1.0)
 
     def guess(self, step: Step) -> float:
         """The seconds ``step`` will take."""
