@@ -421,7 +421,7 @@ CELL_SUMMARY = ("color", "shape", "size")
 
 
 def _zoo_table(zoo: str, cache: Path | None, seed: int) -> None:
-    from pivotlab.zoo.build import checks, manifests, probes_outdated
+    from pivotlab.zoo.build import checks, manifests, probes_outdated, unbuilt
 
     found = manifests(zoo, cache, seed)
     header = ("part", "class", "params", "seconds", "GFLOPs", "samples")
@@ -446,6 +446,8 @@ def _zoo_table(zoo: str, cache: Path | None, seed: int) -> None:
             f"{part:6s} {manifest['class']:18s} {size} {compute['seconds']:8.0f} "
             f"{compute['flops'] / 1e9:9.1f} {compute['samples']:8d}  {summary}"
         )
+    for part, what in unbuilt(zoo, cache, seed).items():
+        print(f"{part:6s} not built; `pivotlab zoo build --parts {part}`: {what}")
     for check in checks(found):
         print(f"check: {'pass' if check.passed else 'FAIL'}  {check.name}: {check.detail}")
 

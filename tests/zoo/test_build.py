@@ -84,7 +84,9 @@ def test_a_changed_recipe_builds_a_new_entry(
     assert part_key(tiny, "enc-s", seed=1) != part_key(tiny, "enc-s")
     messages: list[str] = []
     folders = build(("lm-s", "enc-s"), zoo="tiny", cache=tiny_zoo, log=messages.append)
-    assert "built lm-s" in messages[0] and "cached at" in messages[1]
+    training = "zoo: lm-s is not shipped for this recipe: training it (8 optimizer steps)"
+    assert messages[0] == training
+    assert "built lm-s" in messages[1] and "cached at" in messages[2]
     assert folders["lm-s"] != entry_dir(tiny, "lm-s", tiny_zoo)
 
 
@@ -254,3 +256,16 @@ def test_focus_weights_keep_only_the_focus_tasks_and_phases_add_up() -> None:
         focus_weights(SymbolicSet([], [], [], tasks), ("front",))
     total = add_computes([Compute(6, 384, 1e9, 10.0, 0.5), Compute(2, 128, 3e8, 3.0, 0.2)])
     assert total == Compute(8, 512, 1.3e9, 13.0, 0.2)
+
+
+def test_zoo_list_names_the_parts_not_built_and_what_building_them_takes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fresh cache: the shipped parts would be copied, lm-m (not shipped) trained."""
+    assert main(["zoo", "list", "--cache", str(tmp_path / "empty")]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert "copied from the weights shipped with pivotlab" in lines["enc-s"]
+    spec = ZOOS["default"].parts["lm-m"]
+    steps = spec.steps + spec.focus_steps + spec.settle_steps  # type: ignore[union-attr]
+    wanted = f"`pivotlab zoo build --parts lm-m`: trained here: {steps:,d} optimizer steps"
+    assert lines["lm-m"].endswith(wanted)

@@ -693,6 +693,9 @@ def _build_part(
     else:
         if entry.exists():
             log(f"zoo: {part} cache entry {entry.name} is unusable ({problem}); rebuilding")
+        else:
+            cost = part_cost(config, part)
+            log(f"zoo: {part} is not shipped for this recipe: training it ({cost})")
         manifest = _write_entry(config, part, entry, data, seed)
         compute = manifest["compute"]
         cost = f"{compute['seconds']:.0f}s, {compute['flops']:.2e} FLOPs"
@@ -745,6 +748,28 @@ def part_path(part: str, zoo: str = "default", cache: Path | None = None, seed: 
 
 def _to_stderr(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def part_cost(zoo: ZooConfig, part: str) -> str:
+    """What building a part takes, before it is built: its optimizer steps."""
+    spec = zoo.parts[part]
+    steps = sum(getattr(spec, name, 0) or 0 for name in ("steps", "focus_steps", "settle_steps"))
+    return f"{steps:,d} optimizer steps" if steps else "a short build"
+
+
+def unbuilt(zoo: str = "default", cache: Path | None = None, seed: int = 0) -> dict[str, str]:
+    """The parts of a zoo not in the cache, each with what ``zoo build`` would do for it."""
+    config = _zoo(zoo)
+    cache = cache or default_cache()
+    missing = {}
+    for part in config.parts:
+        if verify(entry_dir(config, part, cache, seed)) is None:
+            continue
+        if verify(shipped_dir(config, part, seed)) is None:
+            missing[part] = "copied from the weights shipped with pivotlab (seconds)"
+        else:
+            missing[part] = f"trained here: {part_cost(config, part)}"
+    return missing
 
 
 def manifests(zoo: str = "default", cache: Path | None = None, seed: int = 0) -> dict[str, dict]:

@@ -21,6 +21,7 @@ recipes of the papers run on TRL (the train layer). Compute is accounted with
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from pivotlab.zoo.pretraining import CELL_ATTRIBUTES, NO_TARGET, SymbolicSet
@@ -68,7 +70,10 @@ def run_steps(
     flops_per_step = 0.0
     loss = torch.tensor(float("nan"))
     start = time.perf_counter()
-    for step in range(steps):
+    # A part that is not shipped trains for minutes to hours: a bar with the time left (on a
+    # terminal; elsewhere a line a minute).
+    interval = 0.5 if sys.stderr.isatty() else 60.0
+    for step in tqdm(range(steps), desc="zoo: training", unit="step", mininterval=interval):
         if weights is None:
             indices = torch.randint(n_items, (batch_size,), generator=order)
         else:
