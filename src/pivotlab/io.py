@@ -153,17 +153,16 @@ def folder_lock(
         yield
         return
     path = lock_path(folder)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
-    except OSError:
-        # The folder cannot be made here either: the command's own check of its output
-        # folder says why, in its own words, before any work.
-        yield
-        return
     told = False
     while True:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            # The folder cannot be made here either: the command's own check of its
+            # output folder says why, in its own words, before any work.
+            yield
+            return
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

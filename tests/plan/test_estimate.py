@@ -141,3 +141,19 @@ def test_cli_prints_the_plan_and_reports_bad_input_as_one_line(capsys) -> None:
     error = capsys.readouterr().err.strip()
     assert error.startswith("pivotlab: error:") and "\n" not in error
     assert main(["plan", "--config", config, *stack, "--utilisation", "2"]) == 2
+
+
+@pytest.mark.parametrize("recipe", ["align", "full", "post-dpo"])
+def test_a_world_split_is_counted_from_its_manifest_as_reading_it_would(
+    tiny_model_dir, split, recipe
+) -> None:
+    """The study plans every step's FLOPs at its start: the count comes from the manifest,
+    and must be what reading the stage's records finds."""
+    from pivotlab.plan.estimate import world_records
+    from pivotlab.train.stage_data import stage_records
+
+    alone = ["model.vision=null", "model.lm=null"] if recipe == "align" else []
+    cfg = _tiny(recipe, tiny_model_dir, split, *alone)
+    assert world_records(cfg) == len(stage_records(cfg, split)) > 0
+    if recipe == "full":  # several questions per conversation: only reading counts them
+        assert world_records(_tiny(recipe, tiny_model_dir, split, "data.turns=2")) is None

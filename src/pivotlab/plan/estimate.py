@@ -12,8 +12,10 @@ every assumption is printed with the plan.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from transformers import PretrainedConfig
 
@@ -164,13 +166,35 @@ class Plan:
         return row.total <= self.memory_limit
 
 
+# Where a world split's manifest counts each stage's records.
+_WORLD_COUNTS = {"align": ("probes", "captions"), "full": ("questions",), "post": ("preferences",)}
+
+
+def world_records(cfg: StageConfig) -> int | None:
+    """The records a stage finds in its world split, from the split's manifest (nothing
+    else read); None for a dataset, a split not generated yet, or conversations of several
+    questions, which only reading the records counts."""
+    if not isinstance(cfg.data.train, str) or cfg.data.turns != 1:
+        return None
+    try:
+        manifest = json.loads((Path(cfg.data.train) / "manifest.json").read_text())
+        counts = manifest["counts"] if manifest.get("generator") == "pivotlab.world" else None
+        for key in _WORLD_COUNTS[cfg.stage]:
+            counts = counts[key]  # type: ignore[index]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return counts if isinstance(counts, int) else None
+
+
 def _records(cfg: StageConfig, options: PlanOptions) -> tuple[int, str]:
     """How many records the stage trains on, and how that was found."""
     if options.records is not None:
         return options.records, "--records"
     if isinstance(cfg.data.train, str):
         split = resolve_split(cfg.data.train, "data.train")
-        found = len(conversations(stage_records(cfg, split), cfg.data.turns))
+        found = world_records(cfg)
+        if found is None:
+            found = len(conversations(stage_records(cfg, split), cfg.data.turns))
         kept = min(found, cfg.data.limit or found)
         return kept, f"{split}: {found} records, data.limit {cfg.data.limit}"
     if cfg.data.limit is not None:

@@ -31,8 +31,6 @@ BLIND = "blind"
 # What an evaluation measures: a model of a track on test, the same on the val split
 # (choosing rates, headroom), or a transplanted encoder's MLLM.
 VQA, VAL, TRANSPLANT = "VQA", "val", "after transplant"
-# Seconds a step of each kind is assumed to take before one has been measured in the run
-# (the tiny preset on 2 cores); the estimate of what is left uses measured steps first.
 
 
 @dataclass

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import sys
@@ -45,8 +44,6 @@ DEFAULT_SECONDS = {
 # A training step's fixed cost (loading, data, held-out evaluation, saving) while the
 # finished ones are all of one size, so that the line has only one point to go through.
 DEFAULT_OVERHEAD_SECONDS = 5.0
-# What a training step's manifest count is, by stage.
-_COUNTED = {"align": ("probes", "captions"), "full": ("questions",), "post": ("preferences",)}
 
 
 def clock(seconds: float) -> str:
@@ -72,37 +69,18 @@ def estimate_keys(step: Step) -> list[str]:
     return keys
 
 
-def _records(step: Step) -> int | None:
-    """The records a training step reads, from its split's manifest (None when unknown: a
-    dataset, a split not made yet, conversations of several questions)."""
-    cfg = step.config
-    if cfg is None or not isinstance(cfg.data.train, str) or cfg.data.turns != 1:
-        return None
-    manifest = Path(cfg.data.train) / "manifest.json"
-    try:
-        counts: object = json.loads(manifest.read_text())["counts"]
-        for key in _COUNTED[cfg.stage]:
-            counts = counts[key]  # type: ignore[index]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not isinstance(counts, int):
-        return None
-    return min(counts, cfg.data.limit) if cfg.data.limit else counts
-
-
 def planned_flops(step: Step) -> float | None:
     """A training step's FLOPs as the planner counts them (None for other steps, or when
     the planner cannot count them)."""
     from pivotlab.errors import PivotlabError
-    from pivotlab.plan.estimate import PlanOptions, estimate
+    from pivotlab.plan.estimate import PlanOptions, estimate, world_records
 
     if step.kind != "train" or step.config is None or step.architecture is None:
         return None
-    records = _records(step)
-    if records is None:
+    if world_records(step.config) is None:  # counting would mean reading every record
         return None
     vision, lm = step.architecture
-    options = PlanOptions(gpus=1, records=records, vision=vision, lm=lm)
+    options = PlanOptions(gpus=1, vision=vision, lm=lm)
     try:
         return float(estimate(step.config, options).run_flops)
     except (PivotlabError, OSError):
