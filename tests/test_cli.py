@@ -437,3 +437,32 @@ def test_a_second_command_on_a_folder_in_use_is_refused_and_touches_nothing(
     )
     assert [p.name for p in out.iterdir()] == ["kept.txt"]
     assert (out / "kept.txt").read_text() == "the first run's\n"
+
+
+@pytest.mark.parametrize("verb", ["train", "evaluate", "analyze"])
+def test_a_verb_run_on_its_own_prints_its_own_lines_and_logs_the_libraries(
+    verb: str, corpus: Corpus, tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """The libraries' progress bars, logging dicts and parts tables go to OUT.log beside
+    the folder; the console keeps the verb's result."""
+    monkeypatch.chdir(Path(__file__).parent.parent)
+    monkeypatch.setenv("PIVOTLAB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    paths = {name: getattr(corpus, name) for name in ("split", "mllm", "encoder")}
+    argv = [arg.format(**paths, out=out) for arg in LOCKED_VERBS[verb]]
+    if verb == "analyze":  # an analysis of a model that needs no probe images
+        argv = ["analyze", "pca", "--model", f"m={corpus.mllm}", "--data", str(corpus.split)]
+        argv += ["--out", str(out)]
+    if verb == "train":
+        argv += ["train.steps=2", "data.limit=8"]
+    assert main(argv) == 0
+    captured = capfd.readouterr()
+    console = captured.out + captured.err
+    assert f"wrote {out}" in console
+    for library_output in ("'loss'", "grad_norm", "Loading weights", "it/s]", "trainable"):
+        assert library_output not in console, library_output
+    if verb == "train":
+        kept = (tmp_path / "out.log").read_text()
+        # The Trainer's metric dicts and the parts table.
+        for kept_output in ("'train_loss'", "trainable"):
+            assert kept_output in kept, kept_output

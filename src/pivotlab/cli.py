@@ -30,6 +30,7 @@ from pathlib import Path
 from pivotlab import __version__
 from pivotlab.cache import cache_root
 from pivotlab.configtree import add_options, comma_separated, from_options
+from pivotlab.console import Progress, log_beside, quiet_verb
 from pivotlab.errors import PivotlabError, one_line
 from pivotlab.io import folder_lock
 from pivotlab.model.folders import check_saved_mllm
@@ -354,12 +355,21 @@ def _model_parts(args: argparse.Namespace) -> None:
     print(format_parts_table(parts_table(model)))
 
 
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show what the libraries print live, instead of only in OUT.log beside --out",
+    )
+
+
 def _add_evaluate(verbs: argparse._SubParsersAction) -> None:
     from pivotlab.evaluate.config import EvalConfig
 
     run = verbs.add_parser("evaluate", help="VQA accuracy by category of a saved MLLM on a split")
     add_options(run, EvalConfig)
     run.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    _add_verbose(run)
     run.set_defaults(handler=_evaluate)
 
 
@@ -373,7 +383,9 @@ def _evaluate(args: argparse.Namespace) -> None:
         check_saved_mllm(cfg.model)
         from pivotlab.evaluate import evaluate
 
-        report = evaluate(cfg)
+        progress = Progress()
+        with quiet_verb(log_beside(cfg.out), "evaluating", progress, args.verbose):
+            report = evaluate(cfg, progress=progress)
     print(f"{'metric':14s} {'category':15s} {'task':8s} {'value':>6s} {'95% CI':>15s} {'n':>6s}")
     for row in report.metrics:
         if "task" in row and row["metric"] == "accuracy":
@@ -481,6 +493,7 @@ def _add_train(verbs: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true", help="replace a run with another config in --out"
     )
     _add_trust_remote_code(train)
+    _add_verbose(train)
     train.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. post.beta=0.2"
     )
@@ -491,9 +504,17 @@ def _train(args: argparse.Namespace) -> None:
     from pivotlab.train import load_config, run_stage
 
     cfg = load_config(args.config, args.overrides)
-    with folder_lock(args.out):
+    progress = Progress()
+    with (
+        folder_lock(args.out),
+        quiet_verb(log_beside(args.out), f"training {cfg.stage}", progress, args.verbose),
+    ):
         result = run_stage(
-            cfg, args.out, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code
+            cfg,
+            args.out,
+            overwrite=args.overwrite,
+            trust_remote_code=args.trust_remote_code,
+            progress=progress,
         )
     from accelerate import PartialState
 
@@ -507,7 +528,7 @@ def _train(args: argparse.Namespace) -> None:
         f"{summary['stage']}: {summary['steps']} steps, {summary['records_per_s']:.1f} records/s, "
         f"{summary['tokens_per_s']:.0f} tokens/s; held-out: {heldout or '-'}"
     )
-    print(f"wrote {result.out} (model: {result.final})")
+    print(f"wrote {result.out} (model: {result.final}; log: {log_beside(args.out)})")
 
 
 def _add_analyze(verbs: argparse._SubParsersAction) -> None:
@@ -518,6 +539,7 @@ def _add_analyze(verbs: argparse._SubParsersAction) -> None:
     )
     add_options(run, AnalyzeConfig)
     run.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    _add_verbose(run)
     run.set_defaults(handler=_analyze)
 
 
@@ -530,7 +552,9 @@ def _analyze(args: argparse.Namespace) -> None:
         cfg = from_options(AnalyzeConfig, args)
         from pivotlab.analysis.suite import run_analyses
 
-        run_analyses(cfg, log=lambda line: print(line, file=sys.stderr))
+        progress = Progress()
+        with quiet_verb(log_beside(args.out), "analysing", progress, args.verbose):
+            run_analyses(cfg, log=lambda line: print(line, file=sys.stderr), progress=progress)
     print((args.out / "table.md").read_text(), end="")
     print(f"wrote {args.out}")
 

@@ -1,9 +1,7 @@
-"""The study's console: each step's output in its own log, and the time left."""
+"""The study's console: one line per step, each step's output in its own log, the time left."""
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -12,30 +10,7 @@ from pivotlab.study.config import load_study
 from pivotlab.study.dryrun import _planned_world
 from pivotlab.study.ledger import Ledger
 from pivotlab.study.pipeline import Step, run_steps, seed_steps
-from pivotlab.study.progress import TimeLeft, step_output
-
-
-def test_step_output_takes_prints_loggers_and_raw_writes_into_its_file(
-    tmp_path: Path, capfd: pytest.CaptureFixture[str]
-) -> None:
-    """A library's logger holds the stderr it found at import: only redirecting the file
-    descriptors catches it, and C code writing to fd 1 alike."""
-    library = logging.getLogger("a-library")
-    # The stream a library's handler holds in a real run: descriptor 2 itself.
-    library.addHandler(logging.StreamHandler(open(2, "w", closefd=False)))  # noqa: SIM115
-    library.propagate = False
-    log = tmp_path / "logs" / "step.log"
-    with step_output(log) as console:
-        print("a print")
-        library.warning("a library's warning")
-        os.write(1, b"written to fd 1\n")
-        console.write("to the console\n")
-    print("after the step")
-    captured = capfd.readouterr()
-    assert "to the console" in captured.err and "after the step" in captured.out
-    assert "a print" not in captured.out + captured.err
-    kept = log.read_text()
-    assert all(s in kept for s in ("a print", "a library's warning", "written to fd 1"))
+from pivotlab.study.progress import TimeLeft
 
 
 def _step(name: str, action) -> Step:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 
 from threadpoolctl import threadpool_limits
 
 from pivotlab.analysis import ENCODER_ANALYSES, MODEL_ANALYSES
 from pivotlab.analysis.config import AnalyzeConfig
-from pivotlab.analysis.features import Encoder, FeatureSpec, load_encoder
+from pivotlab.analysis.features import FeatureSpec, load_encoder
+from pivotlab.console import Progress
 from pivotlab.io import (
     MiB,
     append_jsonl,
@@ -31,9 +33,10 @@ def _renamed(rows: list[dict], name: str) -> list[dict]:
     return [{**row, "encoder": name} for row in rows]
 
 
-def _encoder_rows(cfg: AnalyzeConfig, analysis: str, name: str, encoder: Encoder) -> list[dict]:
+def _encoder_rows(cfg: AnalyzeConfig, analysis: str, source: str) -> list[dict]:
     from pivotlab.analysis import probes, segmentation
 
+    encoder = load_encoder(source, cfg.seed)
     if analysis == "linear-probe":
         spec = FeatureSpec(layer=cfg.layer, pooling=cfg.pooling, projector=cfg.projector)
         return probes.linear_probe(
@@ -80,60 +83,78 @@ def _folder_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "model"
 
 
-def run_analyses(cfg: AnalyzeConfig, log: Callable[[str], None] = print) -> list[dict]:
+def run_analyses(
+    cfg: AnalyzeConfig,
+    log: Callable[[str], None] = print,
+    progress: Progress | None = None,
+) -> list[dict]:
     """Every requested analysis on every encoder and model; rows also go to
-    ``out/metrics.jsonl`` as they are made, and the comparison to ``out/table.md``."""
+    ``out/metrics.jsonl`` as they are made, and the comparison to ``out/table.md``.
+    ``progress`` counts the (analysis, encoder or model) pairs done, for a live line."""
     check_output(cfg.out, 64 * MiB, "a fixed 64 MiB for tables and pictures")
     rows: list[dict] = []
     with removed_on_failure(cfg.out, produced=lambda: bool(rows)):
-        _run_into(cfg, rows, log)
+        _run_into(cfg, rows, log, progress or Progress())
     write_text_atomic(cfg.out / "table.md", comparison_table(rows))
     return rows
 
 
-def _run_into(cfg: AnalyzeConfig, rows: list[dict], log: Callable[[str], None]) -> None:
+def _run_into(
+    cfg: AnalyzeConfig, rows: list[dict], log: Callable[[str], None], progress: Progress
+) -> None:
     cfg.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cfg.out / "config.json", asdict(cfg), default=str)
     base = {"run": cfg.out.name, "stage": "analyze", "seed": cfg.seed}
     write_text_atomic(cfg.out / "metrics.jsonl", "")
-
-    def keep(new: list[dict], name: str) -> None:
-        made = [{**base, **row} for row in _renamed(new, name)]
-        rows.extend(made)
-        append_jsonl(cfg.out / "metrics.jsonl", made)
-
+    jobs = _jobs(cfg)
+    progress.start(len(jobs), "analyses")
     # NumPy/SciPy's OpenBLAS threads and torch's OpenMP threads, alternating in one process,
     # fight over the cores: on 2 cores the linear probe ran 4.5x slower with two BLAS threads
     # than with one, and an 8,000 x 768 probe fit 2.4x slower (docs/performance.md). Torch's
     # own kernels are not limited by this.
     with threadpool_limits(limits=1, user_api="blas"):
-        _run_each(cfg, keep, log)
+        for label, name, measure in jobs:
+            log(label)
+            made = [{**base, **row} for row in _renamed(measure(), name)]
+            rows.extend(made)
+            append_jsonl(cfg.out / "metrics.jsonl", made)
+            progress.advance()
 
 
-def _run_each(
-    cfg: AnalyzeConfig,
-    keep: Callable[[list[dict], str], None],
-    log: Callable[[str], None],
-) -> None:
-    """Each analysis on each encoder and model, in the order asked; ``keep`` stores rows."""
-    encoders = cfg.encoders + cfg.models
+def _jobs(cfg: AnalyzeConfig) -> list[tuple[str, str, Callable[[], list[dict]]]]:
+    """Each analysis on each encoder and model, in the order asked: (what the log says, the
+    name its rows carry, what measures them)."""
+    jobs: list[tuple[str, str, Callable[[], list[dict]]]] = []
     for analysis in cfg.analyses:
         if analysis in ENCODER_ANALYSES:
-            for name, source in encoders:
-                log(f"{analysis}: {name}")
-                keep(_encoder_rows(cfg, analysis, name, load_encoder(source, cfg.seed)), name)
+            for name, source in cfg.encoders + cfg.models:
+                jobs.append(
+                    (
+                        f"{analysis}: {name}",
+                        name,
+                        partial(_encoder_rows, cfg, analysis, source),
+                    )
+                )
         elif analysis == "vl-alignment" and cfg.lm:
             for name, source in cfg.encoders:
-                log(f"{analysis}: {name} against {cfg.lm}")
-                keep(_fixed_lm_alignment(cfg, load_encoder(source, cfg.seed)), name)
+                jobs.append(
+                    (
+                        f"{analysis}: {name} against {cfg.lm}",
+                        name,
+                        partial(_fixed_lm_alignment, cfg, source),
+                    )
+                )
         for name, model_dir in cfg.models if analysis in MODEL_ANALYSES else []:
-            log(f"{analysis}: {name}")
-            keep(_model_rows(cfg, analysis, name, model_dir), name)
+            jobs.append(
+                (f"{analysis}: {name}", name, partial(_model_rows, cfg, analysis, name, model_dir))
+            )
+    return jobs
 
 
-def _fixed_lm_alignment(cfg: AnalyzeConfig, encoder: Encoder) -> list[dict]:
+def _fixed_lm_alignment(cfg: AnalyzeConfig, source: str) -> list[dict]:
     from pivotlab.analysis import alignment
 
+    encoder = load_encoder(source, cfg.seed)
     return alignment.vision_language_alignment(encoder, cfg.lm, cfg.measured_on, limit=cfg.limit)
 
 

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from pivotlab import __version__
+from pivotlab.console import Progress
 from pivotlab.data.formats import read_world_file
 from pivotlab.errors import PivotlabError
 from pivotlab.evaluate.config import EvalConfig
@@ -86,7 +87,14 @@ def _batches(items: list, size: int):
         yield items[start : start + size]
 
 
-def greedy_replies(model, processor, data: Path, items: list[dict], cfg: EvalConfig) -> list[str]:
+def greedy_replies(
+    model,
+    processor,
+    data: Path,
+    items: list[dict],
+    cfg: EvalConfig,
+    progress: Progress | None = None,
+) -> list[str]:
     """Greedy replies, batched (images opened one batch at a time)."""
     replies = []
     for batch in _batches(items, cfg.batch_size):
@@ -98,12 +106,19 @@ def greedy_replies(model, processor, data: Path, items: list[dict], cfg: EvalCon
             max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.batch_size,
         )
+        if progress is not None:
+            progress.advance(len(batch))
     return [reply for (reply,) in replies]
 
 
 @torch.inference_mode()
 def likelihood_choices(
-    model, processor, data: Path, items: list[dict], cfg: EvalConfig
+    model,
+    processor,
+    data: Path,
+    items: list[dict],
+    cfg: EvalConfig,
+    progress: Progress | None = None,
 ) -> list[str]:
     """For multiple-choice items, the option letter with the highest log-likelihood as the
     assistant's reply; each candidate is scored as prompt + letter (right-padded, so
@@ -135,14 +150,19 @@ def likelihood_choices(
             if index not in best or score > best[index][0]:
                 best[index] = (score, letter)
         choices += [best[i][1] for i in range(len(batch))]
+        if progress is not None:
+            progress.advance(len(batch))
     return choices
 
 
-def evaluate(cfg: EvalConfig, model=None, processor=None) -> EvalReport:
+def evaluate(
+    cfg: EvalConfig, model=None, processor=None, progress: Progress | None = None
+) -> EvalReport:
     """Run one evaluation and write its folder (see the module docstring).
 
     ``model`` and ``processor`` may be passed when already in memory (``cfg.model`` is then
-    only recorded); otherwise they are loaded from ``cfg.model``.
+    only recorded); otherwise they are loaded from ``cfg.model``. ``progress`` counts the
+    questions answered, for a live line.
     """
     data, out = Path(cfg.data), Path(cfg.out)
     items = load_items(data, cfg.categories, cfg.limit)
@@ -151,13 +171,17 @@ def evaluate(cfg: EvalConfig, model=None, processor=None) -> EvalReport:
         model, processor = load(cfg.model)
     model.eval()
     start = time.perf_counter()
+    if progress is not None:
+        progress.start(len(items), "questions")
     by_likelihood = [i for i, r in enumerate(items) if cfg.likelihood and r.get("choices")]
     scored = set(by_likelihood)
     generated = [i for i in range(len(items)) if i not in scored]
     replies = [""] * len(items)
     for indices, method in ((generated, greedy_replies), (by_likelihood, likelihood_choices)):
         outputs = (
-            method(model, processor, data, [items[i] for i in indices], cfg) if indices else []
+            method(model, processor, data, [items[i] for i in indices], cfg, progress)
+            if indices
+            else []
         )
         for i, reply in zip(indices, outputs, strict=True):
             replies[i] = reply

@@ -20,10 +20,11 @@ from typing import Any
 import yaml
 
 from pivotlab.configtree import apply_override, set_dotted
+from pivotlab.console import LiveLine, Progress, clock, step_output
 from pivotlab.io import write_json_atomic
 from pivotlab.study.config import Recipe, StudyConfig, recipe_path
 from pivotlab.study.ledger import Ledger, fingerprint
-from pivotlab.study.progress import Ticker, TimeLeft, clock, step_output
+from pivotlab.study.progress import TimeLeft
 from pivotlab.train.config import StageConfig, config_from_dict
 
 STAGE1 = "stage1"
@@ -50,6 +51,7 @@ class Step:
     results: dict[str, Any] = field(default_factory=dict)
     config: StageConfig | None = None  # training steps: what a dry run plans
     architecture: tuple[str, str] | None = None  # (vision, lm) the step's model is made of
+    progress: Progress = field(default_factory=Progress)  # what its action has done, live
 
 
 def stage_config(study: StudyConfig, recipe: Recipe, key: str, sets: dict[str, Any]) -> StageConfig:
@@ -76,12 +78,14 @@ def _train_step(
     """A training step; with ``moved_from`` (the model a post arm started from) its result
     also records how far each part moved from it (``relative_change``)."""
 
+    progress = Progress()
+
     def action() -> dict[str, Any]:
         from pivotlab.train import run_stage
 
         # A step without a valid record either stopped half-way (same config: run_stage
         # resumes from its checkpoint) or was configured differently (it starts over).
-        summary = run_stage(cfg, out, overwrite=True).summary
+        summary = run_stage(cfg, out, overwrite=True, progress=progress).summary
         result = {"summary": summary, "flops": summary.get("total_flos")}
         if moved_from is not None:
             from pivotlab.model import load, relative_change
@@ -101,6 +105,7 @@ def _train_step(
         track,
         config=cfg,
         architecture=architecture,
+        progress=progress,
     )
 
 
@@ -123,6 +128,7 @@ def _eval_step(
     settings = study.evaluate
     spec = {"limit": settings.limit, "batch_size": settings.batch_size, "blind": blind}
     spec.update(model=str(model), data=str(data), seed=seed)
+    progress = Progress()
 
     def action() -> dict[str, Any]:
         from pivotlab.evaluate.runner import EvalConfig, evaluate
@@ -136,11 +142,13 @@ def _eval_step(
             blind=blind,
             seed=seed,
         )
-        report = evaluate(cfg)
+        report = evaluate(cfg, progress=progress)
         return {"items_per_second": report.items_per_second}
 
     outputs = [out / "predictions.jsonl", out / "metrics.jsonl"]
-    return Step(name, "evaluate", spec, outputs, action, seed, arm, track, measures)
+    return Step(
+        name, "evaluate", spec, outputs, action, seed, arm, track, measures, progress=progress
+    )
 
 
 def _kl_step(
@@ -219,6 +227,7 @@ def _analysis_step(
         "data": str(splits["probes"]),
         "eval_data": str(splits["test"]),
     }
+    progress = Progress()
 
     def action() -> dict[str, Any]:
         from pivotlab.analysis.config import AnalyzeConfig
@@ -233,10 +242,10 @@ def _analysis_step(
             limit=study.analysis.limit,
             seed=seed,
         )
-        return {"rows": len(run_analyses(cfg, log=lambda line: None))}
+        return {"rows": len(run_analyses(cfg, log=lambda line: None, progress=progress))}
 
     outputs = [out / "metrics.jsonl", out / "table.md"]
-    return Step(name, "analyze", spec, outputs, action, seed, track=track)
+    return Step(name, "analyze", spec, outputs, action, seed, track=track, progress=progress)
 
 
 def _export_step(name: str, model: Path, out: Path, lm: str, seed: int, arm: str) -> Step:
@@ -563,10 +572,15 @@ def _run(
     if logs is None:
         return step.action()
     path = logs / f"{step.name.replace('/', '--')}.log"
+    began = time.perf_counter()
+
+    def study_left() -> str:
+        return f"(study: about {clock(max(0.0, left - (time.perf_counter() - began)))} left)"
+
     try:
         with (
             step_output(path) as console,
-            Ticker(console, f"{counter}: running", time.perf_counter(), left),
+            LiveLine(console, counter, step.progress, study_left),
         ):
             return step.action()
     except BaseException:

@@ -1,29 +1,21 @@
-"""What a person watching a study sees, and how long the rest will take.
+"""How long the rest of a study will take.
 
-- ``TimeLeft`` guesses the time the steps left will take. A training step's time comes
-  from the work it plans: its FLOPs (the planner's count for its records, model and
-  trained parts), at the rate and fixed cost per step fitted to the training steps
-  finished so far (wall = overhead + FLOPs / rate, least squares). A step run on an
-  earlier seed is taken as measured; any other step from the finished steps most like it
-  (``estimate_keys``). Extrapolating from step counts alone was off by a factor of twelve
-  after the first two steps of the quick study: its Stage 1 is a hundred times the work of
-  a Stage-2 sweep point.
-- ``step_output`` sends everything a step prints (the libraries' logs and progress bars
-  included, at the file-descriptor level) to the step's own log file, so the console holds
-  the study's own lines; ``Ticker`` keeps one live line for the running step on a terminal.
+``TimeLeft`` guesses the time the steps left will take. A training step's time comes from
+the work it plans: its FLOPs (the planner's count for its records, model and trained
+parts), at the rate and fixed cost per step fitted to the training steps finished so far
+(wall = overhead + FLOPs / rate, least squares). A step run on an earlier seed is taken as
+measured; any other step from the finished steps most like it (``estimate_keys``).
+Extrapolating from step counts alone was off by a factor of twelve after the first two
+steps of the quick study: its Stage 1 is a hundred times the work of a Stage-2 sweep point.
+
+What a person watching the study sees (a log file per step, one live line) is
+``pivotlab.console``'s.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import sys
-import threading
-import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pivotlab.study.pipeline import Step
@@ -44,12 +36,6 @@ DEFAULT_SECONDS = {
 # A training step's fixed cost (loading, data, held-out evaluation, saving) while the
 # finished ones are all of one size, so that the line has only one point to go through.
 DEFAULT_OVERHEAD_SECONDS = 5.0
-
-
-def clock(seconds: float) -> str:
-    """``4m10s``."""
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs:02d}s"
 
 
 def estimate_keys(step: Step) -> list[str]:
@@ -137,63 +123,3 @@ class TimeLeft:
     def left(self, steps: list[Step]) -> float:
         """The seconds ``steps`` will take."""
         return sum(self.guess(step) for step in steps)
-
-
-@contextlib.contextmanager
-def step_output(path: Path) -> Iterator[TextIO]:
-    """Everything written to this process's stdout and stderr while the block runs goes
-    to ``path`` (appended): Python's prints, the libraries' loggers and progress bars, and
-    C code alike, since the file descriptors themselves are redirected. Yields a stream to
-    the console as it was, for the live line."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    console = os.fdopen(os.dup(saved[2]), "w", buffering=1)
-    try:
-        with path.open("a", encoding="utf-8", buffering=1) as log:
-            for fd in (1, 2):
-                os.dup2(log.fileno(), fd)
-            try:
-                # Python's own streams too, where they are not descriptors 1 and 2 (a
-                # notebook, a test's capture).
-                with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                    yield console
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                for fd, copy in saved.items():
-                    os.dup2(copy, fd)
-    finally:
-        for copy in saved.values():
-            os.close(copy)
-        console.close()
-
-
-class Ticker:
-    """On a terminal, one line for the running step rewritten every second (its time so
-    far and the estimate); elsewhere (CI, a log file) nothing until the step's own line."""
-
-    def __init__(self, console: TextIO, text: str, began: float, left: float) -> None:
-        self.console, self.text, self.began, self.left = console, text, began, left
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.done.wait(1.0):
-            elapsed = time.perf_counter() - self.began
-            left = max(0.0, self.left - elapsed)
-            self.console.write(f"\r{self.text} {clock(elapsed)} (about {clock(left)} left)  ")
-            self.console.flush()
-
-    def __enter__(self) -> Ticker:
-        if self.console.isatty():
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        if self.thread.is_alive():
-            self.thread.join()
-            self.console.write("\r\x1b[K")  # clear the live line for the step's own line
-            self.console.flush()

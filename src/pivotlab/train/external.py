@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections import Counter
 from functools import lru_cache
@@ -31,6 +30,7 @@ from pathlib import Path
 from accelerate import PartialState
 
 from pivotlab.cache import cache_root
+from pivotlab.console import notice
 from pivotlab.data import DataError, Limits, Problem, Record, Source, TokenCounter, load
 from pivotlab.data.formats import WORLD_FILES
 from pivotlab.data.records import write_skipped
@@ -240,4 +240,4 @@ def screen_data(cfg: StageConfig, out: Path) -> None:
             notes.append(f"data.{name}: skipping {len(problems)} rows ({counts})")
     if rows and PartialState().is_main_process:
         path = write_skipped(rows, out)
-        print("\n".join([*notes, f"skipped rows listed in {path}"]), file=sys.stderr)
+        notice("\n".join([*notes, f"skipped rows listed in {path}"]))

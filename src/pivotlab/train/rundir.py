@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from transformers import TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 
 from pivotlab.configtree import ConfigError, build_dataclass
+from pivotlab.console import notice
 from pivotlab.io import (
     MiB,
     complete_lines,
@@ -168,7 +168,7 @@ def resume_point(out: Path) -> str | None:
     for folder in checkpoints(out):
         if not checkpoint_complete(folder):
             shutil.rmtree(folder)
-            print(f"{folder}: incomplete (the run died writing it), removed", file=sys.stderr)
+            notice(f"{folder}: incomplete (the run died writing it), removed")
     checkpoint = last_complete_checkpoint(out)
     if checkpoint is None:
         for log in ("samples.jsonl", "metrics.jsonl"):
@@ -177,7 +177,7 @@ def resume_point(out: Path) -> str | None:
     step = int(checkpoint.name.split("-")[-1])
     for log in ("samples.jsonl", "metrics.jsonl"):
         _truncate_after(out / log, step)
-    print(f"resuming from {checkpoint} (step {step})", file=sys.stderr)
+    notice(f"resuming from {checkpoint} (step {step})")
     return str(checkpoint)
 
 

@@ -34,6 +34,7 @@ from accelerate import PartialState
 from transformers import set_seed
 
 from pivotlab import __version__
+from pivotlab.console import Progress
 from pivotlab.data.formats import read_world_file
 from pivotlab.images import open_image
 from pivotlab.io import (
@@ -89,6 +90,7 @@ from pivotlab.train.trainers import (
     StageDPOTrainer,
     StageGRPOTrainer,
     StageSFTTrainer,
+    StepProgressCallback,
 )
 from pivotlab.train.viral import (
     VisualAlignment,
@@ -485,12 +487,17 @@ def _save_final(
 
 
 def run_stage(
-    cfg: StageConfig, out: Path | str, overwrite: bool = False, trust_remote_code: bool = False
+    cfg: StageConfig,
+    out: Path | str,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    progress: Progress | None = None,
 ) -> StageResult:
     """Train one stage into ``out`` (see the module docstring); returns where it ended.
 
     ``trust_remote_code`` lets hub or folder models (``model.vision``/``lm``, a VIRAL
-    teacher) run code they ship; off unless asked for.
+    teacher) run code they ship; off unless asked for. ``progress`` counts the optimizer
+    steps, for a live line.
     """
     out = Path(out)
     check_versions()  # one line now, rather than a library's traceback mid-run
@@ -552,7 +559,8 @@ def run_stage(
         )
         if state.is_main_process:
             trainer.add_callback(_tensorboard_callback(out))
-        if state.is_main_process:
+            if progress is not None:
+                trainer.add_callback(StepProgressCallback(progress))
             resume_point(out)
     state.wait_for_everyone()
     found = last_complete_checkpoint(out)

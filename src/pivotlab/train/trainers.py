@@ -43,6 +43,7 @@ from torch.utils.data import SequentialSampler
 from transformers import TrainerCallback
 from trl import DPOTrainer, GRPOTrainer, SFTTrainer
 
+from pivotlab.console import Progress
 from pivotlab.errors import PivotlabError
 from pivotlab.io import append_jsonl, write_json_atomic
 from pivotlab.model.parts import ALIGN_HEAD, parameter_groups
@@ -461,6 +462,20 @@ class MetricsFileCallback(TrainerCallback):
             row = {**self.keys, "step": state.global_step, "split": split}
             rows.append({**row, **metric_row(key), "value": float(value)})
         append_jsonl(self.path, rows)
+
+
+class StepProgressCallback(TrainerCallback):
+    """Optimizer steps into a :class:`~pivotlab.console.Progress`, for a live line. A
+    resumed run counts from its checkpoint's step, so the rate is of this run's steps."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.progress.start(state.max_steps, "steps", done=state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.progress.done = state.global_step
 
 
 def speed_up_preferences(trainer, *, prefix_sharing: bool, reference_cache: bool) -> None:

@@ -25,7 +25,6 @@ import itertools
 import json
 import math
 import shutil
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,6 +46,7 @@ from transformers import (
 
 from pivotlab import __version__
 from pivotlab.cache import cache_root
+from pivotlab.console import notice
 from pivotlab.errors import PivotlabError
 from pivotlab.io import file_sha256, folder_lock, staging_folder, write_json_atomic
 from pivotlab.world.generate import GENERATOR_VERSION
@@ -660,10 +660,12 @@ def build(
     force: bool = False,
     seed: int = 0,
     log=print,
+    log_cached: bool = True,
 ) -> dict[str, Path]:
     """Make sure each named part is in the cache (training what is missing, stale or
     corrupted; measuring again the quality of a part measured with older probes) and return
-    its folder."""
+    its folder. ``log`` hears what is done to each part (with ``log_cached``, also that a
+    part was found in the cache)."""
     config = _zoo(zoo)
     unknown = [p for p in parts if p not in config.parts]
     if unknown:
@@ -676,18 +678,26 @@ def build(
         # One builder per part: a second (another study on the same cache) waits, then
         # finds the part built.
         with folder_lock(entry, wait=True, log=log):
-            _build_part(config, part, entry, data, seed, force, log)
+            _build_part(config, part, entry, data, seed, force, log, log_cached)
         folders[part] = entry
     return folders
 
 
 def _build_part(
-    config: ZooConfig, part: str, entry: Path, data: _Data, seed: int, force: bool, log
+    config: ZooConfig,
+    part: str,
+    entry: Path,
+    data: _Data,
+    seed: int,
+    force: bool,
+    log,
+    log_cached: bool,
 ) -> None:
     """Verify, copy from the shipped weights, or train one part into ``entry``."""
     problem = "rebuild asked for" if force else verify(entry)
     if problem is None:
-        log(f"zoo: {part} cached at {entry}")
+        if log_cached:
+            log(f"zoo: {part} cached at {entry}")
     elif not force and _copy_shipped(config, part, entry, seed):
         log(f"zoo: {part} copied from the weights shipped with pivotlab -> {entry}")
     else:
@@ -742,12 +752,9 @@ def ship(part: str, zoo: str = "default", cache: Path | None = None, seed: int =
 
 
 def part_path(part: str, zoo: str = "default", cache: Path | None = None, seed: int = 0) -> Path:
-    """A part's folder, built on first use (progress goes to stderr)."""
-    return build((part,), zoo, cache, seed=seed, log=_to_stderr)[part]
-
-
-def _to_stderr(message: str) -> None:
-    print(message, file=sys.stderr)
+    """A part's folder, built on first use (what building it does is a ``notice``: a
+    study or a training run that must copy or train a part says so)."""
+    return build((part,), zoo, cache, seed=seed, log=notice, log_cached=False)[part]
 
 
 def part_cost(zoo: ZooConfig, part: str) -> str:
