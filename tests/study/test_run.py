@@ -153,10 +153,50 @@ def test_a_failed_control_warns_and_a_passed_one_does_not() -> None:
 
     row = {"comparison": "enc-m - enc-s (after transplant)", "diff": -0.014, "ci_low": -0.05}
     row.update(ci_high=0.02, known="+2.9 in Stage 1", verdict="not significant at this scale")
-    (warning,) = _control_warning(row)
+    (warning,) = _control_warning({**row, "status": "failed"})
     assert "failed its positive control" in warning and "+2.9 in Stage 1" in warning
-    assert _control_warning({**row, "verdict": "holds"}) == []
+    assert _control_warning({**row, "verdict": "holds", "status": "passed"}) == []
     assert _control_warning(None) == []
+    gap = {"comparison": "stage1 [enc-m+lm-s] - stage1 (VQA)", "diff": 0.001, "ci_low": -0.009}
+    gap.update(ci_high=0.012, verdict="not significant at this scale")
+    (void,) = _control_warning({**row, "status": "void", "stage1_gap": gap})
+    assert "positive control is void" in void and "+0.1 pts [-0.9, +1.2]" in void
+
+
+@pytest.mark.parametrize(
+    ("stage1", "transplant", "status"),
+    [
+        ("holds", "holds", "passed"),
+        ("holds", "not significant at this scale", "failed"),
+        ("not significant at this scale", "holds", "void"),
+        ("not significant at this scale", "not significant at this scale", "void"),
+    ],
+)
+def test_the_control_is_judged_against_the_gap_stage_1_shows_in_the_same_study(
+    stage1: str, transplant: str, status: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the study trains Stage 1 on both encoders of the pair (full: the scale sweep
+    on enc-m), their gap there is the known difference; no gap there, nothing to find."""
+    from pivotlab.study import run
+
+    claims_read: list = []
+
+    def claim_row(study, steps, claim):
+        claims_read.append(claim)
+        verdict = transplant if claim.where == "after transplant" else stage1
+        return {"comparison": claim.comparison, "verdict": verdict}
+
+    monkeypatch.setattr(run, "_claim_row", claim_row)
+    control = run._transplant_control(load_study("full"), [])
+    assert control["status"] == status
+    gap = claims_read[1]
+    assert (gap.control, gap.treated, gap.where) == ("stage1", "stage1", "VQA")
+    assert (gap.control_track, gap.treated_track) == ("main", "enc-m+lm-s")
+    # quick trains Stage 1 on enc-s only: its preset's ``known`` line stands.
+    claims_read.clear()
+    quick = run._transplant_control(load_study("quick"), [])
+    assert len(claims_read) == 1 and quick["stage1_gap"] is None
+    assert quick["status"] == ("passed" if transplant == "holds" else "failed")
 
 
 def test_a_control_naming_an_encoder_not_transplanted_is_refused() -> None:

@@ -574,16 +574,30 @@ def _transplant(study: StudyResults, run_dir: Path) -> list[Block]:
     control = study.get("transplant_control")
     if control:
         difference = format_difference(control["diff"], control["ci_low"], control["ci_high"], True)
-        known = f" (known: {control['known']})" if control.get("known") else ""
-        passed = "passed" if control["verdict"] == HOLDS else "failed"
+        outcome = {
+            "passed": "the control passed",
+            "failed": "the control failed. A transplant that cannot order these two encoders "
+            "cannot be trusted to order the study's",
+            "void": "the control is void: Stage 1 itself does not order these two encoders, so "
+            "there is no known difference for the transplant to find",
+        }[control["status"]]
         blocks.append(
             Text(
-                f"Positive control, {control['comparison']}{known}: {difference}, "
-                f"{control['verdict']}: the control {passed}. A transplant that cannot order "
-                "these two encoders cannot be trusted to order the study's."
+                f"Positive control, {control['comparison']} (known: {control_known(control)}): "
+                f"{difference}, {control['verdict']}: {outcome}."
             )
         )
     return [*blocks, _sources(rows, run_dir)]
+
+
+def control_known(control: dict) -> str:
+    """What is known of the control pair's order: Stage 1's gap where the study measured
+    it, else the preset's line."""
+    gap = control.get("stage1_gap")
+    if gap is None:
+        return control.get("known") or "stronger ahead"
+    difference = format_difference(gap["diff"], gap["ci_low"], gap["ci_high"], True)
+    return f"Stage 1 in this study, {gap['comparison']}: {difference}, {gap['verdict']}"
 
 
 def _picture_name(kind: str, arm: str, index: int, source: Path) -> str:

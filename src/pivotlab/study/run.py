@@ -167,13 +167,46 @@ def check_transplant_control(study: StudyConfig) -> None:
 
 def _transplant_control(study: StudyConfig, steps: list[Step]) -> dict | None:
     """The positive control's difference (stronger - weaker after transplant), decided at
-    95% on its own: it is a check of the instrument, not one of the claims."""
+    95% on its own: it is a check of the instrument, not one of the claims.
+
+    Where the study trains Stage 1 on both encoders with the transplant's LM (the main
+    track and a scale-sweep track), their gap is measured here, on the same test questions,
+    rather than taken from ``known``: ``status`` is "passed" when the transplant finds
+    Stage 1's order, "failed" when it does not, and "void" when Stage 1 itself does not
+    show the two apart (no known difference to find). Without that pair, the ``known``
+    line stands and the status is "passed" or "failed"."""
+    from pivotlab.study.stats import HOLDS
+
     control = study.transplant.control if study.transplant else None
     if control is None:
         return None
     question = f"Positive control: does {control.stronger} transplant better than {control.weaker}?"
     row = _claim_row(study, steps, Claim(question, control.weaker, control.stronger, TRANSPLANT))
-    return {**row, "known": control.known}
+    gap = _stage1_gap(study, steps, control.weaker, control.stronger)
+    if gap is not None and not gap["verdict"].startswith(HOLDS):
+        status = "void"
+    else:
+        status = "passed" if row["verdict"].startswith(HOLDS) else "failed"
+    return {**row, "known": control.known, "stage1_gap": gap, "status": status}
+
+
+def _stage1_gap(study: StudyConfig, steps: list[Step], weaker: str, stronger: str) -> dict | None:
+    """Stage 1 on ``stronger`` minus Stage 1 on ``weaker`` (vision-centric, the test
+    questions), when the study trains both with the transplant's LM; else None."""
+    lm = study.transplant.lm if study.transplant else None
+    by_encoder = {original_name(t.vision): t for t in tracks(study) if t.lm == lm}
+    if weaker not in by_encoder or stronger not in by_encoder:
+        return None
+    question = f"Stage 1: does {stronger} see better than {weaker}?"
+    claim = Claim(
+        question,
+        STAGE1,
+        STAGE1,
+        VQA,
+        control_track=by_encoder[weaker].name,
+        treated_track=by_encoder[stronger].name,
+    )
+    return _claim_row(study, steps, claim)
 
 
 def primary_comparisons(study: StudyConfig) -> list[str]:
@@ -619,16 +652,22 @@ def _tuning_warnings(
 
 
 def _control_warning(control: dict | None) -> list[str]:
-    """When the positive control does not come out in its known order, above the claims."""
-    from pivotlab.study.report import format_difference
-    from pivotlab.study.stats import HOLDS
+    """When the positive control does not pass, above the claims: failed (the transplant
+    missed a known order) or void (no known order to find)."""
+    from pivotlab.study.report import control_known, format_difference
 
-    if control is None or control["verdict"].startswith(HOLDS):
+    if control is None or control["status"] == "passed":
         return []
     difference = format_difference(control["diff"], control["ci_low"], control["ci_high"], True)
+    if control["status"] == "void":
+        return [
+            "Warning: the transplant's positive control is void: Stage 1 itself does not "
+            f"tell the pair apart ({control_known(control)}), so {control['comparison']} "
+            "has no known difference to find; read the transplant claims as untested by it."
+        ]
     return [
         f"Warning: the transplant failed its positive control ({control['comparison']}: "
-        f"{difference}; known: {control['known'] or 'stronger ahead'}): it cannot separate "
+        f"{difference}; known: {control_known(control)}): it cannot separate "
         "encoders of that gap, so read the transplant claims as not measured."
     ]
 
