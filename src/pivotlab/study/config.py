@@ -147,9 +147,10 @@ class AnalysisSection:
 @dataclass
 class TransplantControl:
     """The transplant's positive control: two transplanted encoders (by their transplant
-    names) whose order is known, ``stronger`` ahead of ``weaker`` where it was measured
-    (``known``: a line saying where). The transplant must find that order with an interval
-    above zero before its claims are read as measuring encoders."""
+    names) whose order is known, ``stronger`` ahead of ``weaker``. Where the study trains
+    Stage 1 on both, their gap there is the known one; elsewhere ``known`` says where it was
+    measured. The transplant must find that order with an interval above zero before its
+    claims are read as measuring encoders."""
 
     weaker: str = ""
     stronger: str = ""
