@@ -81,6 +81,39 @@ def test_cli_compares_encoders_in_one_run(
     assert main([*args, "--overwrite"]) == 0
 
 
+def test_progress_counts_each_analysis_of_each_encoder_and_model(
+    tiny_model_dir: Path, probe_splits: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A live line's count: one unit per (analysis, encoder or model), known before the
+    first runs."""
+    from pivotlab.analysis.config import AnalyzeConfig
+    from pivotlab.analysis.suite import run_analyses
+    from pivotlab.console import Progress
+
+    train, test = probe_splits
+    cfg = AnalyzeConfig(
+        analyses=("linear-probe", "pca"),
+        data=train,
+        eval_data=test,
+        out=tmp_path / "run",
+        encoders=[("random", f"random:{tiny_model_dir}")],
+        models=[("trained", str(tiny_model_dir))],
+        limit=4,
+        cache=tmp_path,
+    )
+    progress, seen = Progress(), []
+    run_analyses(cfg, log=lambda line: seen.append((line, progress.done, progress.total)))
+    assert progress.total == progress.done == 0  # not passed: nothing counted
+    run_analyses(
+        AnalyzeConfig(**{**cfg.__dict__, "out": tmp_path / "again"}),
+        log=lambda line: seen.append((line, progress.done, progress.total)),
+        progress=progress,
+    )
+    # The linear probe on the encoder and on the model's encoder, the PCA view of the model.
+    assert (progress.done, progress.total, progress.unit) == (3, 3, "analyses")
+    assert [(done, total) for _, done, total in seen[-3:]] == [(0, 3), (1, 3), (2, 3)]
+
+
 def test_all_analyses_run_from_one_command(
     tiny_model_dir: Path, probe_splits: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from pivotlab.cli import main
+from pivotlab.console import Progress
 from pivotlab.errors import PivotlabError
 from pivotlab.evaluate import EvalConfig, evaluate
 from pivotlab.evaluate.runner import _image
@@ -120,6 +121,24 @@ def test_likelihood_batches_agree_with_one_by_one(
             [p["parsed"] for p in evaluate(cfg).predictions if p["parsed"] in ("A", "B", "C", "D")]
         )
     assert runs[0] == runs[1] and len(runs[0]) > 5
+
+
+def test_progress_counts_every_question_answered_either_way(
+    trained_model_dir: Path, eval_split: Path, tmp_path: Path
+) -> None:
+    """A live line's count: generated and likelihood-scored questions alike, each once."""
+    progress = Progress()
+    cfg = EvalConfig(
+        model=str(trained_model_dir),
+        data=str(eval_split),
+        out=str(tmp_path / "run"),
+        likelihood=True,
+        batch_size=7,
+        limit=40,
+    )
+    predictions = evaluate(cfg, progress=progress).predictions
+    assert progress.total == progress.done == len(predictions) == 40
+    assert progress.unit == "questions"
 
 
 def test_blind_mode_is_recorded_and_changes_the_inputs(

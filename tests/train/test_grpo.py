@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pivotlab.console import Progress
 from pivotlab.io import read_jsonl
 from pivotlab.model.generation import chat_prompt
 from pivotlab.train import ConfigError, run_stage
@@ -145,8 +146,11 @@ def test_a_resumed_grpo_run_ends_where_an_uninterrupted_run_ends(
     for later in ("final", "checkpoint-4", "tensorboard"):
         shutil.rmtree(stopped / later)
     (stopped / "summary.json").unlink()
-    resumed = run_stage(cfg, stopped)
+    progress = Progress()
+    resumed = run_stage(cfg, stopped, progress=progress)
     assert resumed.summary["resumed_from"].endswith("checkpoint-2")
+    # A live line's count: the run's 4 steps, 2 of them before this process began.
+    assert (progress.initial, progress.done, progress.total) == (2, 4, 4)
     assert read_jsonl(stopped / "samples.jsonl") == read_jsonl(whole.out / "samples.jsonl")
     # The restored RNG state samples the same replies: the same rewards at steps 3 and 4.
     for metric in ("reward", "completions/mean_length"):

@@ -82,9 +82,13 @@ def _image(data: Path, record: dict, blind: bool) -> Image.Image:
     return Image.new("RGB", rgb.size, BLANK_GREY) if blind else rgb
 
 
-def _batches(items: list, size: int):
+def _batches(items: list, size: int, progress: Progress | None = None):
+    """``items`` in batches of ``size``; ``progress`` counts each batch once it is done."""
     for start in range(0, len(items), size):
-        yield items[start : start + size]
+        batch = items[start : start + size]
+        yield batch
+        if progress is not None:
+            progress.advance(len(batch))
 
 
 def greedy_replies(
@@ -97,7 +101,7 @@ def greedy_replies(
 ) -> list[str]:
     """Greedy replies, batched (images opened one batch at a time)."""
     replies = []
-    for batch in _batches(items, cfg.batch_size):
+    for batch in _batches(items, cfg.batch_size, progress):
         replies += generate_replies(
             model,
             processor,
@@ -106,8 +110,6 @@ def greedy_replies(
             max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.batch_size,
         )
-        if progress is not None:
-            progress.advance(len(batch))
     return [reply for (reply,) in replies]
 
 
@@ -126,7 +128,7 @@ def likelihood_choices(
     processor.tokenizer.padding_side = "right"
     tokenizer = processor.tokenizer
     choices = []
-    for batch in _batches(items, cfg.batch_size):
+    for batch in _batches(items, cfg.batch_size, progress):
         texts, images, spans, owners = [], [], [], []
         for index, record in enumerate(batch):
             prompt = chat_prompt(processor, record["question"])
@@ -150,8 +152,6 @@ def likelihood_choices(
             if index not in best or score > best[index][0]:
                 best[index] = (score, letter)
         choices += [best[i][1] for i in range(len(batch))]
-        if progress is not None:
-            progress.advance(len(batch))
     return choices
 
 
