@@ -234,3 +234,22 @@ def test_a_gallery_shows_at_most_picture_rows_per_arm(study: dict, tmp_path: Pat
     text = write_report(tmp_path / "run", {**study, "pictures": {"saliency": many}})[0].read_text()
     saliency = text.split("## Saliency overlays")[1].split("##")[0]
     assert len([line for line in saliency.splitlines() if line.startswith("| ![")]) == PICTURE_ROWS
+
+
+def test_the_transplant_control_reads_passed_failed_or_void(study: dict, tmp_path: Path) -> None:
+    """Void when Stage 1 in the same study does not tell the pair apart: the report gives
+    Stage 1's gap as what is known, not a line from elsewhere."""
+    control = {"comparison": "enc-m - enc-s (after transplant)", "diff": 0.006}
+    control.update(ci_low=-0.02, ci_high=0.044, verdict="not significant at this scale")
+    gap = {"comparison": "stage1 [enc-m+lm-s] - stage1 (VQA)", "diff": 0.001}
+    gap.update(ci_low=-0.009, ci_high=0.012, verdict="not significant at this scale")
+    readings = {
+        "void": (gap, "Stage 1 in this study, stage1 [enc-m+lm-s] - stage1 (VQA): +0.1 pts"),
+        "failed": (None, "known: +3.2 in Stage 1"),
+    }
+    for status, (stage1_gap, known) in readings.items():
+        row = {**control, "status": status, "stage1_gap": stage1_gap, "known": "+3.2 in Stage 1"}
+        markdown, _ = write_report(tmp_path / status, {**study, "transplant_control": row})
+        text = markdown.read_text()
+        assert f"the control {'is void' if status == 'void' else 'failed'}" in text
+        assert known in text
