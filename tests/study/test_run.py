@@ -555,3 +555,27 @@ def test_each_answer_is_read_against_the_paper_where_it_reports_one() -> None:
     quick = load_study("quick")
     with pytest.raises(StudyError, match=r"paper names 'dpo - ipo \(VQA\)', not a claim"):
         check_claim_names(replace(quick, paper={"dpo - ipo (VQA)": PaperEffect(0.1, "x")}))
+
+
+def test_a_claim_reads_each_seeds_own_transplant_and_the_one_shared_stage_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each seed transplants the Stage-1 encoder into its own fresh LM: a transplant claim
+    pairs seed s of the arm with seed s of the Stage-1 encoder's transplant. On VQA, the
+    Stage 1 every seed started from is the one model of ``stage1.seed``."""
+    from pivotlab.study import run
+    from pivotlab.study.pipeline import seed_steps
+
+    study = load_study("full")
+    splits = {name: tmp_path / name for name in ("train", "post", "val", "test", "probes")}
+    steps = [s for seed in study.seeds for s in seed_steps(study, tmp_path / "run", seed, splits)]
+    answer = {"id": "q0", "category": "vision_centric", "task": "count", "correct": True}
+    monkeypatch.setattr(run, "read_jsonl", lambda path: [{**answer, "pair_id": None}])
+    after = run._claim_row(study, steps, run.Claim("?", "stage1", "dpo", TRANSPLANT))
+    own = [s for s in after["source"] if "/transplant/stage1/" in s]
+    assert own == [
+        str(tmp_path / f"run/seed{s}/transplant/stage1/eval/predictions.jsonl") for s in (0, 1, 2)
+    ]
+    vqa = run._claim_row(study, steps, run.Claim("?", "stage1", "dpo"))
+    shared = [s for s in vqa["source"] if "/eval/stage1/" in s]
+    assert shared == [str(tmp_path / "run/seed0/eval/stage1/predictions.jsonl")] * 3

@@ -300,10 +300,14 @@ def _claim_row(study: StudyConfig, steps: list[Step], claim: Claim) -> dict:
                 found[seed] = _encoder_row(metrics, arm)
                 sources.append(str(metrics))
             else:
-                # A transplant is the seed's, whatever track the claim names; a Stage 1 shared
-                # by every seed (stage1.seed) is the one model each seed's arm started from.
+                # A transplant is the seed's, whatever track the claim names, the Stage-1
+                # encoder's included (each seed transplants it into its own fresh LM); a
+                # Stage 1 shared by every seed (stage1.seed) is the one model each seed's
+                # arm started from.
                 on = "main" if claim.where == TRANSPLANT else track
-                shared_stage1 = arm == STAGE1 and study.stage1.seed is not None
+                shared_stage1 = (
+                    arm == STAGE1 and claim.where != TRANSPLANT and study.stage1.seed is not None
+                )
                 made_on = study.stage1.seed if shared_stage1 else seed
                 path = _evaluation(steps, claim.where, on, made_on, arm) / "predictions.jsonl"
                 found[seed] = read_jsonl(path)
