@@ -28,6 +28,8 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from pivotlab.io import is_main_rank
+
 # The console as it was while ``step_output`` sends descriptors 1 and 2 to a log: where
 # ``notice`` writes. Process-wide, as the redirection itself is.
 _console: TextIO | None = None
@@ -90,9 +92,9 @@ def live_text(text: str, progress: Progress | None, began: float, tail: str = ""
 
 class LiveLine:
     """On a terminal, ``live_text`` rewritten every second while the block runs, cleared at
-        its end (the verb's own line follows); elsewhere, and in every process of a launched run
-    but the main one, nothing. ``tail`` is called each time
-        for text that changes (a study's time left)."""
+    its end (the verb's own line follows); elsewhere, and in every process of a launched run
+    but the main one, nothing. ``tail`` is called each time for text that changes (a
+    study's time left)."""
 
     def __init__(
         self,
@@ -114,7 +116,7 @@ class LiveLine:
 
     def __enter__(self) -> LiveLine:
         # The processes of a launched run share one terminal: the main one draws.
-        if self.console.isatty() and int(os.environ.get("RANK", "0")) == 0:
+        if self.console.isatty() and is_main_rank():
             self.thread.start()
         return self
 

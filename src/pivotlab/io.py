@@ -138,6 +138,11 @@ def lock_path(folder: Path | str) -> Path:
     return folder.with_name(f".{folder.name}.lock")
 
 
+def is_main_rank() -> bool:
+    """Whether this is the main process of a launched run (``RANK`` 0), or not launched."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @contextlib.contextmanager
 def folder_lock(
     folder: Path | str, wait: bool = False, log: Callable[[str], None] | None = None
@@ -149,7 +154,7 @@ def folder_lock(
     resume finds the folder free; a holder that ends normally removes the file. Only the
     main process of a launched run (``RANK`` 0) takes it: the others write into the folder
     the main process holds."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_rank():
         yield
         return
     path = lock_path(folder)
