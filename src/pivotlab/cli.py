@@ -437,7 +437,7 @@ def _zoo_table(zoo: str, cache: Path | None, seed: int) -> None:
 
     found = manifests(zoo, cache, seed)
     header = ("part", "class", "params", "seconds", "GFLOPs", "samples")
-    print("{:6s} {:18s} {:>9s} {:>8s} {:>9s} {:>8s}  quality".format(*header))
+    print("{:8s} {:18s} {:>9s} {:>8s} {:>9s} {:>8s}  quality".format(*header))
     for part, manifest in found.items():
         compute, measured = manifest["compute"], manifest["quality"]
         if "heldout_perplexity" in measured:
@@ -455,11 +455,11 @@ def _zoo_table(zoo: str, cache: Path | None, seed: int) -> None:
                 summary += f", cells {cells} (colour/shape/size)"
         size = f"{manifest['parameters']:9,d}"
         print(
-            f"{part:6s} {manifest['class']:18s} {size} {compute['seconds']:8.0f} "
+            f"{part:8s} {manifest['class']:18s} {size} {compute['seconds']:8.0f} "
             f"{compute['flops'] / 1e9:9.1f} {compute['samples']:8d}  {summary}"
         )
     for part, what in unbuilt(zoo, cache, seed).items():
-        print(f"{part:6s} not built; `pivotlab zoo build --parts {part}`: {what}")
+        print(f"{part:8s} not built; `pivotlab zoo build --parts {part}`: {what}")
     for check in checks(found):
         print(f"check: {'pass' if check.passed else 'FAIL'}  {check.name}: {check.detail}")
 
@@ -603,10 +603,11 @@ def _add_study(verbs: argparse._SubParsersAction) -> None:
 
 def _study(args: argparse.Namespace) -> None:
     from pivotlab.study.config import load_study
-    from pivotlab.study.run import check_claim_names, run_study
+    from pivotlab.study.run import check_claim_names, check_transplant_control, run_study
 
     study = load_study(args.preset, args.overrides)
     check_claim_names(study)  # the dry run too
+    check_transplant_control(study)
     if args.dry_run:
         from pivotlab.plan.estimate import PlanOptions, local_launch
         from pivotlab.study.dryrun import dry_run

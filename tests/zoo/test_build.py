@@ -16,6 +16,7 @@ from pivotlab.model import assemble
 from pivotlab.zoo import build as zoo_build
 from pivotlab.zoo import quality
 from pivotlab.zoo.build import (
+    PARTS,
     ZOOS,
     ZooError,
     build,
@@ -41,7 +42,7 @@ def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_tiny_build_gives_standard_checkpoints_and_manifests(tiny_zoo: Path) -> None:
     found = manifests("tiny", tiny_zoo)
-    assert set(found) == {"enc-s", "enc-m", "vfm", "lm-s", "lm-m"}
+    assert set(found) == {"enc-s", "enc-s-2k", "enc-m", "vfm", "lm-s", "lm-m"}
     for part, manifest in found.items():
         folder = entry_dir(ZOOS["tiny"], part, tiny_zoo)
         assert manifest["key"] == part_key(ZOOS["tiny"], part)
@@ -69,7 +70,7 @@ def test_tiny_build_gives_standard_checkpoints_and_manifests(tiny_zoo: Path) -> 
 def test_cache_is_reused_when_nothing_changed(tiny_zoo: Path) -> None:
     messages: list[str] = []
     folders = build(zoo="tiny", cache=tiny_zoo, log=messages.append)
-    assert all("cached at" in m for m in messages) and len(messages) == 5
+    assert all("cached at" in m for m in messages) and len(messages) == len(PARTS)
     assert folders["enc-s"] == entry_dir(ZOOS["tiny"], "enc-s", tiny_zoo)
 
 
@@ -264,7 +265,8 @@ def test_zoo_list_names_the_parts_not_built_and_what_building_them_takes(
     """A fresh cache: the shipped parts would be copied, lm-m (not shipped) trained."""
     assert main(["zoo", "list", "--cache", str(tmp_path / "empty")]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
-    assert "copied from the weights shipped with pivotlab" in lines["enc-s"]
+    for part in ("enc-s", "enc-s-2k", "enc-m", "vfm", "lm-s"):
+        assert "copied from the weights shipped with pivotlab" in lines[part]
     spec = ZOOS["default"].parts["lm-m"]
     steps = spec.steps + spec.focus_steps + spec.settle_steps  # type: ignore[union-attr]
     wanted = f"`pivotlab zoo build --parts lm-m`: trained here: {steps:,d} optimizer steps"

@@ -73,7 +73,7 @@ ZOO_VERSION = "3"
 MANIFEST = "zoo_part.json"
 # Built parts that ship with the package (``ship``), copied into the cache on first use.
 SHIPPED = Path(__file__).parent / "weights"
-PARTS: tuple[str, ...] = ("enc-s", "enc-m", "vfm", "lm-s", "lm-m")
+PARTS: tuple[str, ...] = ("enc-s", "enc-s-2k", "enc-m", "vfm", "lm-s", "lm-m")
 CAPTION_TOKENS = 48
 
 
@@ -187,6 +187,9 @@ ZOOS: dict[str, ZooConfig] = {
         name="default",
         parts={
             "enc-s": EncoderSpec(width=96, depth=4, heads=3, steps=6000),
+            # enc-s stopped at a third of its pretraining: the transplant's positive control
+            # (a weaker encoder of the same shape, docs/study.md, The transplant's control).
+            "enc-s-2k": EncoderSpec(width=96, depth=4, heads=3, steps=2000),
             "enc-m": EncoderSpec(width=128, depth=6, heads=4, steps=9000),
             "vfm": TeacherSpec(width=128, depth=4, heads=4, steps=2000),
             "lm-s": LMSpec(width=128, depth=4, heads=4, kv_heads=2, steps=6000, **_RELATION),
@@ -201,6 +204,9 @@ ZOOS: dict[str, ZooConfig] = {
         parts={
             "enc-s": EncoderSpec(
                 width=32, depth=1, heads=2, steps=3, batch_size=8, text_width=32, text_depth=1
+            ),
+            "enc-s-2k": EncoderSpec(
+                width=32, depth=1, heads=2, steps=2, batch_size=8, text_width=32, text_depth=1
             ),
             "enc-m": EncoderSpec(
                 width=48, depth=2, heads=2, steps=3, batch_size=8, text_width=32, text_depth=1
