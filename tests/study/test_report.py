@@ -240,6 +240,7 @@ def test_the_transplant_control_reads_passed_failed_or_void(study: dict, tmp_pat
     """Void when Stage 1 in the same study does not tell the pair apart: the report gives
     Stage 1's gap as what is known, not a line from elsewhere."""
     control = {"comparison": "enc-m - enc-s (after transplant)", "diff": 0.006}
+    control["metric"] = "macro-average accuracy"
     control.update(ci_low=-0.02, ci_high=0.044, verdict="not significant at this scale")
     gap = {"comparison": "stage1 [enc-m+lm-s] - stage1 (VQA)", "diff": 0.001}
     gap.update(ci_low=-0.009, ci_high=0.012, verdict="not significant at this scale")
@@ -253,3 +254,4 @@ def test_the_transplant_control_reads_passed_failed_or_void(study: dict, tmp_pat
         text = markdown.read_text()
         assert f"the control {'is void' if status == 'void' else 'failed'}" in text
         assert known in text
+        assert "Positive control, enc-m - enc-s (after transplant), macro-average accuracy" in text

@@ -175,8 +175,9 @@ def test_a_failed_control_warns_and_a_passed_one_does_not() -> None:
 def test_the_control_is_judged_against_the_gap_stage_1_shows_in_the_same_study(
     stage1: str, transplant: str, status: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Where the study trains Stage 1 on both encoders of the pair (full: the scale sweep
-    on enc-m), their gap there is the known difference; no gap there, nothing to find."""
+    """Where the study trains Stage 1 on both encoders of the pair (full: the main track on
+    enc-s, and Stage 1 on enc-s-2k for the control), their gap there, on the control's
+    category, is the known difference; no gap there, nothing to find."""
     from pivotlab.study import run
 
     claims_read: list = []
@@ -189,14 +190,74 @@ def test_the_control_is_judged_against_the_gap_stage_1_shows_in_the_same_study(
     monkeypatch.setattr(run, "_claim_row", claim_row)
     control = run._transplant_control(load_study("full"), [])
     assert control["status"] == status
-    gap = claims_read[1]
-    assert (gap.control, gap.treated, gap.where) == ("stage1", "stage1", "VQA")
-    assert (gap.control_track, gap.treated_track) == ("main", "enc-m+lm-s")
+    after, gap = claims_read
+    assert (after.control, after.treated, after.category) == ("enc-s-2k", "enc-s", "average")
+    assert (gap.control, gap.treated, gap.where, gap.category) == (
+        "stage1",
+        "stage1",
+        "VQA",
+        "average",
+    )
+    assert (gap.control_track, gap.treated_track) == ("enc-s-2k+lm-s", "main")
     # quick trains Stage 1 on enc-s only: its preset's ``known`` line stands.
     claims_read.clear()
     quick = run._transplant_control(load_study("quick"), [])
     assert len(claims_read) == 1 and quick["stage1_gap"] is None
+    assert claims_read[0].category == "vision_centric"
     assert quick["status"] == ("passed" if transplant == "holds" else "failed")
+
+
+def test_a_control_encoder_is_transplanted_and_given_stage1_for_the_control_alone(
+    tmp_path: Path,
+) -> None:
+    """``zoo:enc-s-2k`` is transplanted on every seed and trained through Stage 1 once (no
+    arms, no analyses), and no claim compares an arm with it."""
+    from pivotlab.study.dryrun import _planned_world
+    from pivotlab.study.pipeline import seed_steps
+
+    study = load_study("full")
+    world = _planned_world(study)
+    names = {seed: [s.name for s in seed_steps(study, tmp_path, seed, world)] for seed in (0, 1)}
+    control = [n for n in names[0] if "enc-s-2k" in n]
+    assert control == [
+        "seed0/control-enc-s-2k+lm-s/align",
+        "seed0/control-enc-s-2k+lm-s/full",
+        "seed0/control-enc-s-2k+lm-s/eval-stage1",
+        "seed0/control-enc-s-2k+lm-s/val-stage1",
+        "seed0/transplant-enc-s-2k/align",
+        "seed0/transplant-enc-s-2k/full",
+        "seed0/transplant-enc-s-2k/eval",
+    ]
+    assert [n for n in names[1] if "enc-s-2k" in n] == [
+        f"seed1/transplant-enc-s-2k/{step}" for step in ("align", "full", "eval")
+    ]
+    assert not [c for c in claims(study) if "enc-s-2k" in (c.control, c.treated)]
+    # Without ``stage1`` the control takes its gap from ``known``: no Stage 1 on enc-s-2k.
+    plain = load_study("full", ["transplant.control.stage1=false"])
+    assert not [n for n in seed_steps(plain, tmp_path, 0, world) if "control-" in n.name]
+
+
+def test_an_average_control_reads_the_macro_average(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``category: average`` asks the bootstrap for the macro average (no category), and
+    the row says so."""
+    from pivotlab.study import run, stats
+
+    asked: list = []
+
+    def difference(control, treated, category=None, **_):
+        asked.append(category)
+        return {"diff": 0.01, "ci_low": 0.0, "ci_high": 0.02, "n_seeds": 1, "n_items": 10}
+
+    monkeypatch.setattr(stats, "paired_accuracy_difference", difference)
+    monkeypatch.setattr(run, "read_jsonl", lambda path: [])
+    monkeypatch.setattr(run, "_evaluation", lambda *args: tmp_path)
+    study = load_study("full")
+    row = run._claim_row(study, [], run.Claim("?", "enc-s-2k", "enc-s", run.TRANSPLANT, "average"))
+    assert asked == [None] and row["metric"] == "macro-average accuracy"
+    run._claim_row(study, [], run.Claim("?", "enc-s-2k", "enc-s", run.TRANSPLANT))
+    assert asked[-1] == "vision_centric"
 
 
 def test_a_control_naming_an_encoder_not_transplanted_is_refused() -> None:
@@ -204,7 +265,10 @@ def test_a_control_naming_an_encoder_not_transplanted_is_refused() -> None:
 
     with pytest.raises(StudyError, match=r"transplant\.control\.stronger 'enc-l' is not"):
         check_transplant_control(load_study("quick", ["transplant.control.stronger=enc-l"]))
+    with pytest.raises(StudyError, match=r"control\.weaker 'zoo:enc-l' is no zoo part"):
+        check_transplant_control(load_study("full", ["transplant.control.weaker=zoo:enc-l"]))
     check_transplant_control(load_study("quick"))
+    check_transplant_control(load_study("full"))
 
 
 def test_rerun_skips_finished_steps_and_redoes_a_damaged_one(
@@ -298,7 +362,7 @@ def test_full_preset_has_its_arms_sweep_and_claims(tmp_path: Path) -> None:
     from pivotlab.study.pipeline import seed_steps, tracks
 
     study = load_study("full")
-    assert [t.name for t in tracks(study)] == ["main", "enc-m+lm-s"]
+    assert [t.name for t in tracks(study)] == ["main", "enc-m+lm-s", "enc-s-2k+lm-s"]
     first, later = (seed_steps(study, tmp_path, s, _planned_world(study)) for s in (0, 1))
     assert "seed0/full" in [s.name for s in first]
     assert not [
@@ -332,7 +396,9 @@ def test_transplant_and_sweep_can_take_a_subset(tmp_path: Path) -> None:
     study = load_study("full", overrides)
     first, later = (seed_steps(study, tmp_path, s, _planned_world(study)) for s in (0, 1))
     evaluated = {n.name.split("/")[1] for n in first if n.name.endswith("/eval")}
-    assert evaluated == {"transplant-dpo", "transplant-enc-s", "transplant-enc-m"}
+    # enc-s-2k: the positive control's weaker side, transplanted for the control alone.
+    expected = {"transplant-dpo", "transplant-enc-s", "transplant-enc-m", "transplant-enc-s-2k"}
+    assert evaluated == expected
     assert any("/scale-" in s.name for s in first)
     assert not any("/scale-" in s.name for s in later)
     transplant_claims = [c for c in claims(study) if c.where == TRANSPLANT]
@@ -457,7 +523,11 @@ def test_vqa_rows_name_a_sweep_s_models_apart_from_the_main_ones(
     study = load_study("full")
     rows = study_run._vqa_rows(study, _steps(study, tmp_path))
     stage1 = {(r["arm"], r["track"]) for r in rows if r["arm"].startswith("stage1")}
-    assert stage1 == {("stage1", "main"), ("stage1@enc-m+lm-s", "enc-m+lm-s")}
+    assert stage1 == {
+        ("stage1", "main"),
+        ("stage1@enc-m+lm-s", "enc-m+lm-s"),
+        ("stage1@enc-s-2k+lm-s", "enc-s-2k+lm-s"),  # the transplant control's Stage 1
+    }
     assert all(r["arm"].endswith(f"@{r['track']}") for r in rows if r["track"] != "main")
 
 

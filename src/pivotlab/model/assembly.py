@@ -75,13 +75,20 @@ class VisionTower:
 ZOO_PREFIX = "zoo:"
 
 
+def zoo_part(source: str) -> tuple[str, str] | None:
+    """``zoo:enc-s`` -> ("default", "enc-s"), ``zoo:tiny/enc-s`` -> ("tiny", "enc-s"); None
+    for a source that is not a zoo part."""
+    if not source.startswith(ZOO_PREFIX):
+        return None
+    zoo, _, part = source[len(ZOO_PREFIX) :].rpartition("/")
+    return zoo or "default", part
+
+
 def resolve_zoo(source: str) -> str:
     """``zoo:enc-s`` (default zoo) or ``zoo:tiny/enc-s`` -> the part's cached folder, built on
     first use; any other source is returned unchanged."""
-    if not source.startswith(ZOO_PREFIX):
-        return source
-    zoo, _, part = source[len(ZOO_PREFIX) :].rpartition("/")
-    return str(part_path(part, zoo or "default"))
+    named = zoo_part(source)
+    return source if named is None else str(part_path(named[1], named[0]))
 
 
 def _from_pretrained(auto_class, source: str, trust_remote_code: bool, **kwargs):

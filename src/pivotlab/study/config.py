@@ -146,15 +146,21 @@ class AnalysisSection:
 
 @dataclass
 class TransplantControl:
-    """The transplant's positive control: two transplanted encoders (by their transplant
-    names) whose order is known, ``stronger`` ahead of ``weaker``. Where the study trains
-    Stage 1 on both, their gap there is the known one; elsewhere ``known`` says where it was
-    measured. The transplant must find that order with an interval above zero before its
-    claims are read as measuring encoders."""
+    """The transplant's positive control: two encoders whose order is known, ``stronger``
+    ahead of ``weaker``. Each side names a transplanted encoder (``stage1``, an arm, an
+    original by its name) or a vision source (``zoo:enc-s-2k``) transplanted for the
+    control alone. With ``stage1``, the study also trains Stage 1 (with the transplant's
+    LM) on each side that has no such Stage-1 model, so that their gap there, on the same
+    test questions, is the known one; without it, ``known`` says where it was measured.
+    ``category`` is what both gaps are read on: a VQA category, or ``average`` (the macro
+    average over categories, every test question counted). The transplant must find the
+    order with an interval above zero before its claims are read as measuring encoders."""
 
     weaker: str = ""
     stronger: str = ""
     known: str = ""
+    stage1: bool = False
+    category: str = "vision_centric"
 
 
 @dataclass

@@ -308,7 +308,7 @@ def _transplant_steps(
         sources[arm] = {"model.init": str(folder / "mllm"), "model.vision": None, "model.lm": None}
         # Planned as the tower it was cut from: the exported one drops the unread last block.
         architectures[arm] = (study.stage1.vision, plan.lm)
-    for source in plan.originals:
+    for source in [*plan.originals, *control_only(study).values()]:
         architectures[original_name(source)] = (source, plan.lm)
         sources[original_name(source)] = {
             "model.init": None,
@@ -348,7 +348,8 @@ def _transplant_steps(
 @dataclass(frozen=True)
 class Track:
     """One Stage-1 model and the arms trained from it: the study's main track (analysed
-    and transplanted), or a point of the scale sweep."""
+    and transplanted), a point of the scale sweep (``folder`` "scale"), or the Stage 1 of
+    a transplant control's encoder (``folder`` "control", no arms)."""
 
     name: str
     vision: str
@@ -356,13 +357,14 @@ class Track:
     arms: tuple[str, ...]
     analyses: tuple[str, ...]
     main: bool = False
+    folder: str = "scale"
 
     def root(self, run: Path, seed: int) -> Path:
         folder = run / f"seed{seed}"
-        return folder if self.main else folder / "scale" / self.name
+        return folder if self.main else folder / self.folder / self.name
 
     def step(self, seed: int, name: str) -> str:
-        return f"seed{seed}/{name}" if self.main else f"seed{seed}/scale-{self.name}/{name}"
+        return f"seed{seed}/{name}" if self.main else f"seed{seed}/{self.folder}-{self.name}/{name}"
 
 
 def scale_name(vision: str, lm: str) -> str:
@@ -371,10 +373,12 @@ def scale_name(vision: str, lm: str) -> str:
 
 
 def tracks(study: StudyConfig) -> list[Track]:
-    """The main track, then every other (vision, lm) pair of the scale sweep."""
+    """The main track, every other (vision, lm) pair of the scale sweep, then Stage 1 on
+    each transplant-control encoder that none of those trains with the transplant's LM
+    (when the control asks for its gap in Stage 1)."""
     main_pair = (study.stage1.vision, study.stage1.lm)
     found = [
-        Track("main", *main_pair, tuple(study.post.arms), tuple(study.analysis.analyses), main=True)
+        Track("main", *main_pair, tuple(study.post.arms), tuple(study.analysis.analyses), True, "")
     ]
     scale = study.sweeps.scale
     for vision in scale.visions if scale else []:
@@ -382,24 +386,62 @@ def tracks(study: StudyConfig) -> list[Track]:
             if (vision, lm) != main_pair:
                 name = scale_name(vision, lm)
                 found.append(Track(name, vision, lm, tuple(scale.arms), tuple(scale.analyses)))
+    plan = study.transplant
+    if plan is not None and plan.control is not None and plan.control.stage1:
+        trained = {(track.vision, track.lm) for track in found}
+        for vision in control_visions(study).values():
+            if (vision, plan.lm) not in trained:
+                name = scale_name(vision, plan.lm)
+                found.append(Track(name, vision, plan.lm, (), (), folder="control"))
     return found
 
 
 def track_seeds(study: StudyConfig, track: Track) -> list[int]:
-    """The study seeds whose arms a track trains (the sweep may run on some only)."""
+    """The study seeds whose arms a track trains (the scale sweep may run on some only)."""
     sweep = study.sweeps.scale
-    if track.main or sweep is None or sweep.seeds is None:
+    if track.main or track.folder != "scale" or sweep is None or sweep.seeds is None:
         return list(study.seeds)
     return [seed for seed in study.seeds if seed in sweep.seeds]
 
 
 def transplanted(study: StudyConfig) -> list[str]:
-    """The encoders the transplant takes, by name: the study's own, then the originals."""
+    """The encoders the transplant takes, by name: the study's own, the originals, then
+    the encoders it takes for its positive control alone."""
     if study.transplant is None:
         return []
     own = [STAGE1, *study.post.arms]
     chosen = [e for e in own if study.transplant.encoders is None or e in study.transplant.encoders]
-    return chosen + [original_name(source) for source in study.transplant.originals]
+    originals = [original_name(source) for source in study.transplant.originals]
+    return chosen + originals + list(control_only(study))
+
+
+def control_visions(study: StudyConfig) -> dict[str, str]:
+    """The transplant control's sides that are vision sources or originals, by transplant
+    name (``enc-s-2k``) -> source (``zoo:enc-s-2k``); the study's own encoders are not."""
+    plan = study.transplant
+    if plan is None or plan.control is None:
+        return {}
+    originals = {original_name(source): source for source in plan.originals}
+    found = {}
+    for side in (plan.control.weaker, plan.control.stronger):
+        if side in originals:
+            found[side] = originals[side]
+        elif is_vision_source(side):
+            found[original_name(side)] = side
+    return found
+
+
+def control_only(study: StudyConfig) -> dict[str, str]:
+    """The encoders transplanted for the positive control alone (no claim reads them)."""
+    plan = study.transplant
+    originals = {original_name(source) for source in plan.originals} if plan else set()
+    return {name: v for name, v in control_visions(study).items() if name not in originals}
+
+
+def is_vision_source(side: str) -> bool:
+    """Whether a control side names a vision source (a zoo part, a folder, a hub id)
+    rather than one of the study's encoders by name."""
+    return ":" in side or "/" in side
 
 
 def _stage1_steps(

@@ -583,7 +583,8 @@ def _transplant(study: StudyResults, run_dir: Path) -> list[Block]:
         }[control["status"]]
         blocks.append(
             Text(
-                f"Positive control, {control['comparison']} (known: {control_known(control)}): "
+                f"Positive control, {control['comparison']}, {control['metric']} "
+                f"(known: {control_known(control)}): "
                 f"{difference}, {control['verdict']}: {outcome}."
             )
         )

@@ -25,6 +25,8 @@ from pivotlab.study.pipeline import (
     VQA,
     Step,
     Track,
+    control_only,
+    is_vision_source,
     original_name,
     run_steps,
     seed_steps,
@@ -38,6 +40,8 @@ if TYPE_CHECKING:  # the report (matplotlib) is imported when it is written
     from pivotlab.study.report import StudyResults
 
 HEADLINE_CATEGORY = "vision_centric"
+# A claim's category that reads the macro average over categories (evaluate's "average").
+AVERAGE = "average"
 # The encoder measurement claims about encoders read: the logistic probe of shape and
 # colour jointly, the label that needs both attributes the world's questions ask about.
 ENCODER_MEASUREMENT = {"analysis": "linear_probe", "method": "logistic", "label": "shape_color"}
@@ -154,15 +158,29 @@ def check_claim_names(study: StudyConfig) -> None:
 
 
 def check_transplant_control(study: StudyConfig) -> None:
-    """Refuse a positive control that names an encoder the transplant does not take."""
+    """Refuse a positive control that names an encoder the transplant does not take (a
+    vision source it then takes for the control alone is fine), or a zoo part the zoo does
+    not have."""
+    from pivotlab.model.assembly import zoo_part
+    from pivotlab.zoo.build import ZOOS
+
     control = study.transplant.control if study.transplant else None
     taken = transplanted(study)
     for side in ("weaker", "stronger") if control else ():
-        if getattr(control, side) not in taken:
+        name = getattr(control, side)
+        zoo, part = zoo_part(name) or ("", "")
+        if zoo and part not in (ZOOS[zoo].parts if zoo in ZOOS else {}):
+            raise StudyError(f"{study.source}: transplant.control.{side} {name!r} is no zoo part")
+        if control_name(name) not in taken:
             raise StudyError(
-                f"{study.source}: transplant.control.{side} {getattr(control, side)!r} is not "
-                f"a transplanted encoder ({', '.join(taken)})"
+                f"{study.source}: transplant.control.{side} {name!r} is not a transplanted "
+                f"encoder ({', '.join(taken)}) nor a vision source such as zoo:enc-s-2k"
             )
+
+
+def control_name(side: str) -> str:
+    """A control side's transplant name: a vision source by its original's name."""
+    return original_name(side) if is_vision_source(side) else side
 
 
 def _transplant_control(study: StudyConfig, steps: list[Step]) -> dict | None:
@@ -170,19 +188,22 @@ def _transplant_control(study: StudyConfig, steps: list[Step]) -> dict | None:
     95% on its own: it is a check of the instrument, not one of the claims.
 
     Where the study trains Stage 1 on both encoders with the transplant's LM (the main
-    track and a scale-sweep track), their gap is measured here, on the same test questions,
-    rather than taken from ``known``: ``status`` is "passed" when the transplant finds
-    Stage 1's order, "failed" when it does not, and "void" when Stage 1 itself does not
-    show the two apart (no known difference to find). Without that pair, the ``known``
-    line stands and the status is "passed" or "failed"."""
+    track, a scale-sweep track, or the control's own Stage 1), their gap is measured here,
+    on the same test questions and the control's ``category``, rather than taken from
+    ``known``: ``status`` is "passed" when the transplant finds Stage 1's order, "failed"
+    when it does not, and "void" when Stage 1 itself does not show the two apart (no known
+    difference to find). Without that pair, the ``known`` line stands and the status is
+    "passed" or "failed"."""
     from pivotlab.study.stats import HOLDS
 
     control = study.transplant.control if study.transplant else None
     if control is None:
         return None
-    question = f"Positive control: does {control.stronger} transplant better than {control.weaker}?"
-    row = _claim_row(study, steps, Claim(question, control.weaker, control.stronger, TRANSPLANT))
-    gap = _stage1_gap(study, steps, control.weaker, control.stronger)
+    weaker, stronger = control_name(control.weaker), control_name(control.stronger)
+    question = f"Positive control: does {stronger} transplant better than {weaker}?"
+    claim = Claim(question, weaker, stronger, TRANSPLANT, control.category)
+    row = _claim_row(study, steps, claim)
+    gap = _stage1_gap(study, steps, weaker, stronger, control.category)
     if gap is not None and not gap["verdict"].startswith(HOLDS):
         status = "void"
     else:
@@ -190,8 +211,10 @@ def _transplant_control(study: StudyConfig, steps: list[Step]) -> dict | None:
     return {**row, "known": control.known, "stage1_gap": gap, "status": status}
 
 
-def _stage1_gap(study: StudyConfig, steps: list[Step], weaker: str, stronger: str) -> dict | None:
-    """Stage 1 on ``stronger`` minus Stage 1 on ``weaker`` (vision-centric, the test
+def _stage1_gap(
+    study: StudyConfig, steps: list[Step], weaker: str, stronger: str, category: str
+) -> dict | None:
+    """Stage 1 on ``stronger`` minus Stage 1 on ``weaker`` (``category``, the test
     questions), when the study trains both with the transplant's LM; else None."""
     lm = study.transplant.lm if study.transplant else None
     by_encoder = {original_name(t.vision): t for t in tracks(study) if t.lm == lm}
@@ -203,6 +226,7 @@ def _stage1_gap(study: StudyConfig, steps: list[Step], weaker: str, stronger: st
         STAGE1,
         STAGE1,
         VQA,
+        category,
         control_track=by_encoder[weaker].name,
         treated_track=by_encoder[stronger].name,
     )
@@ -322,8 +346,10 @@ def _claim_row(study: StudyConfig, steps: list[Step], claim: Claim) -> dict:
         difference = stats.paired_value_difference(control, treated)
         metric = "{analysis} {method} {label}".format(**ENCODER_MEASUREMENT)
     else:
-        difference = stats.paired_accuracy_difference(control, treated, category=claim.category)
-        metric = f"{claim.category} accuracy"
+        average = claim.category == AVERAGE
+        category = None if average else claim.category
+        difference = stats.paired_accuracy_difference(control, treated, category=category)
+        metric = "macro-average accuracy" if average else f"{claim.category} accuracy"
 
     return {
         "claim": claim.question,
@@ -552,9 +578,11 @@ def _setup(study: StudyConfig) -> list[str]:
         )
     if study.transplant is not None:
         plan = study.transplant
+        extra = list(control_only(study).values())
         lines.append(
             f"Transplant: into {plan.lm}; align {recipe(plan.align)}; full {recipe(plan.full)} "
-            f"(encoder frozen); originals {', '.join(plan.originals) or 'none'}."
+            f"(encoder frozen); originals {', '.join(plan.originals) or 'none'}"
+            + (f"; for the positive control alone {', '.join(extra)}." if extra else ".")
         )
     return lines
 
