@@ -16,6 +16,7 @@ from pivotlab.configtree import (
     cli_field,
     comma_separated,
     from_options,
+    read_tree,
     set_dotted,
 )
 
@@ -109,3 +110,54 @@ def test_a_field_without_help_is_refused_when_options_are_built() -> None:
 
 def test_comma_separated_drops_blanks() -> None:
     assert comma_separated(" a, ,b ,") == ("a", "b")
+
+
+def test_a_config_says_only_what_differs_from_its_base(tmp_path: Path) -> None:
+    """Sections merge key by key through a chain of bases; a list or value replaces."""
+    (tmp_path / "shared.yaml").write_text(
+        "stage: post\ntrain: {lr: 1.0e-4, parts: [vision, lm], epochs: 1}\npost: {beta: 0.1}\n"
+    )
+    (tmp_path / "sft.yaml").write_text("base: shared.yaml\ntrain: {lr: 5.0e-4}\n")
+    (tmp_path / "sft-lm.yaml").write_text("base: sft.yaml\ntrain: {parts: [lm]}\n")
+    assert read_tree(tmp_path / "sft-lm.yaml") == {
+        "stage": "post",
+        "train": {"lr": 5.0e-4, "parts": ["lm"], "epochs": 1},
+        "post": {"beta": 0.1},
+    }
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"a.yaml": "base: gone.yaml\n"}, r"a\.yaml: base 'gone\.yaml': no such config file"),
+        ({"a.yaml": "base: b.yaml\n", "b.yaml": "base: a.yaml\n"}, "leads back to itself"),
+        ({"a.yaml": "base: [b.yaml]\n"}, r"a\.yaml: base must be a file name"),
+        ({"a.yaml": "train: [\n"}, r"a\.yaml: line \d+ is not valid YAML"),
+    ],
+)
+def test_a_bad_base_is_one_line_naming_the_file(
+    tmp_path: Path, files: dict[str, str], message: str
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        read_tree(tmp_path / "a.yaml")
+
+
+def test_the_shipped_stage_configs_resolve_their_bases() -> None:
+    """Every post-* config on the tiny preset reads the shared recipe: the same records,
+    steps and Stage-1 model; the objective (and SFT's rate) is all that differs."""
+    from pivotlab.train.config import load_config
+
+    configs = Path(__file__).parents[1] / "configs" / "tiny"
+    shared = load_config(configs / "post-base.yaml")
+    for name in ("sft", "dpo", "ipo", "mpo", "grpo", "dpo-viral", "sft-viral"):
+        cfg = load_config(configs / f"post-{name}.yaml")
+        assert (cfg.data, cfg.model, cfg.train.batch_size) == (
+            shared.data,
+            shared.model,
+            shared.train.batch_size,
+        )
+        assert cfg.post.objective == name.removesuffix("-viral")
+        assert cfg.viral.enabled == name.endswith("-viral")
+    assert load_config(configs / "post-sft.yaml").train.lr == 5.0e-4

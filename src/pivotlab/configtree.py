@@ -1,6 +1,7 @@
-"""Config trees: nested mappings from YAML, dotted ``key=value`` overrides, and typed
-dataclass trees built from them with errors naming the dotted key. Shared by stage configs
-(``train/config.py``) and study presets (``study/config.py``); below every layer.
+"""Config trees: nested mappings from YAML (a file may name a ``base:`` file it changes),
+dotted ``key=value`` overrides, and typed dataclass trees built from them with errors naming
+the dotted key. Shared by stage configs (``train/config.py``) and study presets
+(``study/config.py``); below every layer.
 
 Also a run config's command-line options, derived from its dataclass (``add_options``,
 ``from_options``), so a field added to a config is an option with nothing else to edit.
@@ -12,6 +13,7 @@ import argparse
 import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -21,6 +23,50 @@ from pivotlab.errors import PivotlabError
 
 class ConfigError(PivotlabError):
     """A config file or override that cannot be used; the message names the key."""
+
+
+# The key by which a config file names the file it changes (a path relative to itself).
+BASE_KEY = "base"
+
+
+def read_tree(path: Path) -> dict:
+    """A YAML config file as a nested mapping, its ``base:`` chain merged in: the base's
+    tree first, this file's sections merged over it key by key (a list or a value replaces
+    the base's). So configs that share a recipe say only what differs."""
+    return _read_tree(path, ())
+
+
+def _read_tree(path: Path, chain: tuple[Path, ...]) -> dict:
+    if not path.is_file():
+        named = f"{chain[-1]}: {BASE_KEY} {path.name!r}: " if chain else f"{path}: "
+        raise ConfigError(f"{named}no such config file")
+    if path.resolve() in chain:
+        raise ConfigError(f"{chain[-1]}: {BASE_KEY} {path.name!r} leads back to itself")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{line} is not valid YAML") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    base = tree.pop(BASE_KEY, None)
+    if base is None:
+        return tree
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: {BASE_KEY} must be a file name, got {base!r}")
+    return merged(_read_tree(path.parent / base, (*chain, path.resolve())), tree)
+
+
+def merged(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` merged in: sections key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _type_name(kind: Any) -> str:

@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pivotlab.configtree import apply_override, set_dotted
+from pivotlab.configtree import apply_override, read_tree, set_dotted
 from pivotlab.console import LiveLine, Progress, clock, step_output
 from pivotlab.io import write_json_atomic
 from pivotlab.study.config import Recipe, StudyConfig, recipe_path
@@ -57,7 +55,7 @@ class Step:
 def stage_config(study: StudyConfig, recipe: Recipe, key: str, sets: dict[str, Any]) -> StageConfig:
     """A recipe's stage config with its overrides, then the study's own settings."""
     path = recipe_path(study, recipe, key)
-    tree = yaml.safe_load(path.read_text()) or {}
+    tree = read_tree(path)
     for assignment in recipe.overrides:
         apply_override(tree, assignment)
     for dotted, value in sets.items():

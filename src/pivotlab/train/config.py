@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from pivotlab.configtree import ConfigError, apply_override, build_dataclass
+from pivotlab.configtree import ConfigError, apply_override, build_dataclass, read_tree
 from pivotlab.data.formats import DEFAULT_MAX_CHARS, FORMATS
 from pivotlab.data.records import POLICIES
 from pivotlab.model.parts import ALIGN_HEAD, PARTS
@@ -300,18 +300,8 @@ def load_config(
     tree: dict = {}
     source = "command line"
     if path is not None:
-        path = Path(path)
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such config file")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            line = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}:{line} is not valid YAML") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        tree = read_tree(Path(path))
     for assignment in overrides:
         apply_override(tree, assignment)
     return config_from_dict(tree, source)
