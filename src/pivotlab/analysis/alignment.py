@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pivotlab.analysis import LAYERWISE, ROW_NAMES, VL_ALIGNMENT
 from pivotlab.analysis.features import (
     AnalysisError,
     Encoder,
@@ -255,7 +256,7 @@ def vision_language_alignment(
     images = cached_features(encoder, data, "captions", FeatureSpec(), cache_dir)[: len(rows)]
     model, processor = load(model_dir)
     texts = caption_embeddings(model, processor, _captions(rows, data))
-    base = {"analysis": "vl_alignment", "encoder": encoder.name, "lm": str(model_dir)}
+    base = {"analysis": ROW_NAMES[VL_ALIGNMENT], "encoder": encoder.name, "lm": str(model_dir)}
     results = []
     for layer, text in enumerate(texts):
         results += _metric_rows({**base, "layer": layer, "best": False}, images, text, k)
@@ -352,7 +353,7 @@ def layerwise_curve(
     if teacher is not None:
         taught = _teacher_tokens(teacher, images, side)[keep]
         targets["teacher"] = (taught, {"teacher": teacher.name})
-    base = {"analysis": "layerwise_alignment", "encoder": str(model_dir), "images": len(images)}
+    base = {"analysis": ROW_NAMES[LAYERWISE], "encoder": str(model_dir), "images": len(images)}
     rows = []
     for target, (features, extra) in targets.items():
         for layer, hidden in enumerate(states):

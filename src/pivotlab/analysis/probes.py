@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 
+from pivotlab.analysis import LINEAR_PROBE, ROW_NAMES
 from pivotlab.analysis.features import (
     PROBE_FILES,
     AnalysisError,
@@ -54,7 +55,7 @@ def classification_rows(
         outcomes = (predictions[method] == test_y).astype(np.float64)
         low, high = bootstrap_interval(outcomes)
         row = {
-            "analysis": "linear_probe",
+            "analysis": ROW_NAMES[LINEAR_PROBE],
             "encoder": encoder_name,
             "metric": "top1",
             "method": method,

@@ -59,6 +59,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import nn
 
+from pivotlab.analysis import ROW_NAMES, SALIENCY
 from pivotlab.analysis.features import PROBE_FILES, AnalysisError, probe_rows
 from pivotlab.errors import PivotlabError
 from pivotlab.evaluate.metrics import bootstrap_interval
@@ -414,7 +415,7 @@ def _write_overlay(path: Path, item: _Item, image_maps: dict[str, np.ndarray]) -
 
 def _metric_row(encoder: str, method: str, metric: str, outcomes: list[float], **keys) -> dict:
     low, high = bootstrap_interval(outcomes)
-    row = {"analysis": "saliency", "encoder": encoder, "method": method, "metric": metric}
+    row = {"analysis": ROW_NAMES[SALIENCY], "encoder": encoder, "method": method, "metric": metric}
     row.update(keys, value=float(np.mean(outcomes)), ci_low=low, ci_high=high, n=len(outcomes))
     return row
 
@@ -494,7 +495,7 @@ def saliency(
                 )
             if out is not None and drawn < overlays:
                 name = f"{drawn:03d}-{item.row.get('id', item.position)}.png"
-                _write_overlay(Path(out) / "saliency" / name, item, image_maps)
+                _write_overlay(Path(out) / SALIENCY / name, item, image_maps)
                 drawn += 1
     qualifiers = {
         "projector_grad": {"norm": norm, "border": border},

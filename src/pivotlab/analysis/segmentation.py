@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pivotlab.analysis import ROW_NAMES, SEGMENTATION
 from pivotlab.analysis.features import (
     PROBE_FILES,
     AnalysisError,
@@ -123,7 +124,7 @@ def segmentation_probe(
         qualifiers["hidden"] = hidden
     return [
         {
-            "analysis": "segmentation_probe",
+            "analysis": ROW_NAMES[SEGMENTATION],
             "encoder": encoder.name,
             "metric": metric,
             **qualifiers,

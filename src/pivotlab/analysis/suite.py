@@ -15,7 +15,15 @@ from functools import partial
 
 from threadpoolctl import threadpool_limits
 
-from pivotlab.analysis import ENCODER_ANALYSES, MODEL_ANALYSES
+from pivotlab.analysis import (
+    ENCODER_ANALYSES,
+    LAYERWISE,
+    LINEAR_PROBE,
+    MODEL_ANALYSES,
+    PERMUTATION,
+    SALIENCY,
+    VL_ALIGNMENT,
+)
 from pivotlab.analysis.config import AnalyzeConfig
 from pivotlab.analysis.features import FeatureSpec, load_encoder
 from pivotlab.console import Progress
@@ -37,7 +45,7 @@ def _encoder_rows(cfg: AnalyzeConfig, analysis: str, source: str) -> list[dict]:
     from pivotlab.analysis import probes, segmentation
 
     encoder = load_encoder(source, cfg.seed)
-    if analysis == "linear-probe":
+    if analysis == LINEAR_PROBE:
         spec = FeatureSpec(layer=cfg.layer, pooling=cfg.pooling, projector=cfg.projector)
         return probes.linear_probe(
             encoder, cfg.data, cfg.measured_on, spec, labels=cfg.labels, cache_dir=cfg.cache
@@ -62,17 +70,17 @@ def _model_rows(cfg: AnalyzeConfig, analysis: str, name: str, model_dir: str) ->
     from pivotlab.analysis import alignment, saliency, tokens
 
     data, pictures = cfg.measured_on, cfg.out / _folder_name(name)
-    if analysis == "saliency":
+    if analysis == SALIENCY:
         return saliency.saliency(
             model_dir, data, limit=cfg.limit or 200, seed=cfg.seed, out=pictures
         )
-    if analysis == "vl-alignment":
+    if analysis == VL_ALIGNMENT:
         encoder = load_encoder(model_dir)
         return alignment.vision_language_alignment(encoder, model_dir, data, limit=cfg.limit)
-    if analysis == "layerwise":
+    if analysis == LAYERWISE:
         teacher = load_encoder(cfg.teacher) if cfg.teacher else None
         return alignment.layerwise_curve(model_dir, data, teacher=teacher, limit=cfg.limit or 64)
-    if analysis == "permutation":
+    if analysis == PERMUTATION:
         return tokens.permutation_sensitivity(model_dir, data, limit=cfg.limit, out=pictures)
     tokens.pca_view(model_dir, data, pictures)
     return []  # pictures only

@@ -38,6 +38,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.decomposition import PCA
 
+from pivotlab.analysis import PCA as PCA_ANALYSIS
+from pivotlab.analysis import PERMUTATION, ROW_NAMES
 from pivotlab.analysis.features import AnalysisError
 from pivotlab.evaluate.metrics import bootstrap_interval
 from pivotlab.evaluate.runner import EvalConfig, evaluate, load_items
@@ -127,7 +129,7 @@ def permutation_rows(
     by_seed = {seed: _outcomes(predictions) for seed, predictions in permuted.items()}
     rows = []
     for category, outcomes in reference.items():
-        base = {"analysis": "token_permutation", "encoder": encoder, "category": category}
+        base = {"analysis": ROW_NAMES[PERMUTATION], "encoder": encoder, "category": category}
         original_row = _row(base, "accuracy", outcomes, condition="original")
         rows.append(original_row)
         for seed, seed_outcomes in by_seed.items():
@@ -284,7 +286,7 @@ def pca_view(
     names = list(dict.fromkeys(item["image"] for item in load_items(data)))[:images]
     model, processor = load(model_dir)
     chosen = _panel_layers(model, layers)
-    folder = Path(out) / "pca"
+    folder = Path(out) / PCA_ANALYSIS
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name in names:

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from pivotlab.analysis import LINEAR_PROBE
 from pivotlab.configtree import ConfigError, apply_override, build_dataclass
 from pivotlab.errors import PivotlabError
 from pivotlab.model.parts import PARTS
@@ -187,7 +188,7 @@ class ScaleSweep:
     visions: list[str] = field(default_factory=list)
     lms: list[str] = field(default_factory=list)
     arms: list[str] = field(default_factory=lambda: ["sft", "dpo"])
-    analyses: list[str] = field(default_factory=lambda: ["linear-probe"])
+    analyses: list[str] = field(default_factory=lambda: [LINEAR_PROBE])
     seeds: list[int] | None = None
 
 

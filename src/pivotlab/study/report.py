@@ -26,6 +26,7 @@ from typing import Any, Required, TypedDict
 
 from matplotlib.figure import Figure as PlotFigure
 
+from pivotlab.analysis import PCA, SALIENCY
 from pivotlab.analysis.suite import measurement
 from pivotlab.io import write_text_atomic
 from pivotlab.study.stats import HOLDS, REVERSED, seed_summary
@@ -61,8 +62,8 @@ FIGURES = "figures"
 CHART = "vqa-by-category.png"
 SWEEP_CHART = "rate-sweep.png"
 PICTURE_TITLES = {
-    "saliency": "Saliency overlays, side by side",
-    "pca": "PCA views of the visual tokens",
+    SALIENCY: "Saliency overlays, side by side",
+    PCA: "PCA views of the visual tokens",
 }
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem;

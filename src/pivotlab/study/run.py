@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from pivotlab.analysis import LINEAR_PROBE, PCA, ROW_NAMES, SALIENCY
 from pivotlab.configtree import ConfigError, build_dataclass
 from pivotlab.io import read_jsonl, write_json_atomic, write_text_atomic
 from pivotlab.study.config import PaperEffect, Recipe, StudyConfig, StudyError
@@ -44,7 +45,11 @@ HEADLINE_CATEGORY = "vision_centric"
 AVERAGE = "average"
 # The encoder measurement claims about encoders read: the logistic probe of shape and
 # colour jointly, the label that needs both attributes the world's questions ask about.
-ENCODER_MEASUREMENT = {"analysis": "linear_probe", "method": "logistic", "label": "shape_color"}
+ENCODER_MEASUREMENT = {
+    "analysis": ROW_NAMES[LINEAR_PROBE],
+    "method": "logistic",
+    "label": "shape_color",
+}
 ENCODER = "encoder probe"  # a claim measured on the encoder (VQA, TRANSPLANT: pipeline.py)
 # How far above Stage 1 on val the best arm must get for the study to be able to tell
 # objectives apart by what they teach (docs/study.md, The protocol).
@@ -132,7 +137,7 @@ def claims(study: StudyConfig) -> list[Claim]:
     for arm in study.post.arms:
         question = f"Does {arm} make the MLLM see better than the Stage-1 model it started from?"
         found.append(Claim(question, STAGE1, arm))
-    if ENCODER_MEASUREMENT["analysis"].replace("_", "-") in study.analysis.analyses:
+    if LINEAR_PROBE in study.analysis.analyses:
         for arm in evolved:
             question = f"Does {arm} reshape the encoder into a better one than {baseline} does?"
             found.append(Claim(question, baseline, arm, ENCODER))
@@ -416,7 +421,7 @@ def _pictures(study: StudyConfig, run: Path) -> dict[str, dict[str, list[str]]]:
     """Saliency overlays and PCA views of the first seed's main track, by model: the
     analysis suite draws them to ``analysis/<model>/<kind>/*.png``."""
     folder = run / f"seed{study.seeds[0]}" / "analysis"
-    found: dict[str, dict[str, list[str]]] = {"saliency": {}, "pca": {}}
+    found: dict[str, dict[str, list[str]]] = {SALIENCY: {}, PCA: {}}
     for picture in sorted(folder.glob("*/*/*.png")) if folder.is_dir() else []:
         kind, arm = picture.parent.name, picture.parent.parent.name
         if kind in found:
