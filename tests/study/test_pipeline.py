@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from pivotlab.study.config import load_study
-from pivotlab.study.dryrun import _planned_world
 from pivotlab.study.ledger import Ledger
 from pivotlab.study.pipeline import Step, run_steps, seed_steps
 
@@ -31,7 +30,7 @@ def test_the_estimate_learns_each_step_from_its_own_kind_not_the_slowest(
     guessed from the SFT arm (a mean over every training step guessed it three times
     as long)."""
     study = load_study("quick", ["seeds=[0,1]"])
-    world = _planned_world(study)
+    world = study.world.sections()
     point = "post-sft/lr-1e-05"  # a point of the SFT arm's rate sweep
     wanted = ["seed0/align", "seed0/full", f"seed0/{point}", f"seed1/{point}"]
     steps = {s.name: s for seed in (0, 1) for s in seed_steps(study, tmp_path, seed, world)}
@@ -52,7 +51,7 @@ def test_a_transplant_is_not_guessed_from_the_longer_stage1_run(tmp_path: Path) 
     from pivotlab.study.progress import estimate_keys
 
     study = load_study("quick")
-    steps = {s.name: s for s in seed_steps(study, tmp_path, 0, _planned_world(study))}
+    steps = {s.name: s for s in seed_steps(study, tmp_path, 0, study.world.sections())}
     stage1, transplant = steps["seed0/full"], steps["seed0/transplant-enc-s/full"]
     assert stage1.architecture == transplant.architecture
     assert set(estimate_keys(stage1)) & set(estimate_keys(transplant)) == {"train"}
@@ -64,7 +63,7 @@ def test_the_stage1_and_blind_evaluations_are_different_steps(tmp_path: Path) ->
     from pivotlab.study.ledger import fingerprint
 
     study = load_study("quick")
-    steps = {s.name: s for s in seed_steps(study, tmp_path, 0, _planned_world(study))}
+    steps = {s.name: s for s in seed_steps(study, tmp_path, 0, study.world.sections())}
     stage1, blind = steps["seed0/eval-stage1"], steps["seed0/eval-blind"]
     assert (stage1.spec["blind"], blind.spec["blind"]) == (False, True)
     assert fingerprint(stage1.spec) != fingerprint(blind.spec)
@@ -79,7 +78,7 @@ def test_a_key_added_to_the_evaluate_section_leaves_finished_evaluations_alone(
 
     def specs(overrides: list[str]) -> dict[str, str]:
         study = load_study("quick", overrides)
-        steps = seed_steps(study, tmp_path, 0, _planned_world(study))
+        steps = seed_steps(study, tmp_path, 0, study.world.sections())
         return {s.name: fingerprint(s.spec) for s in steps if s.kind == "evaluate"}
 
     assert specs([]) == specs(["evaluate.kl_limit=100"])
@@ -93,7 +92,7 @@ def test_stage2_trains_on_world_post_and_stage1_on_world_train(tmp_path: Path) -
 
     def train_sets(overrides: list[str]) -> dict[str, object]:
         study = load_study("quick", overrides)
-        steps = seed_steps(study, tmp_path, 0, _planned_world(study))
+        steps = seed_steps(study, tmp_path, 0, study.world.sections())
         return {s.name: s.config.data.train for s in steps if s.kind == "train"}
 
     unset = train_sets(["world.post={}"])
@@ -113,7 +112,7 @@ def test_a_sweep_ratio_gives_each_part_its_multiple_of_the_swept_rate(tmp_path: 
 
     def point_lr(overrides: list[str]) -> object:
         study = load_study("quick", overrides)
-        steps = {s.name: s for s in seed_steps(study, tmp_path, 0, _planned_world(study))}
+        steps = {s.name: s for s in seed_steps(study, tmp_path, 0, study.world.sections())}
         return steps["seed0/post-dpo/lr-3e-05"].config.train.lr
 
     assert point_lr(["post.sweep.ratio=null"]) == 3e-5
@@ -142,4 +141,4 @@ def test_a_ratio_missing_a_trained_part_is_refused_when_the_steps_are_planned(
 
     study = load_study("quick", ["post.sweep.ratio={projector: 10, lm: 1}"])
     with pytest.raises(ConfigError, match=r"train\.lr has no rate for trained part vision"):
-        seed_steps(study, tmp_path, 0, _planned_world(study))
+        seed_steps(study, tmp_path, 0, study.world.sections())

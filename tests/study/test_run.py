@@ -212,11 +212,10 @@ def test_a_control_encoder_is_transplanted_and_given_stage1_for_the_control_alon
 ) -> None:
     """``zoo:enc-s-2k`` is transplanted on every seed and trained through Stage 1 once (no
     arms, no analyses), and no claim compares an arm with it."""
-    from pivotlab.study.dryrun import _planned_world
     from pivotlab.study.pipeline import seed_steps
 
     study = load_study("full")
-    world = _planned_world(study)
+    world = study.world.sections()
     names = {seed: [s.name for s in seed_steps(study, tmp_path, seed, world)] for seed in (0, 1)}
     control = [n for n in names[0] if "enc-s-2k" in n]
     assert control == [
@@ -320,11 +319,10 @@ def test_paper_preset_dry_run_plans_every_training_step(tmp_path: Path) -> None:
 
 
 def test_quick_preset_builds_every_step_it_promises(tmp_path: Path) -> None:
-    from pivotlab.study.dryrun import _planned_world
     from pivotlab.study.pipeline import seed_steps
 
     study = load_study("quick")
-    steps = seed_steps(study, tmp_path, 0, _planned_world(study))
+    steps = seed_steps(study, tmp_path, 0, study.world.sections())
     names = [step.name for step in steps]
     assert names[:2] == ["seed0/align", "seed0/full"]
     assert {"seed0/post-sft", "seed0/post-dpo", "seed0/eval-blind", "seed0/analysis"} <= set(names)
@@ -358,12 +356,11 @@ def test_quick_preset_builds_every_step_it_promises(tmp_path: Path) -> None:
 
 
 def test_full_preset_has_its_arms_sweep_and_claims(tmp_path: Path) -> None:
-    from pivotlab.study.dryrun import _planned_world
     from pivotlab.study.pipeline import seed_steps, tracks
 
     study = load_study("full")
     assert [t.name for t in tracks(study)] == ["main", "enc-m+lm-s", "enc-s-2k+lm-s"]
-    first, later = (seed_steps(study, tmp_path, s, _planned_world(study)) for s in (0, 1))
+    first, later = (seed_steps(study, tmp_path, s, study.world.sections()) for s in (0, 1))
     assert "seed0/full" in [s.name for s in first]
     assert not [
         s for s in later if s.name.endswith(("/align", "/full")) and "transplant" not in s.name
@@ -389,12 +386,11 @@ def test_a_study_folder_from_before_a_new_config_key_still_resumes(
 
 
 def test_transplant_and_sweep_can_take_a_subset(tmp_path: Path) -> None:
-    from pivotlab.study.dryrun import _planned_world
     from pivotlab.study.pipeline import seed_steps
 
     overrides = ["transplant.encoders=[dpo]", "sweeps.scale.seeds=[0]"]
     study = load_study("full", overrides)
-    first, later = (seed_steps(study, tmp_path, s, _planned_world(study)) for s in (0, 1))
+    first, later = (seed_steps(study, tmp_path, s, study.world.sections()) for s in (0, 1))
     evaluated = {n.name.split("/")[1] for n in first if n.name.endswith("/eval")}
     # enc-s-2k: the positive control's weaker side, transplanted for the control alone.
     expected = {"transplant-dpo", "transplant-enc-s", "transplant-enc-m", "transplant-enc-s-2k"}
