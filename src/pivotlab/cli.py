@@ -602,8 +602,9 @@ def _add_study(verbs: argparse._SubParsersAction) -> None:
 
 
 def _study(args: argparse.Namespace) -> None:
+    from pivotlab.study.claims import check_claim_names, check_transplant_control
     from pivotlab.study.config import load_study
-    from pivotlab.study.run import check_claim_names, check_transplant_control, run_study
+    from pivotlab.study.run import run_study
 
     study = load_study(args.preset, args.overrides)
     check_claim_names(study)  # the dry run too

@@ -1,11 +1,80 @@
-"""The constructed study the report tests share (every section filled, small pictures)."""
+"""What the study tests share: a tests-sized study preset, every step of a study, and the
+constructed results the report tests read (every section filled, small pictures)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
+
+from pivotlab.study.config import StudyConfig
+from pivotlab.study.pipeline import Step, seed_steps
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+SMALL = ["data.limit=16", "train.batch_size=4", "train.per_device_batch_size=4", "train.steps=2"]
+SMALL += ["data.eval_limit=4", "train.logging_steps=1"]
+TINY_MODEL = ["model.image_size=32"]
+
+
+def _world(split: str, n: int, seed: int, probe_n: int = 0) -> dict:
+    return {"split": split, "n": n, "size": 32, "seed": seed, "probe_n": probe_n}
+
+
+def _recipe(name: str, *overrides: str) -> dict:
+    return {"config": str(CONFIGS / "tiny" / f"{name}.yaml"), "overrides": [*SMALL, *overrides]}
+
+
+@pytest.fixture(scope="module")
+def preset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A study over tiny random parts (tiny-siglip, tiny-qwen2) on a 32-px world."""
+    tree = {
+        "name": "tests",
+        "seeds": [0],
+        "world": {
+            "train": _world("train", 16, 5),
+            "val": _world("val", 6, 5),
+            "test": _world("test", 10, 5, probe_n=12),
+            "probes": _world("train", 4, 6, probe_n=24),
+        },
+        "stage1": {
+            "vision": "tiny-siglip",
+            "lm": "tiny-qwen2",
+            "align": _recipe("align", *TINY_MODEL),
+            "full": _recipe("full", "data.turns=4"),
+        },
+        "post": {
+            "baseline": "sft",
+            "arms": {"sft": _recipe("post-sft"), "dpo": _recipe("post-dpo")},
+            "sweep": {"rates": [1.0e-4, 1.0e-3], "arms": ["dpo"]},
+        },
+        "evaluate": {"limit": 12, "batch_size": 12, "blind": True},
+        "analysis": {"analyses": ["linear-probe"], "limit": 24},
+        "transplant": {
+            "lm": "tiny-qwen2",
+            "originals": ["tiny-siglip"],
+            "align": _recipe("align", *TINY_MODEL),
+            "full": _recipe("full"),
+            "control": {"weaker": "tiny-siglip", "stronger": "stage1", "known": "a test's pair"},
+        },
+        "notes": ["tests-sized"],
+    }
+    path = tmp_path_factory.mktemp("preset") / "tests.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+@pytest.fixture
+def every_step() -> Callable[[StudyConfig, Path], list[Step]]:
+    """Every step of a study into a run folder, over split folders that need not exist."""
+
+    def steps(study: StudyConfig, run: Path) -> list[Step]:
+        splits = {name: run / "world" / name for name in ("train", "val", "test", "probes")}
+        return [step for seed in study.seeds for step in seed_steps(study, run, seed, splits)]
+
+    return steps
 
 
 def _picture(path: Path, colour: tuple[int, int, int]) -> str:

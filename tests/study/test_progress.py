@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from pivotlab.study.config import load_study
-from pivotlab.study.dryrun import _planned_world
 from pivotlab.study.ledger import Ledger
 from pivotlab.study.pipeline import Step, run_steps, seed_steps
 from pivotlab.study.progress import TimeLeft
@@ -48,7 +47,7 @@ def test_a_training_step_is_guessed_from_its_planned_flops(tmp_path: Path) -> No
     """After Stage 1's align and full, a Stage-2 sweep point (a small fraction of the
     work) is guessed from the FLOPs line through them, not from their mean."""
     study = load_study("quick")
-    steps = {s.name: s for s in seed_steps(study, tmp_path, 0, _planned_world(study))}
+    steps = {s.name: s for s in seed_steps(study, tmp_path, 0, study.world.sections())}
     names = ("seed0/align", "seed0/full", "seed0/post-sft/lr-1e-05")
     align, full, point = (steps[n] for n in names)
     time_left = TimeLeft([align, full, point])
@@ -66,7 +65,7 @@ def test_planned_flops_come_from_the_split_a_step_reads(small_split: Path, tmp_p
     from pivotlab.study.progress import planned_flops
 
     study = load_study("quick", [f"world.train={small_split}", f"world.post={small_split}"])
-    world = {**_planned_world(study), "train": small_split, "post": small_split}
+    world = {**study.world.sections(), "train": small_split, "post": small_split}
     steps = {s.name: s for s in seed_steps(study, tmp_path, 0, world)}
     full, point = steps["seed0/full"], steps["seed0/post-sft/lr-1e-05"]
     full_flops, point_flops = planned_flops(full), planned_flops(point)
@@ -78,7 +77,7 @@ def test_with_one_size_of_step_seen_a_fixed_cost_is_assumed(tmp_path: Path) -> N
     """After Stage 1's align alone, its 17 s are 5 s of fixed cost and 12 s of work: a step
     of ten times the FLOPs is guessed at 5 + 120 s, not 170."""
     study = load_study("quick")
-    steps = {s.name: s for s in seed_steps(study, tmp_path, 0, _planned_world(study))}
+    steps = {s.name: s for s in seed_steps(study, tmp_path, 0, study.world.sections())}
     align, full = steps["seed0/align"], steps["seed0/full"]
     time_left = TimeLeft([align, full])
     time_left.flops.update({align.name: 1e12, full.name: 1e13})

@@ -234,7 +234,8 @@ class StudyConfig:
     sweeps: SweepsSection = field(default_factory=SweepsSection)
     claims: list[ClaimSection] = field(default_factory=list)
     # The pre-registered primary claims by comparison ("dpo - sft (VQA)"), decided together
-    # with Holm's correction; the rest are exploratory. None: the default set (study/run.py).
+    # with Holm's correction; the rest are exploratory. None: the default set
+    # (study/claims.py).
     primary: list[str] | None = None
     # What the papers report for some claims, by comparison, shown beside each answer.
     paper: dict[str, PaperEffect] = field(default_factory=dict)

@@ -12,17 +12,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from pivotlab.plan.architectures import PlanError
 from pivotlab.plan.estimate import Plan, PlanOptions, estimate, format_plan
 from pivotlab.study.config import StudyConfig
 from pivotlab.study.pipeline import Step, seed_steps
-
-
-def _planned_world(study: StudyConfig) -> dict[str, Any]:
-    """The world sections as they are written: fields stay fields (nothing generated)."""
-    return study.world.sections()
 
 
 def _plan(step: Step, options: PlanOptions) -> Plan | str:
@@ -54,7 +48,7 @@ def dry_run(
 ) -> float:
     """Print the study's steps and the plan of every training step; returns the GPU-hours
     of the steps that could be planned."""
-    world = _planned_world(study)
+    world = study.world.sections()  # as written: fields stay fields, nothing generated
     steps = [step for seed in study.seeds for step in seed_steps(study, out, seed, world)]
     counts = Counter(step.kind for step in steps)
     summary = ", ".join(f"{n} {kind}" for kind, n in counts.items())

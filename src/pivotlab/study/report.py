@@ -6,9 +6,9 @@ embeds every picture as a base64 data URI and carries its own small stylesheet: 
 from an e-mail attachment or a laptop with no network. Markdown refers to ``figures/*.png``
 next to it, where pictures from the study's runs are copied.
 
-``study`` is a ``StudyResults`` (what ``study/run.py`` collects and saves as
-``results.json``): every key but ``title`` is optional; a missing or empty one leaves its
-section out with a line saying so. A row may name the file its numbers come from in
+``study`` is a ``StudyResults`` (what ``study/results.py`` collects and ``study/run.py``
+saves as ``results.json``): every key but ``title`` is optional; a missing or empty one
+leaves its section out with a line saying so. A row may name the file its numbers come from in
 ``source``; each section ends with those files.
 """
 
