@@ -18,9 +18,10 @@ from pivotlab.console import Progress
 from pivotlab.io import read_jsonl
 from pivotlab.model.generation import chat_prompt
 from pivotlab.train import ConfigError, run_stage
+from pivotlab.train.arguments import process_state, trl_arguments
 from pivotlab.train.prefix import set_prefix_sharing, sharing_counts
 from pivotlab.train.stage_data import resolve_split, trl_dataset
-from pivotlab.train.stages import initial_model, stage_trainer, trl_arguments
+from pivotlab.train.stages import initial_model, stage_trainer
 from tests.train.conftest import tiny_config
 
 VISION = "vision_tower."
@@ -171,6 +172,7 @@ def _four_prompt_trainer(preset, tmp_path):
     split = resolve_split(cfg.data.train, "data.train")
     records = read_jsonl(split / "preferences.jsonl")[:4]
     data = trl_dataset(records, split, stage="post", objective="grpo")
+    process_state(cfg)
     args = trl_arguments(cfg, tmp_path, 1, 1)
     trainer = stage_trainer(cfg, model, processor, args, data, None, tmp_path)
     return model, processor, records, data, trainer

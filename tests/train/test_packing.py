@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from pivotlab.io import read_jsonl
 from pivotlab.model.parts import set_trainable
 from pivotlab.train import run_stage
+from pivotlab.train.arguments import process_state, trl_arguments
 from pivotlab.train.packing import IGNORED, SEQUENCE_TOKENS, PreparedCollator, image_paths
-from pivotlab.train.stage_data import SAMPLE_INDEX, resolve_split, trl_dataset
-from pivotlab.train.stages import initial_model, stage_trainer, training_records, trl_arguments
+from pivotlab.train.stage_data import SAMPLE_INDEX, resolve_split, training_records, trl_dataset
+from pivotlab.train.stages import initial_model, stage_trainer
 from tests.train.conftest import (
     COSINE,
     assert_relative,
@@ -33,6 +34,7 @@ def built(name: str, preset: list[str], out: Path, *overrides: str):
     """The stage trainer ``run_stage`` would build for ``configs/tiny/<name>.yaml``."""
     cfg = tiny_config(name, preset, *overrides)
     out.mkdir(parents=True, exist_ok=True)
+    process_state(cfg)
     split = resolve_split(cfg.data.train, "data.train")
     model, processor = initial_model(cfg)
     set_trainable(model, cfg.parts)

@@ -18,8 +18,9 @@ from pivotlab.io import read_jsonl
 from pivotlab.model import save
 from pivotlab.model.parts import set_trainable
 from pivotlab.train import ConfigError, run_stage
+from pivotlab.train.arguments import process_state, trl_arguments
 from pivotlab.train.stage_data import stage_records, trl_dataset
-from pivotlab.train.stages import STAGE_FILE, initial_model, stage_trainer, trl_arguments
+from pivotlab.train.stages import STAGE_FILE, initial_model, stage_trainer
 from pivotlab.world.answers import is_correct
 from tests.train.conftest import assert_same_curves, tiny_config, train_curve
 
@@ -235,6 +236,7 @@ def _post_trainer(cfg, splits, folder: str):
     records = stage_records(cfg, splits[0])[:8]
     data = trl_dataset(records, splits[0], stage="post", order=list(range(8)))
     out = splits[0].parent / folder
+    process_state(cfg)
     return stage_trainer(cfg, model, processor, trl_arguments(cfg, out, 2, 1), data, None, out)
 
 

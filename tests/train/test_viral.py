@@ -165,8 +165,9 @@ def test_dpo_with_viral_logs_both_terms(preset, teacher_dir, tmp_path) -> None:
 
 
 def test_the_dpo_reference_has_no_head(preset, teacher_dir, splits) -> None:
+    from pivotlab.train.arguments import process_state, trl_arguments
     from pivotlab.train.stage_data import stage_records, trl_dataset
-    from pivotlab.train.stages import initial_model, prepare_viral, stage_trainer, trl_arguments
+    from pivotlab.train.stages import initial_model, prepare_viral, stage_trainer
 
     cfg = tiny_config("post-dpo", preset, *viral(teacher_dir), "post.reference_cache=false")
     model, processor = initial_model(cfg)
@@ -174,6 +175,7 @@ def test_the_dpo_reference_has_no_head(preset, teacher_dir, splits) -> None:
     records = stage_records(cfg, splits[0])[:4]
     data = trl_dataset(records, splits[0], stage="post", order=list(range(4)))
     out = splits[0].parent / "viral-ref"
+    process_state(cfg)
     args = trl_arguments(cfg, out, 1, 1)
     trainer = stage_trainer(cfg, model, processor, args, data, None, out)
     assert hasattr(trainer.model, "align_head")

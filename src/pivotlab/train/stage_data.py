@@ -14,6 +14,10 @@ The schedule is written by hand because it is the controlled part of the experim
 records are shuffled once per epoch from the run's seed, concatenated for the whole run,
 and read in that order, so every objective sees the same records in the same order for
 the same number of optimizer steps, on one process or many.
+
+A ``post`` stage may add or train on on-policy pairs instead: the starting model's own
+wrong answers to the split's questions (``post.on_policy``), sampled once and kept in
+``RUN/records.jsonl`` with the records trained on.
 """
 
 from __future__ import annotations
@@ -24,14 +28,19 @@ from typing import Any
 
 import datasets
 import numpy as np
+import torch
+from accelerate import PartialState
 
 from pivotlab.data.formats import read_world_file
-from pivotlab.images import ImageError, first_unusable
+from pivotlab.images import ImageError, first_unusable, open_image
+from pivotlab.io import read_jsonl, write_jsonl_atomic
+from pivotlab.model.generation import generate_replies
 from pivotlab.train.config import ConfigError, StageConfig, dataset_spec
 from pivotlab.train.external import dataset_records, dataset_split, is_dataset_split
 from pivotlab.train.rewards import GROUND_TRUTH, ground_truth
 from pivotlab.world.generate import WorldConfig, WorldConfigError
-from pivotlab.world.hf import image_rows_dataset, instruction_row, preference_row
+from pivotlab.world.hf import conversations, image_rows_dataset, instruction_row, preference_row
+from pivotlab.world.onpolicy import on_policy_preferences
 from pivotlab.world.splits import cached_split
 
 SAMPLE_INDEX = "sample_index"
@@ -79,6 +88,59 @@ def keep_first(records: list[dict], limit: int | None, seed: int) -> list[dict]:
     order = np.random.default_rng(seed).permutation(len(records))
     kept = [records[i] for i in order]
     return kept if limit is None else kept[:limit]
+
+
+def _sample_on_policy(cfg: StageConfig, model, processor, split: Path) -> list[dict]:
+    """Preference pairs whose rejected answer the starting model actually gave and the
+    world's ground truth marks wrong."""
+    settings = cfg.post.on_policy
+    questions = keep_first(read_world_file(split, "vqa.jsonl"), settings.questions, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model.eval()
+    replies: dict[str, list[str]] = {}
+    for start in range(0, len(questions), cfg.train.per_device_batch_size):
+        batch = questions[start : start + cfg.train.per_device_batch_size]
+        where = f"{split / 'vqa.jsonl'} (question {{}})"
+        images = [open_image(split, r["image"], where.format(r["id"])) for r in batch]
+        sampled = generate_replies(
+            model,
+            processor,
+            images,
+            [r["question"] for r in batch],
+            max_new_tokens=settings.max_new_tokens,
+            batch_size=len(batch),
+            temperature=settings.temperature,
+            samples=settings.samples,
+        )
+        replies.update({r["id"]: s for r, s in zip(batch, sampled, strict=True)})
+    return on_policy_preferences(questions, lambda record: replies[record["id"]])
+
+
+def training_records(cfg: StageConfig, split: Path, model, processor, out: Path) -> list[dict]:
+    """The records the stage trains on, shuffled once from the seed and cut at the limit.
+
+    For ``post``, on-policy pairs are sampled once (on the main process) and kept in
+    ``RUN/records.jsonl``, which every later read and every other process reuses.
+    """
+    if cfg.stage != "post":
+        kept = keep_first(stage_records(cfg, split), cfg.data.limit, cfg.seed)
+        return conversations(kept, cfg.data.turns)
+    saved = out / "records.jsonl"
+    state = PartialState()
+    with state.main_process_first():
+        if not saved.is_file():
+            on_policy = cfg.post.on_policy
+            replace = on_policy.enabled and on_policy.mix == "replace"
+            records = [] if replace else stage_records(cfg, split)
+            if on_policy.enabled:
+                records += _sample_on_policy(cfg, model, processor, split)
+            records = keep_first(records, cfg.data.limit, cfg.seed)
+            if state.is_main_process:
+                write_jsonl_atomic(saved, records)
+        records = read_jsonl(saved)
+    if not records:
+        raise ConfigError(f"{out}: no preference records to train on (every sampled reply right?)")
+    return records
 
 
 def optimizer_steps(cfg: StageConfig, n_records: int) -> int:

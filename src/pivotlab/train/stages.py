@@ -29,27 +29,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 from accelerate import PartialState
 from transformers import set_seed
 
 from pivotlab import __version__
 from pivotlab.console import Progress
-from pivotlab.data.formats import read_world_file
-from pivotlab.images import open_image
-from pivotlab.io import (
-    append_jsonl,
-    check_output,
-    read_jsonl,
-    removed_on_failure,
-    write_json_atomic,
-    write_jsonl_atomic,
-    write_text_atomic,
-)
+from pivotlab.io import check_output, removed_on_failure, write_json_atomic, write_text_atomic
 from pivotlab.model import LM_PRESETS, VISION_PRESETS, assemble, load, save
 from pivotlab.model.assembly import BUILD_FILE, ZOO_PREFIX
 from pivotlab.model.folders import Kind, check_model_folder, check_source
-from pivotlab.model.generation import generate_replies
 from pivotlab.model.parts import (
     ALIGN_HEAD,
     check_trainable,
@@ -58,12 +46,10 @@ from pivotlab.model.parts import (
     set_trainable,
 )
 from pivotlab.train.adapter import check_versions
-from pivotlab.train.config import (
-    PREFERENCE_LOSSES,
-    ConfigError,
-    StageConfig,
-)
+from pivotlab.train.arguments import accumulation, process_state, trl_arguments
+from pivotlab.train.config import PREFERENCE_LOSSES, ConfigError, StageConfig
 from pivotlab.train.external import screen_data
+from pivotlab.train.heldout import append_heldout_metrics, heldout_measures
 from pivotlab.train.rewards import reward_functions
 from pivotlab.train.rundir import (
     is_complete,
@@ -76,13 +62,11 @@ from pivotlab.train.rundir import (
 )
 from pivotlab.train.speed import Levers, choose_levers
 from pivotlab.train.stage_data import (
-    SAMPLE_INDEX,
     check_images,
-    keep_first,
     optimizer_steps,
     resolve_split,
     schedule,
-    stage_records,
+    training_records,
     trl_dataset,
 )
 from pivotlab.train.trainers import (
@@ -99,11 +83,8 @@ from pivotlab.train.viral import (
     load_teacher,
     resolve_layer,
 )
-from pivotlab.world.hf import conversations
-from pivotlab.world.onpolicy import on_policy_preferences
 
 STAGE_FILE = "pivotlab_stage.json"
-HELDOUT_SEED = 0  # every run of a study scores the same held-out records
 
 
 @dataclass(frozen=True)
@@ -159,124 +140,6 @@ def _write_parts(model, rates: dict[str, float], out: Path) -> str:
     write_text_atomic(out / "parts.txt", table + "\n")
     write_json_atomic(out / "parts.json", [asdict(r) for r in rows])
     return table
-
-
-def _sample_on_policy(cfg: StageConfig, model, processor, split: Path) -> list[dict]:
-    """Preference pairs whose rejected answer the starting model actually gave and the
-    world's ground truth marks wrong."""
-    settings = cfg.post.on_policy
-    questions = keep_first(read_world_file(split, "vqa.jsonl"), settings.questions, cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model.eval()
-    replies: dict[str, list[str]] = {}
-    for start in range(0, len(questions), cfg.train.per_device_batch_size):
-        batch = questions[start : start + cfg.train.per_device_batch_size]
-        where = f"{split / 'vqa.jsonl'} (question {{}})"
-        images = [open_image(split, r["image"], where.format(r["id"])) for r in batch]
-        sampled = generate_replies(
-            model,
-            processor,
-            images,
-            [r["question"] for r in batch],
-            max_new_tokens=settings.max_new_tokens,
-            batch_size=len(batch),
-            temperature=settings.temperature,
-            samples=settings.samples,
-        )
-        replies.update({r["id"]: s for r, s in zip(batch, sampled, strict=True)})
-    return on_policy_preferences(questions, lambda record: replies[record["id"]])
-
-
-def training_records(cfg: StageConfig, split: Path, model, processor, out: Path) -> list[dict]:
-    """The records the stage trains on, shuffled once from the seed and cut at the limit.
-
-    For ``post``, on-policy pairs are sampled once (on the main process) and kept in
-    ``RUN/records.jsonl``, which every later read and every other process reuses.
-    """
-    if cfg.stage != "post":
-        kept = keep_first(stage_records(cfg, split), cfg.data.limit, cfg.seed)
-        return conversations(kept, cfg.data.turns)
-    saved = out / "records.jsonl"
-    state = PartialState()
-    with state.main_process_first():
-        if not saved.is_file():
-            on_policy = cfg.post.on_policy
-            replace = on_policy.enabled and on_policy.mix == "replace"
-            records = [] if replace else stage_records(cfg, split)
-            if on_policy.enabled:
-                records += _sample_on_policy(cfg, model, processor, split)
-            records = keep_first(records, cfg.data.limit, cfg.seed)
-            if state.is_main_process:
-                write_jsonl_atomic(saved, records)
-        records = read_jsonl(saved)
-    if not records:
-        raise ConfigError(f"{out}: no preference records to train on (every sampled reply right?)")
-    return records
-
-
-def accumulation(cfg: StageConfig, processes: int) -> int:
-    """Gradient accumulation that keeps the global batch for any number of processes."""
-    per_step = cfg.train.per_device_batch_size * processes
-    if cfg.train.batch_size % per_step:
-        raise ConfigError(
-            f"train.batch_size {cfg.train.batch_size} is not a multiple of "
-            f"train.per_device_batch_size x processes = {per_step}"
-        )
-    return cfg.train.batch_size // per_step
-
-
-def on_cpu(cfg: StageConfig) -> bool:
-    """Train on the CPU when asked (``trainer.use_cpu``) or when there is no GPU; several
-    CPU processes then talk over gloo."""
-    return bool(cfg.trainer.get("use_cpu", not torch.cuda.is_available()))
-
-
-def trl_arguments(cfg: StageConfig, out: Path, steps: int, accum: int) -> dict:
-    """Keyword arguments for TRL's SFTConfig, DPOConfig or GRPOConfig (``trainer:`` last).
-
-    Sets the processes up first (``PartialState``, on the CPU when ``on_cpu``): the
-    arguments ask TrainingArguments to use that state rather than reset it.
-    """
-    PartialState(cpu=on_cpu(cfg))
-    rates = cfg.learning_rates()
-    args = {
-        "output_dir": str(out),
-        "per_device_train_batch_size": cfg.train.per_device_batch_size,
-        "per_device_eval_batch_size": cfg.train.per_device_batch_size,
-        "gradient_accumulation_steps": accum,
-        "max_steps": steps,
-        "learning_rate": max(rates.values()),
-        "lr_scheduler_type": cfg.train.scheduler,
-        "warmup_steps": cfg.train.warmup_ratio,
-        "weight_decay": cfg.train.weight_decay,
-        "max_grad_norm": cfg.train.max_grad_norm,
-        "max_length": cfg.train.max_length,
-        "logging_steps": cfg.train.logging_steps,
-        "save_strategy": "steps" if cfg.train.save_steps else "no",
-        "save_steps": cfg.train.save_steps or 500,
-        "save_total_limit": cfg.train.save_total_limit,
-        "seed": cfg.seed,
-        "data_seed": cfg.seed,
-        "bf16": cfg.train.precision == "bf16",
-        "fp16": cfg.train.precision == "fp16",
-        "activation_checkpointing": False,
-        "dataloader_pin_memory": torch.cuda.is_available(),
-        "dataloader_drop_last": True,
-        # With feature layer -2 the tower's last block never reaches the loss; DDP must
-        # not wait for its gradients. VIRAL's head gets its gradient outside the model's
-        # forward, which the unused-parameter search takes for a second use; a static graph
-        # (the same parameters every step, recorded on the first) handles both.
-        "ddp_find_unused_parameters": "vision" in cfg.parts and not cfg.viral.enabled,
-        "ddp_static_graph": cfg.viral.enabled,
-        "report_to": [],
-        "disable_tqdm": True,
-        "use_cpu": on_cpu(cfg),
-        # run_stage sets up the processes once (CPU or not); TrainingArguments would
-        # otherwise reset that state for every config it builds.
-        "accelerator_config": {"use_configured_state": True},
-    }
-    args.update(cfg.trainer)
-    return args
 
 
 def stage_trainer(
@@ -388,84 +251,6 @@ def _tensorboard_callback(out: Path):
     return callback
 
 
-def heldout_preferences(cfg: StageConfig, model, reference, processor, out: Path) -> dict:
-    """DPO's metrics (reward accuracy, margins, ...) on held-out pairs, the trained model
-    against the frozen starting model, computed the same way for every objective."""
-    from trl import DPOConfig, DPOTrainer
-
-    split = resolve_split(cfg.data.eval, "data.eval")
-    # Through the stage's own reader, so a dataset's held-out pairs are screened the same
-    # way as its training pairs (token limits, skipped rows).
-    records = keep_first(stage_records(cfg, split), cfg.data.eval_limit, HELDOUT_SEED)
-    data = trl_dataset(records, split, stage="post", objective="dpo").remove_columns(SAMPLE_INDEX)
-    args = DPOConfig(
-        output_dir=str(out / ".heldout"),
-        per_device_eval_batch_size=cfg.train.per_device_batch_size,
-        beta=cfg.post.beta,
-        max_length=cfg.train.max_length,
-        report_to=[],
-        bf16=cfg.train.precision == "bf16",
-        fp16=cfg.train.precision == "fp16",
-        activation_checkpointing=False,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=True,
-        use_cpu=on_cpu(cfg),
-        accelerator_config={"use_configured_state": True},
-    )
-    evaluator = DPOTrainer(
-        model=model,
-        ref_model=reference,
-        args=args,
-        processing_class=processor,
-        train_dataset=data,  # required by TRL, never trained on
-        eval_dataset=data,
-    )
-    metrics = evaluator.evaluate(metric_key_prefix="heldout")
-    shutil.rmtree(out / ".heldout", ignore_errors=True)
-    return _measured(metrics)
-
-
-def _measured(metrics: dict) -> dict:
-    """Evaluation metrics without the prefixes and the timing entries."""
-    timing = {"runtime", "samples_per_second", "steps_per_second", "epoch"}
-    names = {k.removeprefix("heldout_").removeprefix("eval_"): v for k, v in metrics.items()}
-    return {k: v for k, v in names.items() if k not in timing}
-
-
-def heldout_loss(trainer, cfg: StageConfig, processor) -> dict:
-    """The stage's own loss on held-out records of its kind."""
-    split = resolve_split(cfg.data.eval, "data.eval")
-    records = keep_first(stage_records(cfg, split), cfg.data.eval_limit, HELDOUT_SEED)
-    data = trl_dataset(
-        records,
-        split,
-        stage=cfg.stage,
-        objective=cfg.post.objective,
-        eos=processor.tokenizer.eos_token,
-    )
-    return _measured(trainer.evaluate(eval_dataset=data, metric_key_prefix="heldout"))
-
-
-def _heldout(cfg: StageConfig, trainer, processor, out: Path, trust_remote_code: bool) -> dict:
-    """The stage's held-out measures (none without ``data.eval``)."""
-    if cfg.data.eval is None:
-        return {}
-    if cfg.stage != "post":
-        return heldout_loss(trainer, cfg, processor)
-    reference = getattr(trainer, "ref_model", None) or initial_model(cfg, trust_remote_code)[0]
-    return heldout_preferences(cfg, trainer.model, reference, processor, out)
-
-
-def _append_metrics(out: Path, cfg: StageConfig, step: int, metrics: dict) -> None:
-    base = {"run": cfg.run or out.name, "stage": cfg.stage, "seed": cfg.seed, "step": step}
-    rows = [
-        {**base, "split": "heldout", "metric": name, "value": float(value)}
-        for name, value in metrics.items()
-        if isinstance(value, int | float)
-    ]
-    append_jsonl(out / "metrics.jsonl", rows)
-
-
 def _save_final(
     cfg: StageConfig, model, processor, out: Path, steps: int, weights: dict | None
 ) -> None:
@@ -486,6 +271,75 @@ def _save_final(
     write_json_atomic(final / STAGE_FILE, record)
 
 
+def _checked_split(cfg: StageConfig, out: Path, state: PartialState) -> Path:
+    """The training split, every data entry resolved and screened, every image of the
+    stage's records read (inside the split, complete) before a model is loaded."""
+    with state.main_process_first():
+        split = resolve_split(cfg.data.train, "data.train")
+        if cfg.data.eval is not None:
+            resolve_split(cfg.data.eval, "data.eval")
+        screen_data(cfg, out)  # datasets: fail at a bad row, or list skipped rows
+        check_images(cfg, split)
+    return split
+
+
+def _stage_model(
+    cfg: StageConfig, out: Path, state: PartialState, trust_remote_code: bool
+) -> tuple:
+    """The starting model with the stage's parts (and VIRAL's head) trainable, its parts
+    table written and shown; returns (model, processor, VIRAL's (teacher, layer) or None)."""
+    model, processor = initial_model(cfg, trust_remote_code)
+    viral = prepare_viral(cfg, model, processor, trust_remote_code)
+    trained = [*cfg.parts, *([ALIGN_HEAD] if viral else [])]
+    set_trainable(model, trained)
+    check_trainable(model, trained)
+    if state.is_main_process:
+        table = _write_parts(model, cfg.learning_rates(), out)
+        print(f"{cfg.stage}: parts table\n{table}", flush=True)
+    return model, processor, viral
+
+
+def _add_callbacks(
+    trainer, cfg: StageConfig, out: Path, state: PartialState, progress: Progress | None
+) -> None:
+    """Every process logs to ``RUN/metrics.jsonl``; the main one to TensorBoard and
+    ``progress``."""
+    run_name = cfg.run or out.name
+    trainer.add_callback(MetricsFileCallback(out / "metrics.jsonl", run_name, cfg.stage, cfg.seed))
+    if state.is_main_process:
+        trainer.add_callback(_tensorboard_callback(out))
+        if progress is not None:
+            trainer.add_callback(StepProgressCallback(progress))
+
+
+def _summary(cfg: StageConfig, out: Path, trainer, measures: dict) -> dict:
+    """``RUN/summary.json``: what the run did and how fast; ``measures`` are what
+    ``run_stage`` took itself (processes, resumed_from, records, wall_s, train_loss, heldout)."""
+    wall = measures["wall_s"]
+    summary = {
+        "run": cfg.run or out.name,
+        "stage": cfg.stage,
+        "objective": cfg.post.objective if cfg.stage == "post" else None,
+        "seed": cfg.seed,
+        "processes": measures["processes"],
+        "steps": trainer.state.global_step,
+        "resumed_from": measures["resumed_from"],
+        "records": measures["records"],
+        "records_seen": trainer.records_seen,
+        "tokens_seen": trainer.tokens_seen,
+        "wall_s": wall,
+        "records_per_s": trainer.records_seen / wall,
+        "tokens_per_s": trainer.tokens_seen / wall,
+        "total_flos": trainer.state.total_flos,
+        "train_loss": measures["train_loss"],
+        "speed": {"setting": cfg.train.speed, **getattr(trainer, "levers", Levers()).to_dict()},
+        "heldout": measures["heldout"],
+    }
+    if isinstance(trainer, StageGRPOTrainer):
+        summary.update(trainer.generation_summary())
+    return summary
+
+
 def run_stage(
     cfg: StageConfig,
     out: Path | str,
@@ -502,7 +356,7 @@ def run_stage(
     out = Path(out)
     check_versions()  # one line now, rather than a library's traceback mid-run
     check_init(cfg)
-    state = PartialState(cpu=on_cpu(cfg))
+    state = process_state(cfg)
     if state.is_main_process:
         check_output(out)
         if cfg.data.on_bad_record == "fail":
@@ -520,22 +374,8 @@ def run_stage(
             summary = json.loads((out / "summary.json").read_text())
             return StageResult(out, out / "final", summary)
         set_seed(cfg.seed)
-        with state.main_process_first():
-            split = resolve_split(cfg.data.train, "data.train")
-            if cfg.data.eval is not None:
-                resolve_split(cfg.data.eval, "data.eval")
-            screen_data(cfg, out)  # datasets: fail at a bad row, or list skipped rows
-            # Every image as `data check` reads it (inside the split, complete), before
-            # a model is loaded.
-            check_images(cfg, split)
-        model, processor = initial_model(cfg, trust_remote_code)
-        viral = prepare_viral(cfg, model, processor, trust_remote_code)
-        trained = [*cfg.parts, *([ALIGN_HEAD] if viral else [])]
-        set_trainable(model, trained)
-        check_trainable(model, trained)
-        table = _write_parts(model, cfg.learning_rates(), out) if state.is_main_process else ""
-        if state.is_main_process:
-            print(f"{cfg.stage}: parts table\n{table}", flush=True)
+        split = _checked_split(cfg, out, state)
+        model, processor, viral = _stage_model(cfg, out, state, trust_remote_code)
         records = training_records(cfg, split, model, processor, out)
         steps = optimizer_steps(cfg, len(records))
         if state.is_main_process:
@@ -553,14 +393,8 @@ def run_stage(
         ids = [str(r.get("id", r.get("scene_id"))) for r in records]
         alignment = VisualAlignment(model, processor, *viral, cfg.viral.weight) if viral else None
         trainer = stage_trainer(cfg, model, processor, args, train_data, ids, out, alignment)
-        run_name = cfg.run or out.name
-        trainer.add_callback(
-            MetricsFileCallback(out / "metrics.jsonl", run_name, cfg.stage, cfg.seed)
-        )
+        _add_callbacks(trainer, cfg, out, state, progress)
         if state.is_main_process:
-            trainer.add_callback(_tensorboard_callback(out))
-            if progress is not None:
-                trainer.add_callback(StepProgressCallback(progress))
             resume_point(out)
     state.wait_for_everyone()
     found = last_complete_checkpoint(out)
@@ -569,7 +403,6 @@ def run_stage(
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.perf_counter() - start
-    final = out / "final"
     if alignment is not None:  # the saved model is a plain MLLM: no hooks, no head
         alignment.remove()
         detach_head(model)
@@ -577,30 +410,20 @@ def run_stage(
     weights = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if state.is_main_process:
         _save_final(cfg, model, processor, out, steps, weights)
-    heldout = _heldout(cfg, trainer, processor, out, trust_remote_code)
-    summary = {
-        "run": run_name,
-        "stage": cfg.stage,
-        "objective": cfg.post.objective if cfg.stage == "post" else None,
-        "seed": cfg.seed,
+    heldout = heldout_measures(
+        cfg, trainer, processor, out, lambda: initial_model(cfg, trust_remote_code)[0]
+    )
+    measures = {
         "processes": state.num_processes,
-        "steps": trainer.state.global_step,
         "resumed_from": checkpoint,
         "records": len(records),
-        "records_seen": trainer.records_seen,
-        "tokens_seen": trainer.tokens_seen,
         "wall_s": wall,
-        "records_per_s": trainer.records_seen / wall,
-        "tokens_per_s": trainer.tokens_seen / wall,
-        "total_flos": trainer.state.total_flos,
         "train_loss": run_mean_loss(result.training_loss, trainer.state.global_step, before),
-        "speed": {"setting": cfg.train.speed, **getattr(trainer, "levers", Levers()).to_dict()},
         "heldout": heldout,
     }
-    if isinstance(trainer, StageGRPOTrainer):
-        summary.update(trainer.generation_summary())
+    summary = _summary(cfg, out, trainer, measures)
     if state.is_main_process:
-        _append_metrics(out, cfg, trainer.state.global_step, heldout)
+        append_heldout_metrics(out, cfg, trainer.state.global_step, heldout)
         write_json_atomic(out / "summary.json", summary)
     state.wait_for_everyone()
-    return StageResult(out, final, summary)
+    return StageResult(out, out / "final", summary)
