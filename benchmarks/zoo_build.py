@@ -16,7 +16,8 @@ from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
-from pivotlab.zoo.build import build, checks, manifests
+from pivotlab.zoo.build import build, manifests
+from pivotlab.zoo.checks import checks
 
 BUDGET_SECONDS = 600.0
 

@@ -433,25 +433,28 @@ CELL_SUMMARY = ("color", "shape", "size")
 
 
 def _zoo_table(zoo: str, cache: Path | None, seed: int) -> None:
-    from pivotlab.zoo.build import checks, manifests, probes_outdated, unbuilt
+    from pivotlab.zoo import quality
+    from pivotlab.zoo.build import manifests, unbuilt
+    from pivotlab.zoo.checks import checks, probes_outdated
 
     found = manifests(zoo, cache, seed)
     header = ("part", "class", "params", "seconds", "GFLOPs", "samples")
     print("{:8s} {:18s} {:>9s} {:>8s} {:>9s} {:>8s}  quality".format(*header))
     for part, manifest in found.items():
         compute, measured = manifest["compute"], manifest["quality"]
-        if "heldout_perplexity" in measured:
-            summary = f"held-out perplexity {measured['heldout_perplexity']:.2f}"
-            if "symbolic_accuracy" in measured:
-                summary += f", symbolic scenes {measured['symbolic_accuracy']['all']:.3f}"
+        if quality.HELDOUT_PERPLEXITY in measured:
+            summary = f"held-out perplexity {measured[quality.HELDOUT_PERPLEXITY]:.2f}"
+            if quality.SYMBOLIC_ACCURACY in measured:
+                summary += f", symbolic scenes {measured[quality.SYMBOLIC_ACCURACY]['all']:.3f}"
         elif probes_outdated(manifest):
             summary = "measured with older probes: `pivotlab zoo build` measures it again"
         else:
-            probe, shape = measured["linear_probe_shape_color"], measured["linear_probe_shape"]
-            recall = measured["segmentation_patch_recall"]
+            probe = measured[quality.LINEAR_PROBE_SHAPE_COLOR]
+            shape = measured[quality.LINEAR_PROBE_SHAPE]
+            recall = measured[quality.SEGMENTATION_PATCH_RECALL]
             summary = f"linear probe {probe:.3f} (shape {shape:.3f}), seg recall {recall:.3f}"
-            if "cell_probe_shape" in measured:
-                cells = "/".join(f"{measured[f'cell_probe_{a}']:.2f}" for a in CELL_SUMMARY)
+            if quality.cell_probe_key("shape") in measured:
+                cells = "/".join(f"{measured[quality.cell_probe_key(a)]:.2f}" for a in CELL_SUMMARY)
                 summary += f", cells {cells} (colour/shape/size)"
         size = f"{manifest['parameters']:9,d}"
         print(
@@ -467,7 +470,9 @@ def _zoo_table(zoo: str, cache: Path | None, seed: int) -> None:
 def _zoo_build(args: argparse.Namespace) -> int:
     """Exit 1 when a quality ordering fails, as ``data check`` does when it finds problems:
     the parts are built and cached, but the zoo does not order as it promises."""
-    from pivotlab.zoo.build import PARTS, ZOOS, build, checks, manifests
+    from pivotlab.zoo.build import build, manifests
+    from pivotlab.zoo.checks import checks
+    from pivotlab.zoo.recipes import PARTS, ZOOS
 
     build(args.parts or PARTS, args.zoo, args.cache, force=args.force, seed=args.seed)
     _zoo_table(args.zoo, args.cache, args.seed)

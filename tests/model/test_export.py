@@ -7,12 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModel, LlavaForConditionalGeneration
 
 from pivotlab.cli import main
 from pivotlab.model import assemble, export_encoder, load, save, transplant
-from pivotlab.model.export import PROJECTOR_FILE
+from pivotlab.model.assembly import AssemblyError
+from pivotlab.model.export import (
+    ENCODER_FILE,
+    PROJECTOR_FILE,
+    exported_projector,
+    read_export,
+)
 
 from .conftest import chat
 
@@ -52,6 +58,48 @@ def test_exported_encoder_gives_the_mllm_features(
     assert encoder.config.num_hidden_layers == info.kept_blocks == expected_blocks
     recorded = json.loads((tmp_path / "encoder" / "pivotlab_encoder.json").read_text())
     assert recorded["feature_layer_in_mllm"] == feature_layer and recorded["original_blocks"] == 2
+
+
+def test_the_exported_projector_reads_back_as_the_mllm_projector(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    export_encoder(tiny_model_dir, tmp_path / "encoder", with_projector=True)
+    model, _ = load(tiny_model_dir)
+    tower = AutoModel.from_pretrained(tmp_path / "encoder")
+    info = read_export(tmp_path / "encoder")
+    projector = exported_projector(tmp_path / "encoder", info, tower.config)
+    features = torch.randn(2, 3, tower.config.hidden_size)
+    with torch.no_grad():
+        assert torch.equal(projector(features), model.model.multi_modal_projector(features))
+    assert info.drop_cls == (model.config.vision_feature_select_strategy == "default")
+
+
+def test_an_encoder_exported_without_projector_or_not_exported_has_none(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    export_encoder(tiny_model_dir, tmp_path / "encoder")
+    tower = AutoModel.from_pretrained(tmp_path / "encoder")
+    info = read_export(tmp_path / "encoder")
+    assert info is not None and info.projector is None
+    assert exported_projector(tmp_path / "encoder", info, tower.config) is None
+    (tmp_path / "encoder" / ENCODER_FILE).unlink()  # now a plain vision model folder
+    assert read_export(tmp_path / "encoder") is None
+
+
+def test_descriptions_and_projectors_of_another_version_are_refused(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "encoder"
+    export_encoder(tiny_model_dir, folder, with_projector=True)
+    tower = AutoModel.from_pretrained(folder)
+    info = read_export(folder)
+    weights = load_file(folder / PROJECTOR_FILE)
+    save_file(weights, folder / PROJECTOR_FILE, metadata={"activation": "gelu"})  # no settings
+    with pytest.raises(AssemblyError, match="older pivotlab"):
+        exported_projector(folder, info, tower.config)
+    (folder / ENCODER_FILE).write_text(json.dumps({"source": "elsewhere"}))
+    with pytest.raises(AssemblyError, match="not an encoder description"):
+        read_export(folder)
 
 
 def test_transplant_builds_a_fresh_mllm_around_the_encoder(

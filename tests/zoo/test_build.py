@@ -9,35 +9,16 @@ from pathlib import Path
 
 import pytest
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
-from transformers.utils import logging as hf_logging
 
 from pivotlab.cli import main
 from pivotlab.model import assemble
-from pivotlab.zoo import build as zoo_build
+from pivotlab.zoo import checks as zoo_checks
 from pivotlab.zoo import quality
-from pivotlab.zoo.build import (
-    PARTS,
-    ZOOS,
-    ZooError,
-    build,
-    checks,
-    entry_dir,
-    manifests,
-    part_key,
-    ship,
-    verify,
-)
+from pivotlab.zoo.build import build, manifests
+from pivotlab.zoo.checks import Check, checks
+from pivotlab.zoo.entries import entry_dir, part_key, verify
 from pivotlab.zoo.pretraining import CELL_ATTRIBUTES
-
-hf_logging.disable_progress_bar()
-hf_logging.set_verbosity_error()
-
-
-@pytest.fixture(scope="module")
-def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cache = tmp_path_factory.mktemp("zoo")
-    build(zoo="tiny", cache=cache, log=lambda message: None)
-    return cache
+from pivotlab.zoo.recipes import PARTS, ZOOS, ZooError
 
 
 def test_tiny_build_gives_standard_checkpoints_and_manifests(tiny_zoo: Path) -> None:
@@ -79,7 +60,7 @@ def test_a_changed_recipe_builds_a_new_entry(
 ) -> None:
     tiny = ZOOS["tiny"]
     changed = replace(tiny, parts={**tiny.parts, "lm-s": replace(tiny.parts["lm-s"], steps=4)})
-    monkeypatch.setitem(zoo_build.ZOOS, "tiny", changed)
+    monkeypatch.setitem(ZOOS, "tiny", changed)
     assert part_key(changed, "lm-s") != part_key(tiny, "lm-s")
     assert part_key(changed, "enc-s") == part_key(tiny, "enc-s")
     assert part_key(tiny, "enc-s", seed=1) != part_key(tiny, "enc-s")
@@ -156,14 +137,10 @@ def test_cli_build_and_list(tiny_zoo: Path, capsys: pytest.CaptureFixture[str]) 
 def test_cli_build_exits_1_when_an_enforced_ordering_fails(
     tiny_zoo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pivotlab.zoo.build as zoo_build
-
     strict = replace(ZOOS["tiny"], enforce_checks=True)
-    monkeypatch.setitem(zoo_build.ZOOS, "tiny", strict)
-    failing = [
-        zoo_build.Check("linear probe: random-init < enc-s < enc-m", False, "0.3 < 0.6 < 0.5")
-    ]
-    monkeypatch.setattr(zoo_build, "checks", lambda found: failing)
+    monkeypatch.setitem(ZOOS, "tiny", strict)
+    failing = [Check("linear probe: random-init < enc-s < enc-m", False, "0.3 < 0.6 < 0.5")]
+    monkeypatch.setattr(zoo_checks, "checks", lambda found: failing)
     argv = ["zoo", "build", "--zoo", "tiny", "--cache", str(tiny_zoo), "--parts", "enc-s"]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -193,41 +170,6 @@ def test_language_models_are_scored_on_symbolic_scenes_and_encoders_on_cells(
     for part in ("enc-s", "vfm"):
         measured = found[part]["quality"]
         assert {f"cell_probe_{a}" for a in CELL_ATTRIBUTES} <= measured.keys()
-
-
-def test_a_language_model_key_ignores_the_image_recipe() -> None:
-    tiny = ZOOS["tiny"]
-    more_images = replace(tiny, pretrain_images=tiny.pretrain_images + 8)
-    assert part_key(more_images, "lm-s") == part_key(tiny, "lm-s")
-    assert part_key(more_images, "enc-s") != part_key(tiny, "enc-s")
-    more_scenes = replace(tiny, symbolic_scenes=tiny.symbolic_scenes + 8)
-    assert part_key(more_scenes, "lm-s") != part_key(tiny, "lm-s")
-    assert part_key(more_scenes, "vfm") == part_key(tiny, "vfm")
-
-
-def test_shipped_weights_are_copied_instead_of_trained(
-    tiny_zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(zoo_build, "SHIPPED", tmp_path / "weights")
-    shipped = ship("lm-s", "tiny", tiny_zoo)
-    assert verify(shipped) is None
-    fresh = tmp_path / "fresh-cache"
-    messages: list[str] = []
-    folders = build(("lm-s",), zoo="tiny", cache=fresh, log=messages.append)
-    assert "copied from the weights shipped with pivotlab" in messages[0]
-    assert verify(folders["lm-s"]) is None
-    original = json.loads((entry_dir(ZOOS["tiny"], "lm-s", tiny_zoo) / "zoo_part.json").read_text())
-    copied = json.loads((folders["lm-s"] / "zoo_part.json").read_text())
-    assert copied == original
-    # --force trains even where a shipped copy exists.
-    messages.clear()
-    build(("lm-s",), zoo="tiny", cache=fresh, force=True, log=messages.append)
-    assert "rebuild asked for" in messages[0] and "built lm-s" in messages[1]
-
-
-def test_shipping_a_part_that_is_not_built_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ZooError, match="not built in the cache"):
-        ship("lm-s", "tiny", tmp_path / "empty")
 
 
 def test_task_balanced_weights_draw_every_task_equally_often() -> None:

@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import LlavaConfig, PreTrainedModel
-from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+from transformers import PreTrainedModel
 
 from pivotlab.analysis.config import AnalysisError
 from pivotlab.cache import cache_root
@@ -38,7 +35,7 @@ from pivotlab.images import open_image
 from pivotlab.io import read_jsonl
 from pivotlab.model import load, truncated_tower
 from pivotlab.model.assembly import load_vision_tower, resolve_zoo
-from pivotlab.model.export import ENCODER_FILE
+from pivotlab.model.export import exported_projector, read_export
 from pivotlab.model.families import vision_family
 from pivotlab.model.folders import Kind, folder_config, kind_of
 
@@ -98,23 +95,6 @@ def weights_fingerprint(*modules: nn.Module | None) -> str:
     return digest.hexdigest()[:16]
 
 
-def _projector_from_file(tower: PreTrainedModel, path: Path) -> nn.Module:
-    """Rebuild a Llava projector from the weights ``export-encoder --with-projector`` wrote."""
-    weights = load_file(path)
-    with safe_open(path, framework="pt") as handle:  # the activation is in the file's metadata
-        metadata = handle.metadata() or {}
-    config = LlavaConfig(
-        vision_config=tower.config.to_dict(),
-        text_config={"model_type": "qwen2", "hidden_size": weights["linear_2.weight"].shape[0]},
-        projector_hidden_act=metadata.get("activation", "gelu"),
-        multimodal_projector_bias="linear_1.bias" in weights,
-        vision_feature_layer=-1,
-    )
-    projector = LlavaMultiModalProjector(config)
-    projector.load_state_dict(weights, strict=True)
-    return projector
-
-
 def _from_mllm(folder: Path, name: str) -> Encoder:
     model, processor = load(folder)
     tower = truncated_tower(model.model.vision_tower, model.config.vision_feature_layer)
@@ -131,11 +111,7 @@ def _from_mllm(folder: Path, name: str) -> Encoder:
 def _from_vision_folder(folder: Path, name: str, trust_remote_code: bool) -> Encoder:
     loaded = load_vision_tower(str(folder), trust_remote_code, "encoder")
     tower = loaded.model
-    info_path = folder / ENCODER_FILE
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    projector = None
-    if info.get("projector"):
-        projector = _projector_from_file(tower, folder / info["projector"])
+    projector = exported_projector(folder, read_export(folder), tower.config)
     return Encoder(
         name=name,
         tower=tower,

@@ -9,6 +9,9 @@ projector: when the MLLM reads block L-1 of L (``vision_feature_layer=-2``), the
 after it are cut off, as PIVOT's own extraction does. ``last_hidden_state`` of some
 families (SigLIP, CLIP, DINOv2) additionally applies a final layer norm the MLLM never
 used, so analyses read ``hidden_states[-1]``; ``pivotlab_encoder.json`` says so.
+
+The folder is written by ``export_from_model`` and read by ``read_export`` (what it holds)
+and ``exported_projector`` (the projector ``--with-projector`` kept), here only.
 """
 
 from __future__ import annotations
@@ -18,9 +21,16 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import LlavaForConditionalGeneration, PreTrainedModel
+from transformers import (
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from pivotlab.io import write_json_atomic
 from pivotlab.model.assembly import AssemblyError, assemble, load, save
@@ -96,18 +106,7 @@ def export_from_model(
     exported = truncated_tower(tower, feature_layer)
     exported.save_pretrained(out)
     image_processor.save_pretrained(out)
-    projector_file = None
-    if with_projector:
-        weights = {
-            k: v.detach().contiguous()
-            for k, v in model.model.multi_modal_projector.state_dict().items()
-        }
-        save_file(
-            weights,
-            out / PROJECTOR_FILE,
-            metadata={"activation": model.config.projector_hidden_act},
-        )
-        projector_file = PROJECTOR_FILE
+    projector_file = _save_projector(model, out) if with_projector else None
     info = EncoderExport(
         source=source,
         feature_layer_in_mllm=feature_layer,
@@ -121,6 +120,58 @@ def export_from_model(
     return info
 
 
+def _save_projector(model: LlavaForConditionalGeneration, out: Path) -> str:
+    """Write the MLLM's projector weights, with the settings that rebuild it in the file's
+    metadata; returns the file's name."""
+    projector = model.model.multi_modal_projector
+    weights = {k: v.detach().contiguous() for k, v in projector.state_dict().items()}
+    settings = {
+        "activation": model.config.projector_hidden_act,
+        "bias": json.dumps(model.config.multimodal_projector_bias),
+        "lm_width": str(model.config.text_config.hidden_size),
+    }
+    save_file(weights, out / PROJECTOR_FILE, metadata=settings)
+    return PROJECTOR_FILE
+
+
+def read_export(folder: Path | str) -> EncoderExport | None:
+    """What an encoder folder pivotlab exported holds, or None for a folder without
+    ``pivotlab_encoder.json`` (a plain vision model); ``AssemblyError`` for one that is not
+    this version's."""
+    path = Path(folder) / ENCODER_FILE
+    if not path.is_file():
+        return None
+    try:
+        return EncoderExport(**json.loads(path.read_text()))
+    except (TypeError, ValueError) as error:
+        message = f"{path}: not an encoder description of this pivotlab ({error})"
+        raise AssemblyError(message) from None
+
+
+def exported_projector(
+    folder: Path | str, info: EncoderExport | None, vision_config: PretrainedConfig
+) -> nn.Module | None:
+    """The MLLM's projector that ``--with-projector`` exported beside the encoder, rebuilt
+    around the encoder's config; None when the folder holds none."""
+    if info is None or info.projector is None:
+        return None
+    path = Path(folder) / info.projector
+    with safe_open(path, framework="pt") as handle:
+        settings = handle.metadata() or {}
+    if "lm_width" not in settings:
+        raise AssemblyError(f"{path}: written by an older pivotlab; export the encoder again")
+    config = LlavaConfig(
+        vision_config=vision_config.to_dict(),
+        text_config={"hidden_size": int(settings["lm_width"])},
+        projector_hidden_act=settings["activation"],
+        multimodal_projector_bias=json.loads(settings["bias"]),
+        vision_feature_layer=-1,  # the exported tower ends at the MLLM's feature layer
+    )
+    projector = LlavaMultiModalProjector(config)
+    projector.load_state_dict(load_file(path), strict=True)
+    return projector
+
+
 def transplant(
     encoder_dir: Path | str, lm: str | Path, out: Path | str, seed: int = 0
 ) -> LlavaForConditionalGeneration:
@@ -128,18 +179,16 @@ def transplant(
 
     The encoder was cut at its feature layer, so the new MLLM reads its last hidden state.
     """
-    encoder_dir = Path(encoder_dir)
-    info_path = encoder_dir / ENCODER_FILE
-    if not info_path.is_file():
+    info = read_export(encoder_dir)
+    if info is None:
         raise AssemblyError(
             f"{encoder_dir} has no {ENCODER_FILE}: not an encoder exported by pivotlab"
         )
-    info = json.loads(info_path.read_text())
     model, processor = assemble(
         vision=encoder_dir,
         lm=lm,
         feature_layer=-1,
-        select_strategy="default" if info["drop_cls"] else "full",
+        select_strategy="default" if info.drop_cls else "full",
         seed=seed,
     )
     save(model, processor, out)

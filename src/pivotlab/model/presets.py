@@ -17,7 +17,7 @@ from transformers import (
 )
 from transformers.image_processing_utils import BaseImageProcessor
 
-from pivotlab.zoo.build import causal_lm_config
+from pivotlab.zoo.builders import causal_lm_config
 
 
 def _image_processor(model_type: str, image_size: int) -> BaseImageProcessor:

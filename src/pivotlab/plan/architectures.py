@@ -26,14 +26,8 @@ from pivotlab.errors import PivotlabError
 from pivotlab.model.assembly import ZOO_PREFIX, visual_token_count
 from pivotlab.model.families import vision_family
 from pivotlab.model.presets import LM_PRESETS, VISION_PRESETS
-from pivotlab.zoo.build import (
-    ZOOS,
-    EncoderSpec,
-    LMSpec,
-    TeacherSpec,
-    ZooConfig,
-    causal_lm_config,
-)
+from pivotlab.zoo.builders import causal_lm_config
+from pivotlab.zoo.recipes import ZOOS, EncoderSpec, LMSpec, TeacherSpec, ZooConfig
 
 
 class PlanError(PivotlabError):
@@ -217,7 +211,7 @@ def _zoo_part(source: str) -> tuple[ZooConfig, str]:
 
 
 def zoo_config(source: str) -> PretrainedConfig:
-    """The config a zoo part is built with (``zoo/build.py``), from its recipe: no build."""
+    """The config a zoo part is built with (``zoo/builders.py``), from its recipe: no build."""
     zoo, part = _zoo_part(source)
     spec = zoo.parts[part]
     if isinstance(spec, LMSpec):
@@ -274,7 +268,7 @@ def resolve(source: str, kind: str, image_size: int | None = None) -> tuple[Pret
     if kind == "lm" and source in LM_PRESETS:
         return LM_PRESETS[source].config(), f"pivotlab preset {source}"
     if source.startswith(ZOO_PREFIX):
-        return zoo_config(source), f"zoo recipe {source} (zoo/build.py)"
+        return zoo_config(source), f"zoo recipe {source} (zoo/recipes.py)"
     config = _local_config(source)
     if config is None:
         raise _unknown(source, kind)

@@ -158,7 +158,7 @@ def check_transplant_control(study: StudyConfig) -> None:
     vision source it then takes for the control alone is fine), or a zoo part the zoo does
     not have."""
     from pivotlab.model.assembly import zoo_part
-    from pivotlab.zoo.build import ZOOS
+    from pivotlab.zoo.recipes import ZOOS
 
     control = study.transplant.control if study.transplant else None
     taken = transplanted(study)

@@ -8,14 +8,19 @@ says which library version it mirrors:
 - ``TrainerInternals``: the five ``Trainer`` methods the stage trainers hook (the columns a
   batch keeps, the sampler, the moment before an optimizer step, a checkpoint, resume),
   each turned into a call of a pivotlab hook with a public name;
+- ``checkpoint_folder``, ``checkpoint_step``, ``recorded_step``, ``pickled_arguments``: how
+  Trainer names and writes a checkpoint folder (the run folder, ``train/rundir.py``);
 - ``GRPOInternals``: the three ``GRPOTrainer`` methods where prompts, generations and
   rewards can be seen;
 - ``loss_sum``, ``save_checkpoint_now``, ``prepare_batch``: Trainer state and steps the
   stage trainers and the reference cache read or run;
 - ``serve_reference_from_batch``, ``release_prepared_model``: switching a built
   ``DPOTrainer`` to reference log-probs carried in the batch;
-- ``cache_keyword``: the keyword the Llava backbone takes its key/value cache by;
-- ``fused_head_output``: the output object of TRL's fused LM head;
+- ``module_digest``: TRL's digest of a module's weights (the reference cache's key);
+- ``attention_implementation``, ``cache_keyword``, ``image_features_argument``: the
+  config field and the Llava backbone's keywords prefix sharing computes with;
+- ``wrap_forward``, ``FUSED_HEAD_ARGUMENTS``, ``fused_head_output``: wrapping a forward the
+  way TRL's fused LM head does, the keywords its call adds and the object it returns;
 - ``count_trained_tokens``: the token count ``SFTTrainer`` logs as ``num_tokens``.
 
 ``TESTED`` is the range of each library this module was checked against (``.ci/run`` runs the
@@ -28,15 +33,24 @@ check finds, and record the versions in ``docs/train.md``.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import json
+import re
 import time
-from collections.abc import Mapping
+import types
+from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import torch
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
+from transformers import PretrainedConfig
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from pivotlab.errors import PivotlabError
 
@@ -122,7 +136,7 @@ class TrainerInternals:
     def _save_checkpoint(self, model, trial) -> None:
         if self.args.should_save:
             run = Path(self._get_output_dir(trial=trial))
-            self.before_checkpoint(run / f"checkpoint-{self.state.global_step}")
+            self.before_checkpoint(checkpoint_folder(run, self.state.global_step))
         super()._save_checkpoint(model, trial)
 
     # transformers 5.23-5.25, Trainer._load_from_checkpoint(resume_from_checkpoint, model)
@@ -152,6 +166,40 @@ def prepare_batch(trainer, batch: dict) -> dict:
     """A collated batch on the trainer's device, cast as the trainer casts its own batches
     (transformers 5.23-5.25, Trainer._prepare_inputs)."""
     return trainer._prepare_inputs(batch)
+
+
+# --- transformers' Trainer: its checkpoint folders ---------------------------------------
+
+# transformers 5.23-5.25, Trainer._save_checkpoint: ``<output_dir>/checkpoint-<global_step>``
+# (trainer_utils.PREFIX_CHECKPOINT_DIR); the weights, optimizer, scheduler and RNG state
+# first, ``trainer_state.json`` (trainer.TRAINER_STATE_NAME) last, and the arguments
+# pickled with torch.save as ``training_args.bin`` (trainer.TRAINING_ARGS_NAME).
+CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def checkpoint_folder(run: Path, step: int) -> Path:
+    """The folder Trainer writes the checkpoint of ``step`` to in the run folder ``run``."""
+    return run / f"{PREFIX_CHECKPOINT_DIR}-{step}"
+
+
+def checkpoint_step(folder: Path) -> int | None:
+    """The step a checkpoint folder is named for, or None for a folder of another name."""
+    match = CHECKPOINT_NAME.match(folder.name)
+    return int(match.group(1)) if match else None
+
+
+def recorded_step(folder: Path) -> int | None:
+    """The global step the checkpoint's trainer state records, or None when the state file
+    is missing or cut short (Trainer writes it last: the checkpoint was not finished)."""
+    try:
+        return json.loads((folder / TRAINER_STATE_NAME).read_text()).get("global_step")
+    except (OSError, ValueError):
+        return None
+
+
+def pickled_arguments(folder: Path) -> Path:
+    """Where Trainer pickles its training arguments in a checkpoint folder."""
+    return folder / TRAINING_ARGS_NAME
 
 
 # --- TRL's GRPOTrainer ----------------------------------------------------------------------
@@ -208,6 +256,42 @@ def release_prepared_model(accelerator, model) -> None:
     accelerator._models = [m for m in accelerator._models if m is not model]
 
 
+# --- TRL's reference-model hash ------------------------------------------------------------
+
+
+def module_digest(module: torch.nn.Module) -> str:
+    """The hex digest of a module's weights that TRL keys precomputed reference log-probs by
+    (TRL 1.16, ``trl.trainer.utils.hash_module``; not exported at the package's top)."""
+    from trl.trainer.utils import hash_module
+
+    return hash_module(module)
+
+
+# --- transformers' configs and Llava --------------------------------------------------------
+
+
+def attention_implementation(config: PretrainedConfig) -> str | None:
+    """The attention implementation a (text) config's model runs, or None when none was set.
+
+    Mirrors transformers 5.23-5.25: ``PreTrainedConfig._attn_implementation``, set by
+    ``from_pretrained(attn_implementation=...)`` and ``set_attn_implementation``.
+    """
+    return config._attn_implementation
+
+
+# transformers 5.23-5.25, LlavaModel.forward(mm_encoder_outputs=...): a dict of modality ->
+# BaseModelOutputWithPooling whose ``pooler_output`` holds the encoded images, used instead
+# of running the vision tower on ``pixel_values``.
+IMAGE_FEATURES_KEYWORD = "mm_encoder_outputs"
+
+
+def image_features_argument(features: list[torch.Tensor]) -> dict[str, Any]:
+    """The keyword argument that hands a Llava backbone's forward its image features, already
+    encoded (``get_image_features(...).pooler_output``, one tensor per image)."""
+    encoded = {"image": BaseModelOutputWithPooling(pooler_output=features)} if features else None
+    return {IMAGE_FEATURES_KEYWORD: encoded}
+
+
 # --- transformers' Llava --------------------------------------------------------------------
 
 # transformers 5.23 names the backbone's key/value cache argument ``past_key_values``;
@@ -227,12 +311,36 @@ def cache_keyword(backbone: torch.nn.Module | type) -> str | None:
     return next((name for name in CACHE_KEYWORDS if name in parameters), None)
 
 
-def accepts(backbone: torch.nn.Module | type, keyword: str) -> bool:
-    """Whether the backbone's stock forward names ``keyword`` among its parameters."""
-    return keyword in _forward_parameters(backbone)
+def takes_image_features(backbone: torch.nn.Module | type) -> bool:
+    """Whether the backbone's stock forward takes image features already encoded."""
+    return IMAGE_FEATURES_KEYWORD in _forward_parameters(backbone)
 
 
 # --- TRL's fused LM head ----------------------------------------------------------------------
+
+# TRL 1.16, add_fused_lm_head: the keywords its forward takes for itself, beside the model's
+# (``model(..., labels=..., fused_lm_head=True)``), but for ``shift_labels``, which its
+# trainers pass only under context or sequence parallelism.
+FUSED_HEAD_ARGUMENTS = frozenset({"labels", "fused_lm_head", "num_items_in_batch"})
+
+
+def wrap_forward(
+    module: torch.nn.Module, wrapper: Callable[..., Any], keep_as: str
+) -> Callable[..., Any]:
+    """Make ``wrapper(module, *args, **kwargs)`` the module's forward, keeping the forward it
+    replaces as the attribute ``keep_as``; returns the function installed.
+
+    Mirrors TRL 1.16's ``add_fused_lm_head``, which wraps a model the same way: the forward
+    is an instance attribute, found at each call, so the fused head's call of
+    ``self.base_model(...)`` reaches a wrapper installed on the backbone, and a bound method,
+    so ``copy.deepcopy`` rebinds it to the copy. It shows the class forward's signature:
+    transformers 5.23-5.25's ``generate`` checks its keywords against ``model.forward``'s.
+    """
+    setattr(module, keep_as, module.forward)
+    # A fresh function, because wraps() writes its attributes onto the function it is given.
+    installed = functools.wraps(type(module).forward)(lambda self, *a, **k: wrapper(self, *a, **k))
+    module.forward = types.MethodType(installed, module)
+    return installed
 
 
 def fused_head_output(**fields):

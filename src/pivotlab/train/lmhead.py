@@ -24,13 +24,10 @@ model keeps TRL's head.
 
 from __future__ import annotations
 
-import functools
-import types
-
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from pivotlab.train.adapter import fused_head_output
+from pivotlab.train.adapter import fused_head_output, wrap_forward
 
 IGNORED = -100
 INSTALLED = "_pivotlab_supervised_head"  # marks the wrapping forward
@@ -125,13 +122,6 @@ def install_supervised_head(model) -> str | None:
     if getattr(model.forward, INSTALLED, False):
         return None
     # TRL's forward as it is now: a second trainer on the same model installs its own again.
-    model._trl_fused_forward = model.forward
-
-    # The stock signature stays visible: ``generate`` checks its keywords against it.
-    @functools.wraps(type(model).forward)
-    def forward(self, *args, **kwargs):
-        return _supervised_forward(self, *args, **kwargs)
-
-    setattr(forward, INSTALLED, True)
-    model.forward = types.MethodType(forward, model)
+    installed = wrap_forward(model, _supervised_forward, keep_as="_trl_fused_forward")
+    setattr(installed, INSTALLED, True)
     return None

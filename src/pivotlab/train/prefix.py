@@ -31,19 +31,20 @@ The reference log-prob cache that runs beside it is ``train/refcache.py``.
 
 from __future__ import annotations
 
-import functools
-import types
 from collections import Counter
 from dataclasses import dataclass
 
 import torch
 from transformers import Cache, DynamicCache, LlavaModel
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from pivotlab.train.adapter import (
-    accepts,
+    FUSED_HEAD_ARGUMENTS,
+    attention_implementation,
     cache_keyword,
+    image_features_argument,
+    takes_image_features,
+    wrap_forward,
 )
 
 IGNORED = -100  # the label of a token no loss reads
@@ -51,9 +52,9 @@ IGNORED = -100  # the label of a token no loss reads
 SHARED_ARGUMENTS = frozenset(
     {"input_ids", "attention_mask", "pixel_values", "position_ids", "use_cache"}
 )
-CALL_ARGUMENTS = frozenset({"labels", "fused_lm_head", "num_items_in_batch"})
 VERIFIED_ATTENTION = ("sdpa", "eager")  # the implementations the equality tests cover
 BACKBONE_NOT_CALLED = "the fused head did not call the backbone"
+STOCK_FORWARD = "_pivotlab_stock_forward"  # where a wrapped model and backbone keep theirs
 
 
 # --- the plan: which rows share which prefix ---------------------------------------------
@@ -228,7 +229,6 @@ def shared_forward(
         features = list(encoded.pooler_output)
     prefix_ids, prefix_mask, prefix_positions = _prefix_batch(plan, fill)
     group_features = [features[u] for g in plan.groups for u in g.images]
-    encoder_outputs = {"image": BaseModelOutputWithPooling(pooler_output=group_features)}
     cache = DynamicCache(config=backbone.config.text_config)
     keyword = cache_keyword(backbone)
     prefix_mask = prefix_mask.to(device)
@@ -236,8 +236,8 @@ def shared_forward(
         input_ids=prefix_ids.to(device),
         attention_mask=prefix_mask,
         position_ids=prefix_positions.to(device),
-        mm_encoder_outputs=encoder_outputs if group_features else None,
         use_cache=True,
+        **image_features_argument(group_features),
         **{keyword: cache},
     )
     prefix = prefix_output.last_hidden_state
@@ -332,10 +332,10 @@ def unsupported(model) -> str | None:
         return f"the LM has {', '.join(sorted(kinds - {'full_attention'}))} layers"
     if hasattr(text, "output_router_logits"):
         return "the LM is a mixture of experts (its router loss needs the whole batch)"
-    attention = text._attn_implementation or "eager"
+    attention = attention_implementation(text) or "eager"
     if attention not in VERIFIED_ATTENTION:
         return f"attention implementation {attention!r} is not among {VERIFIED_ATTENTION}"
-    if cache_keyword(backbone) is None or not accepts(backbone, "mm_encoder_outputs"):
+    if cache_keyword(backbone) is None or not takes_image_features(backbone):
         return "this transformers' LlavaModel.forward takes no cache or image features"
     return None
 
@@ -348,7 +348,7 @@ def _why_not(model, args: tuple, kwargs: dict) -> str | None:
         return "positional arguments"
     if kwargs.get("labels") is None or kwargs.get("input_ids") is None:
         return "no labels or input_ids"
-    extra = set(kwargs) - SHARED_ARGUMENTS - CALL_ARGUMENTS
+    extra = set(kwargs) - SHARED_ARGUMENTS - FUSED_HEAD_ARGUMENTS
     if extra:
         return f"argument {sorted(extra)[0]}"
     if kwargs.get("use_cache"):
@@ -379,8 +379,8 @@ def _model_forward(self, *args, **kwargs):
     finally:
         unused = self.model._pivotlab_plan is not None
         self.model._pivotlab_plan = None
-    # TRL's fused head (TRL 1.16, add_fused_lm_head) runs the backbone's forward, which
-    # takes the plan; a head that did not ran the stock path, and the count says so.
+    # TRL's fused head runs the backbone's forward (adapter.wrap_forward), which takes the
+    # plan; a head that did not ran the stock path, and the count says so.
     self._pivotlab_sharing_counts[BACKBONE_NOT_CALLED if unused else "shared"] += 1
     return output
 
@@ -400,29 +400,18 @@ def install_prefix_sharing(model) -> str | None:
 
     Install after TRL's ``add_fused_lm_head`` (a ``DPOTrainer``'s construction does it).
     Returns why the model cannot share (and changes nothing), else None. Both wrappers are
-    bound methods, so ``copy.deepcopy`` of the model rebinds them to the copy.
+    installed by ``adapter.wrap_forward``, so ``copy.deepcopy`` of the model rebinds them.
     """
     reason = unsupported(model)
     if reason is not None:
         return reason
-    if hasattr(model, "_pivotlab_stock_forward"):
+    if hasattr(model, STOCK_FORWARD):
         model._pivotlab_sharing = True
         return None
-    backbone = model.model
-    model._pivotlab_stock_forward = model.forward
-    backbone._pivotlab_stock_forward = backbone.forward
     model._pivotlab_sharing = True
     model._pivotlab_sharing_counts = Counter()
-    # The signatures stay the stock ones: generate() checks its kwargs against them. Fresh
-    # lambdas, because wraps() writes its attributes onto the function it is given.
-    outer = functools.wraps(type(model).forward)(
-        lambda self, *a, **k: _model_forward(self, *a, **k)
-    )
-    inner = functools.wraps(type(backbone).forward)(
-        lambda self, *a, **k: _backbone_forward(self, *a, **k)
-    )
-    model.forward = types.MethodType(outer, model)
-    backbone.forward = types.MethodType(inner, backbone)
+    wrap_forward(model, _model_forward, keep_as=STOCK_FORWARD)
+    wrap_forward(model.model, _backbone_forward, keep_as=STOCK_FORWARD)
     return None
 
 

@@ -27,12 +27,16 @@ from accelerate import PartialState
 from safetensors.torch import load_file
 from safetensors.torch import save as save_tensors
 from torch.utils.data import DataLoader
-from trl.trainer.utils import hash_module
 
 from pivotlab.cache import cache_root
 from pivotlab.errors import PivotlabError
 from pivotlab.io import write_bytes_atomic
-from pivotlab.train.adapter import prepare_batch, release_prepared_model, serve_reference_from_batch
+from pivotlab.train.adapter import (
+    module_digest,
+    prepare_batch,
+    release_prepared_model,
+    serve_reference_from_batch,
+)
 from pivotlab.train.stage_data import SAMPLE_INDEX
 
 REFERENCE_KIND = "reference"
@@ -115,7 +119,7 @@ def reference_key(trainer, records_hash: str, reference) -> dict[str, str]:
     return {
         "records": records_hash,
         "processor": _processor_fingerprint(trainer.processing_class),
-        "reference": hash_module(reference),
+        "reference": module_digest(reference),
         "settings": json.dumps(
             {
                 "max_length": args.max_length,

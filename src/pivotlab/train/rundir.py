@@ -10,14 +10,12 @@ back to it, the run-long mean loss, checkpoints without pickles, and the disk a 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 from transformers import TrainerCallback
-from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 
 from pivotlab.configtree import ConfigError, build_dataclass
 from pivotlab.console import notice
@@ -27,33 +25,36 @@ from pivotlab.io import (
     remove_temporaries,
     write_text_atomic,
 )
+from pivotlab.train.adapter import (
+    checkpoint_folder,
+    checkpoint_step,
+    pickled_arguments,
+    recorded_step,
+)
 from pivotlab.train.config import StageConfig
 
 LOSS_FILE = "pivotlab_loss.json"  # in each checkpoint: the sum of step losses so far
 ARGS_FILE = "training_args.json"  # in each checkpoint, instead of Trainer's pickle
-CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 SPACE_MARGIN = 256 * MiB  # logs, TensorBoard, processor files, records
 
 
 def checkpoint_complete(folder: Path) -> bool:
     """True when ``folder`` is a checkpoint Trainer finished writing.
 
-    ``Trainer._save_checkpoint`` writes ``trainer_state.json`` last (after the weights, the
-    optimizer, the scheduler and the RNG state), in place: a folder whose state file is
-    missing, cut short, or for another step was being written when the run died.
+    Trainer writes its state file last (after the weights, the optimizer, the scheduler and
+    the RNG state), in place: a folder whose state file is missing, cut short, or for
+    another step was being written when the run died.
     """
-    match = CHECKPOINT.match(folder.name)
-    try:
-        state = json.loads((folder / TRAINER_STATE_NAME).read_text())
-    except (OSError, ValueError):
-        return False
-    return match is not None and state.get("global_step") == int(match.group(1))
+    step = checkpoint_step(folder)
+    return step is not None and recorded_step(folder) == step
 
 
 def checkpoints(out: Path) -> list[Path]:
     """The ``checkpoint-N`` folders in ``out`` (none if it does not exist), oldest first."""
-    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and CHECKPOINT.match(p.name)]
-    return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
+    if not out.is_dir():
+        return []
+    found = [p for p in out.iterdir() if p.is_dir() and checkpoint_step(p) is not None]
+    return sorted(found, key=checkpoint_step)
 
 
 def last_complete_checkpoint(out: Path) -> Path | None:
@@ -92,7 +93,7 @@ def keep_arguments_as_json(folder: Path, args) -> None:
     Trainer saves them with torch.save (only ``weights_only=False`` reads them back, and
     nothing does): a run folder then holds no pickle of code.
     """
-    (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)
+    pickled_arguments(folder).unlink(missing_ok=True)
     write_text_atomic(folder / ARGS_FILE, args.to_json_string())
 
 
@@ -101,7 +102,7 @@ class ArgumentsAsJson(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if args.should_save:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            folder = checkpoint_folder(Path(args.output_dir), state.global_step)
             if folder.is_dir():
                 keep_arguments_as_json(folder, args)
 
@@ -174,7 +175,7 @@ def resume_point(out: Path) -> str | None:
         for log in ("samples.jsonl", "metrics.jsonl"):
             (out / log).unlink(missing_ok=True)
         return None
-    step = int(checkpoint.name.split("-")[-1])
+    step = checkpoint_step(checkpoint)
     for log in ("samples.jsonl", "metrics.jsonl"):
         _truncate_after(out / log, step)
     notice(f"resuming from {checkpoint} (step {step})")

@@ -28,6 +28,22 @@ from pivotlab.probes import (
 # has its quality measured again (zoo.build), since its weights are still good.
 PROBE_PROTOCOL = 2
 
+# The names of the figures in a part's manifest (``quality``): the builders write them, the
+# zoo's checks and ``pivotlab zoo list`` read them.
+LINEAR_PROBE_SHAPE_COLOR = "linear_probe_shape_color"
+LINEAR_PROBE_SHAPE = "linear_probe_shape"
+SEGMENTATION_PREFIX = "segmentation_"  # + each figure of ``segmentation_probe``
+SEGMENTATION_PATCH_RECALL = f"{SEGMENTATION_PREFIX}patch_recall"
+CELL_PROBE_PREFIX = "cell_probe_"  # + each cell attribute
+RANDOM_INIT = "random_init"  # an encoder's figures at its seeded initialisation
+HELDOUT_PERPLEXITY = "heldout_perplexity"
+SYMBOLIC_ACCURACY = "symbolic_accuracy"
+
+
+def cell_probe_key(attribute: str) -> str:
+    """The name of the cell probe's figure for one cell attribute."""
+    return f"{CELL_PROBE_PREFIX}{attribute}"
+
 
 @torch.inference_mode()
 def hidden_patch_tokens(

@@ -1,0 +1,179 @@
+"""The zoo's recipes: each part's spec and the data recipe a zoo's parts share.
+
+``ZOOS`` holds the two zoos (``default``, the tiny world's; ``tiny``, seconds for tests);
+a part's cache key hashes its spec and data recipe (``zoo/entries.py``), so a changed
+recipe builds a new entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from pivotlab.errors import PivotlabError
+
+PARTS: tuple[str, ...] = ("enc-s", "enc-s-2k", "enc-m", "vfm", "lm-s", "lm-m")
+
+
+class ZooError(PivotlabError):
+    """A zoo request that cannot be served (unknown part or zoo, failed checks)."""
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    width: int
+    depth: int
+    heads: int
+    steps: int
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    text_width: int = 64
+    text_depth: int = 2
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    width: int
+    depth: int
+    heads: int
+    steps: int
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+
+
+@dataclass(frozen=True)
+class LMSpec:
+    """A language model: ``steps`` optimizer steps, each on ``symbolic_batch``
+    conversations of up to ``turns`` questions about symbolic scenes (every task drawn
+    equally often with ``balance_tasks``), plus ``batch_size`` blocks of world text every
+    ``text_every`` steps.
+
+    Then a curriculum: ``focus_steps`` on ``focus_tasks`` alone, and ``settle_steps`` of
+    the first mix again, each phase with its own warm-up and cosine decay. Relation, the
+    one task that needs where objects are, stayed at chance in every balanced or
+    half-relation mix, and was learnt when trained alone (docs/log.md, 2026-12-04)."""
+
+    width: int
+    depth: int
+    heads: int
+    kv_heads: int
+    steps: int
+    batch_size: int = 32
+    block: int = 64
+    learning_rate: float = 1e-3
+    symbolic_batch: int = 64
+    turns: int = 1
+    text_every: int = 8
+    balance_tasks: bool = True
+    focus_tasks: tuple[str, ...] = ()
+    focus_steps: int = 0
+    settle_steps: int = 0
+
+
+@dataclass(frozen=True)
+class ZooConfig:
+    """A zoo: its parts' specs and the data recipe they share."""
+
+    name: str
+    parts: dict[str, EncoderSpec | TeacherSpec | LMSpec]
+    image_size: int = 64
+    patch_size: int = 8
+    pretrain_images: int = 6000
+    probe_train: int = 1000
+    probe_test: int = 500
+    text_scenes: int = 2000
+    heldout_text_scenes: int = 200
+    symbolic_scenes: int = 40000
+    heldout_symbolic_scenes: int = 300
+    enforce_checks: bool = True
+
+    @property
+    def grid(self) -> int:
+        """Visual tokens per side: the symbolic scenes' cells per side."""
+        return self.image_size // self.patch_size
+
+    def data_recipe(self, part: str) -> dict:
+        """The data fields that determine ``part``'s weights (a language model's do not
+        move when an image recipe does, and the other way round)."""
+        text = ("text_scenes", "heldout_text_scenes", "symbolic_scenes", "heldout_symbolic_scenes")
+        images = ("pretrain_images", "probe_train", "probe_test")
+        drop = images if isinstance(self.parts[part], LMSpec) else text
+        recipe = asdict(self)
+        for name in ("parts", "name", "enforce_checks", *drop):
+            del recipe[name]
+        return recipe
+
+
+# The default zoo's LM curriculum: relation alone, then the balanced mix again (LMSpec).
+_RELATION = {"focus_tasks": ("relation",), "focus_steps": 1000, "settle_steps": 1000}
+# The tiny zoo's language models train for seconds on a handful of batches, each phase.
+_SECONDS_LM = {
+    "kv_heads": 1,
+    "steps": 3,
+    "batch_size": 4,
+    "block": 32,
+    "symbolic_batch": 4,
+    "focus_tasks": ("exists",),
+    "focus_steps": 2,
+    "settle_steps": 2,
+}
+
+ZOOS: dict[str, ZooConfig] = {
+    # The tiny world's zoo (docs/zoo.md): 64-px images in 32-px patches, so an image is
+    # four visual tokens, one per quadrant of the 2 x 2 layout.
+    "default": ZooConfig(
+        name="default",
+        parts={
+            "enc-s": EncoderSpec(width=96, depth=4, heads=3, steps=6000),
+            # enc-s stopped at a third of its pretraining: the transplant's positive control
+            # (a weaker encoder of the same shape, docs/study.md, The transplant's control).
+            "enc-s-2k": EncoderSpec(width=96, depth=4, heads=3, steps=2000),
+            "enc-m": EncoderSpec(width=128, depth=6, heads=4, steps=9000),
+            "vfm": TeacherSpec(width=128, depth=4, heads=4, steps=2000),
+            "lm-s": LMSpec(width=128, depth=4, heads=4, kv_heads=2, steps=6000, **_RELATION),
+            "lm-m": LMSpec(width=192, depth=6, heads=6, kv_heads=2, steps=8000, **_RELATION),
+        },
+        patch_size=32,
+        pretrain_images=12000,
+    ),
+    # Seconds, for tests: loadable checkpoints and manifests, no quality claims.
+    "tiny": ZooConfig(
+        name="tiny",
+        parts={
+            "enc-s": EncoderSpec(
+                width=32, depth=1, heads=2, steps=3, batch_size=8, text_width=32, text_depth=1
+            ),
+            "enc-s-2k": EncoderSpec(
+                width=32, depth=1, heads=2, steps=2, batch_size=8, text_width=32, text_depth=1
+            ),
+            "enc-m": EncoderSpec(
+                width=48, depth=2, heads=2, steps=3, batch_size=8, text_width=32, text_depth=1
+            ),
+            "vfm": TeacherSpec(width=32, depth=1, heads=2, steps=3, batch_size=8),
+            "lm-s": LMSpec(width=32, depth=1, heads=2, **_SECONDS_LM),
+            "lm-m": LMSpec(width=48, depth=2, heads=2, **_SECONDS_LM),
+        },
+        image_size=32,
+        pretrain_images=48,
+        probe_train=48,
+        probe_test=24,
+        text_scenes=12,
+        heldout_text_scenes=6,
+        symbolic_scenes=12,
+        heldout_symbolic_scenes=6,
+        enforce_checks=False,
+    ),
+}
+
+
+def zoo_recipe(name: str) -> ZooConfig:
+    """The zoo called ``name``; ``ZooError`` naming the zoos for another name."""
+    if name not in ZOOS:
+        raise ZooError(f"unknown zoo {name!r}; zoos are {', '.join(ZOOS)}")
+    return ZOOS[name]
+
+
+def part_cost(zoo: ZooConfig, part: str) -> str:
+    """What building a part takes, before it is built: its optimizer steps."""
+    spec = zoo.parts[part]
+    steps = sum(getattr(spec, name, 0) or 0 for name in ("steps", "focus_steps", "settle_steps"))
+    return f"{steps:,d} optimizer steps" if steps else "a short build"

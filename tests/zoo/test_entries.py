@@ -1,0 +1,18 @@
+"""A part's cache key: what moves it and what does not."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from pivotlab.zoo.entries import part_key
+from pivotlab.zoo.recipes import ZOOS
+
+
+def test_a_language_model_key_ignores_the_image_recipe() -> None:
+    tiny = ZOOS["tiny"]
+    more_images = replace(tiny, pretrain_images=tiny.pretrain_images + 8)
+    assert part_key(more_images, "lm-s") == part_key(tiny, "lm-s")
+    assert part_key(more_images, "enc-s") != part_key(tiny, "enc-s")
+    more_scenes = replace(tiny, symbolic_scenes=tiny.symbolic_scenes + 8)
+    assert part_key(more_scenes, "lm-s") != part_key(tiny, "lm-s")
+    assert part_key(more_scenes, "vfm") == part_key(tiny, "vfm")
