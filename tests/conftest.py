@@ -15,6 +15,44 @@ from pivotlab.world import WorldConfig, generate
 
 TEST_SIZE = 32
 
+# Tests that run a trainer carry this marker, so that `pytest -m "not slow and not trains"`
+# is a quick loop; ``_training_is_marked`` keeps the marks true.
+TRAINS = "trains"
+_running: list[pytest.Item] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """Remember the running test, fixtures' set-up included, for ``_training_is_marked``."""
+    _running.append(item)
+    try:
+        return (yield)
+    finally:
+        _running.pop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _training_is_marked():
+    """Fail a test that trains in this process (a Trainer's ``train``, in the test or in a
+    fixture it sets up) without the ``trains`` marker. Tests that train in a subprocess
+    (``pivotlab train`` on a command line) are marked by hand."""
+    from transformers import Trainer
+
+    train = Trainer.train
+
+    def checked(self, *args, **kwargs):
+        item = _running[-1] if _running else None
+        if item is not None and item.get_closest_marker(TRAINS) is None:
+            pytest.fail(
+                f"{item.nodeid} runs {type(self).__name__}.train: mark it @pytest.mark.trains",
+                pytrace=False,
+            )
+        return train(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "train", checked)
+        yield
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

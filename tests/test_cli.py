@@ -439,7 +439,9 @@ def test_a_second_command_on_a_folder_in_use_is_refused_and_touches_nothing(
     assert (out / "kept.txt").read_text() == "the first run's\n"
 
 
-@pytest.mark.parametrize("verb", ["train", "evaluate", "analyze"])
+@pytest.mark.parametrize(
+    "verb", [pytest.param("train", marks=pytest.mark.trains), "evaluate", "analyze"]
+)
 def test_a_verb_run_on_its_own_prints_its_own_lines_and_logs_the_libraries(
     verb: str, corpus: Corpus, tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch
 ) -> None:

@@ -25,6 +25,7 @@ def finished(preset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     return out, lines
 
 
+@pytest.mark.trains
 @pytest.mark.slow
 def test_study_runs_every_step_and_writes_one_report(
     preset: Path, finished: tuple[Path, list[str]]
@@ -54,6 +55,7 @@ def test_study_runs_every_step_and_writes_one_report(
     assert "Read this first" in (out / "report.md").read_text()
 
 
+@pytest.mark.trains
 @pytest.mark.slow
 def test_a_swept_arm_keeps_its_best_val_rate_and_every_arm_is_scored_on_val(
     finished: tuple[Path, list[str]],
@@ -80,6 +82,7 @@ def test_a_swept_arm_keeps_its_best_val_rate_and_every_arm_is_scored_on_val(
     assert any("kept the" in w for w in results["warnings"])  # a two-point grid: always an edge
 
 
+@pytest.mark.trains
 @pytest.mark.slow
 def test_the_transplant_control_is_reported_and_warns_when_it_fails(
     finished: tuple[Path, list[str]],
@@ -98,6 +101,7 @@ def test_the_transplant_control_is_reported_and_warns_when_it_fails(
     )
 
 
+@pytest.mark.trains
 def test_rerun_skips_finished_steps_and_redoes_a_damaged_one(
     preset: Path, finished: tuple[Path, list[str]]
 ) -> None:

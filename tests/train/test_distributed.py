@@ -23,6 +23,7 @@ def _train(out: Path, preset: list[str], processes: int, config: str, *extra: st
     launch_training(launch, out, preset, 4 // processes, config, *extra)
 
 
+@pytest.mark.trains
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("config", "extra", "metrics"),

@@ -46,6 +46,7 @@ def _spec(data: tuple[Path, Path], fmt: str = "llava") -> str:
     return json.dumps({"format": fmt, "path": str(data[0]), "images": str(data[1])})
 
 
+@pytest.mark.trains
 def test_a_full_stage_trains_a_step_on_llava_data_and_lists_skipped_rows(
     preset: list[str], llava_data: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -106,6 +106,7 @@ def _train_curve(out: Path, metric: str) -> dict[int, float]:
     return {r["step"]: r["value"] for r in rows if r["split"] == "train" and r["metric"] == metric}
 
 
+@pytest.mark.trains
 @pytest.mark.slow
 def test_a_run_killed_mid_stage_resumes_to_the_uninterrupted_end(preset, tmp_path) -> None:
     whole, killed = tmp_path / "whole", tmp_path / "killed"
@@ -212,6 +213,7 @@ def _poison(monkeypatch: pytest.MonkeyPatch, where: str, step: int) -> None:
     monkeypatch.setattr(stages, "stage_trainer", poisoned)
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize(
     ("where", "named"),
     [
@@ -407,6 +409,7 @@ def checkpointed_run(preset, tmp_path_factory) -> Path:
 PICKLED_STATE = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "scaler.pt"}
 
 
+@pytest.mark.trains
 def test_a_run_folder_holds_weights_as_safetensors_only(checkpointed_run) -> None:
     files = [p for p in checkpointed_run.rglob("*") if p.is_file()]
     assert {p.parent.name for p in files if p.name == "model.safetensors"} >= {

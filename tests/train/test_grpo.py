@@ -56,6 +56,7 @@ def arms(preset, answering, tmp_path_factory) -> dict[str, Path]:
     }
 
 
+@pytest.mark.trains
 def test_grpo_reads_the_sft_arms_records_in_the_same_order(arms) -> None:
     logs = {name: read_jsonl(out / "samples.jsonl") for name, out in arms.items()}
     assert [row["step"] for row in logs["grpo"]] == [1, 2, 3]
@@ -69,6 +70,7 @@ def test_grpo_reads_the_sft_arms_records_in_the_same_order(arms) -> None:
     assert all(count > 0 for _, count in trainable["grpo"])
 
 
+@pytest.mark.trains
 def test_grpo_updates_the_vision_encoder(arms, answering) -> None:
     changed = _changed(_weights(answering), _weights(arms["grpo"] / "final"), VISION)
     assert any(".encoder.layers.0." in k for k in changed)
@@ -76,6 +78,7 @@ def test_grpo_updates_the_vision_encoder(arms, answering) -> None:
     assert not any(".encoder.layers.1." in k or "post_layernorm" in k for k in changed)
 
 
+@pytest.mark.trains
 def test_rewards_are_logged_per_category_and_agree_with_trls_log(arms) -> None:
     out = arms["grpo"]
     rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["split"] == "train"]
@@ -101,6 +104,7 @@ def test_rewards_are_logged_per_category_and_agree_with_trls_log(arms) -> None:
         assert -0.5 <= logged["reward"] <= 1.1
 
 
+@pytest.mark.trains
 def test_the_summary_states_the_generation_budget(arms) -> None:
     out = arms["grpo"]
     summary = json.loads((out / "summary.json").read_text())
@@ -118,6 +122,7 @@ def test_the_summary_states_the_generation_budget(arms) -> None:
     assert summary["tokens_seen"] > summary["generated_tokens"]  # prompts + replies
 
 
+@pytest.mark.trains
 def test_a_frozen_vision_encoder_stays_bit_identical(preset, answering, tmp_path) -> None:
     cfg = tiny_config(
         "post-grpo",
@@ -135,6 +140,7 @@ def test_a_frozen_vision_encoder_stays_bit_identical(preset, answering, tmp_path
     assert _changed(start, end, "multi_modal_projector.")
 
 
+@pytest.mark.trains
 def test_a_resumed_grpo_run_ends_where_an_uninterrupted_run_ends(
     preset, answering, tmp_path
 ) -> None:

@@ -93,6 +93,7 @@ def _launch(config: Path) -> list[str]:
     return ["-m", "accelerate.commands.launch", "--config_file", str(config)]
 
 
+@pytest.mark.trains
 @pytest.mark.slow
 def test_cpu_ddp_config_trains_post_like_one_process(preset, tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
@@ -113,6 +114,7 @@ print("PROBE", state.distributed_type.value, plugin is not None, flush=True)
 """
 
 
+@pytest.mark.trains
 @pytest.mark.slow
 def test_fsdp_on_cpu_is_tried_and_skipped_with_the_reason(preset, tmp_path: Path) -> None:
     config = yaml.safe_load((LAUNCH / "fsdp2.yaml").read_text())

@@ -137,6 +137,7 @@ def test_packed_batches_give_the_padded_loss_and_gradients(stage, preset, tmp_pa
         assert cosine >= COSINE, f"{part}: cosine {cosine}"
 
 
+@pytest.mark.trains
 def test_a_fast_run_trains_like_a_stock_run(preset, tmp_path) -> None:
     runs = {}
     for speed in ("stock", "fast"):

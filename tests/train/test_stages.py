@@ -45,6 +45,7 @@ def sft_and_dpo(preset, tmp_path_factory) -> dict[str, Path]:
     return runs
 
 
+@pytest.mark.trains
 def test_sft_and_dpo_consume_the_same_records_in_the_same_order(sft_and_dpo) -> None:
     logs = {name: read_jsonl(out / "samples.jsonl") for name, out in sft_and_dpo.items()}
     assert [row["step"] for row in logs["sft"]] == [1, 2, 3]
@@ -61,6 +62,7 @@ def test_sft_and_dpo_consume_the_same_records_in_the_same_order(sft_and_dpo) -> 
     assert records["sft"] == records["dpo"]
 
 
+@pytest.mark.trains
 def test_both_objectives_update_the_vision_encoder(sft_and_dpo, stage1_dir) -> None:
     start = _weights(stage1_dir)
     for out in sft_and_dpo.values():
@@ -70,6 +72,7 @@ def test_both_objectives_update_the_vision_encoder(sft_and_dpo, stage1_dir) -> N
         assert not any(".encoder.layers.1." in k or "post_layernorm" in k for k in changed)
 
 
+@pytest.mark.trains
 def test_dpo_trains_alike_with_and_without_prefix_sharing(sft_and_dpo, preset, tmp_path) -> None:
     """The default run (prefix sharing and the reference cache on) against the stock path."""
     switches = ("post.prefix_sharing=false", "post.reference_cache=false")
@@ -80,6 +83,7 @@ def test_dpo_trains_alike_with_and_without_prefix_sharing(sft_and_dpo, preset, t
     assert_same_curves(shared, stock, ("loss", "logps/chosen", "logps/rejected"))
 
 
+@pytest.mark.trains
 def test_a_run_folder_holds_what_the_design_promises(sft_and_dpo) -> None:
     out = sft_and_dpo["dpo"]
     for name in ("config.yaml", "parts.txt", "parts.json", "records.jsonl", "summary.json"):
@@ -104,6 +108,7 @@ def test_a_run_folder_holds_what_the_design_promises(sft_and_dpo) -> None:
     AutoProcessor.from_pretrained(out / "final")
 
 
+@pytest.mark.trains
 def test_the_same_command_again_does_not_retrain(sft_and_dpo, preset) -> None:
     out = sft_and_dpo["sft"]
     before = (out / "summary.json").read_text()
@@ -112,11 +117,13 @@ def test_the_same_command_again_does_not_retrain(sft_and_dpo, preset) -> None:
     assert result.summary["steps"] == 3
 
 
+@pytest.mark.trains
 def test_a_folder_with_another_config_is_refused(sft_and_dpo, preset) -> None:
     with pytest.raises(ConfigError, match=r"another config \(post\.beta: 0\.1 there, 0\.3 now\)"):
         run_stage(tiny_config("post-sft", preset, "post.beta=0.3"), sft_and_dpo["sft"])
 
 
+@pytest.mark.trains
 def test_a_run_from_before_a_new_config_key_is_still_the_same_run(
     sft_and_dpo, preset, tmp_path
 ) -> None:
@@ -130,6 +137,7 @@ def test_a_run_from_before_a_new_config_key_is_still_the_same_run(
     assert (out / "summary.json").read_text() == before  # recognised as finished, not retrained
 
 
+@pytest.mark.trains
 def test_a_frozen_vision_encoder_stays_bit_identical(preset, stage1_dir, tmp_path) -> None:
     cfg = tiny_config("post-dpo", preset, "train.parts=[projector, lm]", "train.lr=1e-3")
     out = run_stage(cfg, tmp_path / "frozen").final
@@ -141,6 +149,7 @@ def test_a_frozen_vision_encoder_stays_bit_identical(preset, stage1_dir, tmp_pat
     assert table[0] == {**table[0], "part": "vision", "trainable": 0, "learning_rate": None}
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize(
     ("stage", "captions"),
     [("align", True), ("full", False)],
@@ -176,6 +185,7 @@ def test_align_trains_the_projector_only(preset, tmp_path, stage: str, captions:
     assert list((tmp_path / "align" / "tensorboard").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.trains
 def test_full_trains_every_part_at_its_own_rate(preset, tmp_path) -> None:
     cfg = tiny_config("full", preset)
     result = run_stage(cfg, tmp_path / "full")
@@ -189,6 +199,7 @@ def test_full_trains_every_part_at_its_own_rate(preset, tmp_path) -> None:
     assert result.summary["heldout"]["loss"] > 0
 
 
+@pytest.mark.trains
 def test_resume_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(preset, tmp_path) -> None:
     settings = ("train.steps=4", "train.save_steps=2", "train.lr=1e-3")
     cfg = tiny_config("post-dpo", preset, *settings)
@@ -211,6 +222,7 @@ def test_resume_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(preset, t
         )
 
 
+@pytest.mark.trains
 def test_on_policy_pairs_keep_only_verified_wrong_answers(preset, splits, tmp_path) -> None:
     cfg = tiny_config(
         "post-dpo",
@@ -240,6 +252,7 @@ def _post_trainer(cfg, splits, folder: str):
     return stage_trainer(cfg, model, processor, trl_arguments(cfg, out, 2, 1), data, None, out)
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize(
     ("objective", "losses", "weights"),
     [("ipo", ["ipo"], [1.0]), ("mpo", ["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0])],
@@ -253,6 +266,7 @@ def test_ipo_and_mpo_reach_trl_as_its_loss_lists(
     assert math.isfinite(result.training_loss)
 
 
+@pytest.mark.trains
 def test_the_reference_is_the_frozen_starting_model_encoder_included(
     preset, stage1_dir, splits
 ) -> None:

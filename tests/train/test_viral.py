@@ -111,6 +111,7 @@ def viral_full(preset, teacher_dir, tmp_path_factory) -> tuple[Path, object]:
     return out, run_stage(cfg, out)
 
 
+@pytest.mark.trains
 def test_alignment_is_logged_beside_the_objective_and_falls(viral_full) -> None:
     out, _ = viral_full
     rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["split"] == "train"]
@@ -124,6 +125,7 @@ def test_alignment_is_logged_beside_the_objective_and_falls(viral_full) -> None:
         assert math.isclose(total[step], value + 0.5 * alignment[index], rel_tol=1e-6)
 
 
+@pytest.mark.trains
 def test_head_trains_teacher_stays_the_checkpoint_and_final_has_no_head(
     viral_full, teacher_dir
 ) -> None:
@@ -156,6 +158,7 @@ def test_teacher_is_frozen_outside_the_model_and_exactly_as_saved(
     assert all(p.requires_grad for p in model.align_head.parameters())
 
 
+@pytest.mark.trains
 def test_dpo_with_viral_logs_both_terms(preset, teacher_dir, tmp_path) -> None:
     cfg = tiny_config("post-dpo", preset, *viral(teacher_dir, "viral.teacher=self"))
     result = run_stage(cfg, tmp_path / "dpo")
@@ -182,6 +185,7 @@ def test_the_dpo_reference_has_no_head(preset, teacher_dir, splits) -> None:
     assert not hasattr(trainer.ref_model, "align_head")
 
 
+@pytest.mark.trains
 def test_resume_restores_the_head(viral_full, preset, teacher_dir, tmp_path) -> None:
     whole, result = viral_full
     stopped = tmp_path / "stopped"
