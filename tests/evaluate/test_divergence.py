@@ -10,8 +10,8 @@ import torch
 
 from pivotlab.evaluate.divergence import (
     KL_METRIC,
-    _answer_spans,
     answer_kl,
+    answer_spans,
     answered_prompt,
     measure_kl,
 )
@@ -55,7 +55,7 @@ def test_spans_hold_the_answer_and_values_do_not_depend_on_padding(
     image = open_image(eval_split, record["image"], "test")
     inputs = processor(images=[image], text=[text], return_tensors="pt")
     prompt = chat_prompt(processor, record["question"])
-    (span,) = _answer_spans(processor, inputs, [prompt], model.config.image_token_id)
+    (span,) = answer_spans(processor, inputs, [prompt], model.config.image_token_id)
     targets = inputs["input_ids"][0, span.start + 1 : span.stop + 1]
     decoded = processor.tokenizer.decode(targets)
     assert decoded.startswith(str(record["answer"]))

@@ -36,7 +36,7 @@ def answered_prompt(processor, question: str, answer: str) -> str:
     return processor.apply_chat_template(messages)
 
 
-def _answer_spans(processor, inputs, prompts: list[str], image_token_id: int) -> list[range]:
+def answer_spans(processor, inputs, prompts: list[str], image_token_id: int) -> list[range]:
     """Per row, the positions whose logits predict the answer's tokens."""
     tokenizer = processor.tokenizer
     image_tokens = (inputs["input_ids"] == image_token_id).sum(dim=1)
@@ -64,7 +64,7 @@ def answer_kl(model, reference, processor, data: Path, items: list[dict], batch_
         images = [open_image(data, r["image"], f"{where} (question {r['id']})") for r in batch]
         inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
         logits, reference_logits = model(**inputs).logits, reference(**inputs).logits
-        spans = _answer_spans(processor, inputs, prompts, model.config.image_token_id)
+        spans = answer_spans(processor, inputs, prompts, model.config.image_token_id)
         for row, span in enumerate(spans):
             positions = torch.tensor(list(span))
             log_p = logits[row, positions].float().log_softmax(dim=-1)

@@ -77,7 +77,9 @@ def load_items(
     return items
 
 
-def _image(data: Path, record: dict, blind: bool) -> Image.Image:
+def shown_image(data: Path, record: dict, blind: bool) -> Image.Image:
+    """The picture the model is shown for ``record``: its scene, or (``blind``) one flat
+    grey picture of the same size."""
     rgb = open_image(data, record["image"], f"{data / 'vqa.jsonl'} (question {record['id']})")
     return Image.new("RGB", rgb.size, BLANK_GREY) if blind else rgb
 
@@ -105,7 +107,7 @@ def greedy_replies(
         replies += generate_replies(
             model,
             processor,
-            [_image(data, r, cfg.blind) for r in batch],
+            [shown_image(data, r, cfg.blind) for r in batch],
             [r["question"] for r in batch],
             max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.batch_size,
@@ -133,7 +135,7 @@ def likelihood_choices(
         for index, record in enumerate(batch):
             prompt = chat_prompt(processor, record["question"])
             prompt_length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-            image = _image(data, record, cfg.blind)
+            image = shown_image(data, record, cfg.blind)
             for letter in LETTERS[: len(record["choices"])]:
                 texts.append(prompt + letter)
                 images.append(image)
