@@ -82,7 +82,9 @@ from pivotlab.train.stage_data import (
     trl_dataset,
 )
 from pivotlab.train.stages import accumulation, stage_trainer, trl_arguments
+from pivotlab.world.generate import WorldConfig
 from pivotlab.world.hf import conversations
+from pivotlab.world.splits import cached_split
 from prefix_sharing import StepClock, dpo_trainer, print_spent, time_method, time_module
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -158,10 +160,10 @@ def stage1_config(speed: str, steps: int, overrides: list[str] = ()):
 def stage1_rows(cfg, seed: int = 0):
     """The stage's records (every question of the split, shuffled from the seed), the split
     and the schedule's first ``steps x batch`` record indices."""
-    split = resolve_split(cfg.data.train, "data.train")
+    split = resolve_split(cfg.data.train_split)
     records = conversations(keep_first(stage_records(cfg, split), None, seed), cfg.data.turns)
     order = schedule(len(records), cfg.train.steps * cfg.train.batch_size, seed)
-    return split, records, order
+    return split.path, records, order
 
 
 def sft_trainer(arm: str, model, processor, split, records, order, out: Path, steps: int,
@@ -339,8 +341,7 @@ def profile(args) -> None:
 
 
 def dpo(args) -> None:
-    split = resolve_split({"preset": "tiny", "split": "train", "n": 4000, "size": 64, "seed": 0},
-                          "data.train")  # fmt: skip
+    split = cached_split(WorldConfig.from_preset("tiny", split="train", n=4000, size=64, seed=0))
     pairs = keep_first(read_jsonl(split / "preferences.jsonl"), args.steps * args.batch, 0)
     data = trl_dataset(pairs, split, stage="post")
     model, processor = assemble("zoo:enc-s", "zoo:lm-s", seed=0)

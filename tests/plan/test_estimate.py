@@ -150,10 +150,10 @@ def test_a_world_split_is_counted_from_its_manifest_as_reading_it_would(
     """The study plans every step's FLOPs at its start: the count comes from the manifest,
     and must be what reading the stage's records finds."""
     from pivotlab.plan.estimate import world_records
-    from pivotlab.train.stage_data import stage_records
+    from pivotlab.train.stage_data import resolve_split, stage_records
 
     alone = ["model.vision=null", "model.lm=null"] if recipe == "align" else []
     cfg = _tiny(recipe, tiny_model_dir, split, *alone)
-    assert world_records(cfg) == len(stage_records(cfg, split)) > 0
+    assert world_records(cfg) == len(stage_records(cfg, resolve_split(cfg.data.train_split))) > 0
     if recipe == "full":  # several questions per conversation: only reading counts them
         assert world_records(_tiny(recipe, tiny_model_dir, split, "data.turns=2")) is None

@@ -89,7 +89,7 @@ def test_each_stage_gets_its_records_from_a_dataset(
     overrides = [o for o in preset if not o.startswith("data.")]
     spec = f"data.train={_spec(llava_data)}"
     full = tiny_config("full", overrides, spec, "data.on_bad_record=skip")
-    split = resolve_split(full.data.train, "data.train")
+    split = resolve_split(full.data.train_split)
     records = stage_records(full, split)
     assert [r["id"] for r in records] == [
         "red-0",
@@ -100,7 +100,7 @@ def test_each_stage_gets_its_records_from_a_dataset(
         "blue-1",
     ]
     assert records[0]["question"] == "What colour is it?" and "turns" in records[5]
-    row = trl_dataset(records[5:], split, stage="full")[0]
+    row = trl_dataset(records[5:], split.path, stage="full")[0]
     assert [m["role"] for m in row["messages"]] == ["user", "assistant"] * 2
     assert row["images"][0].size == (32, 32)
     align = tiny_config("full", overrides, spec, "stage=align", "data.on_bad_record=skip")
@@ -123,7 +123,7 @@ def test_post_reads_mmpr_pairs_and_max_length_screens_with_the_models_processor(
     overrides = [o for o in preset if not o.startswith("data.")]
     spec = f"data.train={_spec(data, 'mmpr')}"
     cfg = tiny_config("post-dpo", overrides, spec)
-    split = resolve_split(cfg.data.train, "data.train")
+    split = resolve_split(cfg.data.train_split)
     assert [(r["prompt"], r["chosen"]) for r in stage_records(cfg, split)] == [
         ("What colour?", "red"),
         ("What colour?", "red"),
@@ -177,7 +177,7 @@ def test_a_world_split_named_as_a_dataset_gives_the_worlds_own_records(
     overrides = [o for o in preset if not o.startswith("data.")]
     spec = json.dumps({"format": "world", "path": str(train)})
     cfg = tiny_config("post-dpo", overrides, f"data.train={spec}", "data.eval=null")
-    records = stage_records(cfg, resolve_split(cfg.data.train, "data.train"))
+    records = stage_records(cfg, resolve_split(cfg.data.train_split))
     world = read_jsonl(train / "preferences.jsonl")
     fields = ("id", "prompt", "chosen", "rejected")
     assert [tuple(r[k] for k in fields) for r in records] == [

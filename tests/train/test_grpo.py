@@ -175,7 +175,7 @@ def _four_prompt_trainer(preset, tmp_path):
     """A GRPO trainer on the tiny model over the first four preference records."""
     cfg = tiny_config("post-grpo", preset, *GRPO)
     model, processor = initial_model(cfg)
-    split = resolve_split(cfg.data.train, "data.train")
+    split = resolve_split(cfg.data.train_split).path
     records = read_jsonl(split / "preferences.jsonl")[:4]
     data = trl_dataset(records, split, stage="post", objective="grpo")
     process_state(cfg)

@@ -13,6 +13,7 @@ from pivotlab.train.heldout import (
     heldout_records,
     measured,
 )
+from pivotlab.train.stage_data import resolve_split
 from tests.train.conftest import tiny_config
 
 
@@ -48,9 +49,11 @@ def test_another_objectives_settings_stay_with_its_training(
 
 
 def test_every_run_scores_the_same_heldout_records(preset, splits) -> None:
-    one, split = heldout_records(tiny_config("post-dpo", preset))
-    other, _ = heldout_records(tiny_config("post-sft", preset, "seed=3"))
-    assert split == splits[1] and len(one) == 8
+    dpo, sft = tiny_config("post-dpo", preset), tiny_config("post-sft", preset, "seed=3")
+    split = resolve_split(dpo.data.eval_split)
+    assert split.path == splits[1] and resolve_split(sft.data.eval_split) == split
+    one, other = heldout_records(dpo, split), heldout_records(sft, split)
+    assert len(one) == 8
     assert [r["id"] for r in one] == [r["id"] for r in other]
 
 
@@ -61,4 +64,6 @@ def test_measures_drop_prefixes_and_timing() -> None:
 
 def test_no_eval_split_no_heldout_measures(preset) -> None:
     cfg = tiny_config("post-dpo", preset, "data.eval=null")
-    assert heldout_measures(cfg, None, None, None, lambda: pytest.fail("loaded a model")) == {}
+    assert cfg.data.eval_split is None
+    measures = heldout_measures(cfg, None, None, None, None, lambda: pytest.fail("loaded a model"))
+    assert measures == {}

@@ -35,11 +35,11 @@ def built(name: str, preset: list[str], out: Path, *overrides: str):
     cfg = tiny_config(name, preset, *overrides)
     out.mkdir(parents=True, exist_ok=True)
     process_state(cfg)
-    split = resolve_split(cfg.data.train, "data.train")
+    split = resolve_split(cfg.data.train_split)
     model, processor = initial_model(cfg)
     set_trainable(model, cfg.parts)
     records = training_records(cfg, split, model, processor, out)
-    data = trl_dataset(records, split, stage=cfg.stage, objective=cfg.post.objective,
+    data = trl_dataset(records, split.path, stage=cfg.stage, objective=cfg.post.objective,
                        eos=processor.tokenizer.eos_token)  # fmt: skip
     return stage_trainer(cfg, model, processor, trl_arguments(cfg, out, 3, 1), data, None, out)
 

@@ -4,8 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pivotlab.io import read_jsonl
-from pivotlab.train.stage_data import SAMPLE_INDEX, keep_first, schedule, trl_dataset
+from pivotlab.train import ConfigError
+from pivotlab.train.config import DataSection
+from pivotlab.train.splits import SplitFolder
+from pivotlab.train.stage_data import (
+    SAMPLE_INDEX,
+    keep_first,
+    resolve_data,
+    resolve_split,
+    schedule,
+    trl_dataset,
+)
 from pivotlab.world.hf import conversations
 
 
@@ -21,6 +33,22 @@ def test_keep_first_is_a_seeded_subset() -> None:
     records = [{"id": i} for i in range(10)]
     assert keep_first(records, 4, 0) == keep_first(records, 4, 0)
     assert keep_first(records, 4, 0) == keep_first(records, None, 0)[:4]
+
+
+def test_a_split_resolves_to_its_folder(
+    splits: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PIVOTLAB_CACHE", str(tmp_path / "cache"))
+    train, _ = splits
+    world = {"preset": "tiny", "split": "val", "n": 2, "size": 32}
+    data = resolve_data(DataSection(train=str(train), eval=world))
+    assert data.train == SplitFolder("data.train", train)
+    assert data.eval is not None and data.eval.dataset is None
+    assert data.eval.path.parent == tmp_path / "cache" / "world"
+    assert (data.eval.path / "manifest.json").is_file()
+    assert resolve_data(DataSection(train=str(train))).eval is None
+    with pytest.raises(ConfigError, match=r"^data\.train: .*empty is not a world split"):
+        resolve_split(DataSection(train=str(tmp_path / "empty")).train_split)
 
 
 def test_formats_per_stage_and_objective(splits: tuple[Path, Path]) -> None:

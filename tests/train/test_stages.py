@@ -19,7 +19,7 @@ from pivotlab.model import save
 from pivotlab.model.parts import set_trainable
 from pivotlab.train import ConfigError, run_stage
 from pivotlab.train.arguments import process_state, trl_arguments
-from pivotlab.train.stage_data import stage_records, trl_dataset
+from pivotlab.train.stage_data import resolve_split, stage_records, trl_dataset
 from pivotlab.train.stages import STAGE_FILE, initial_model, stage_trainer
 from pivotlab.world.answers import is_correct
 from tests.train.conftest import assert_same_curves, tiny_config, train_curve
@@ -245,7 +245,7 @@ def test_on_policy_pairs_keep_only_verified_wrong_answers(preset, splits, tmp_pa
 def _post_trainer(cfg, splits, folder: str):
     model, processor = initial_model(cfg)
     set_trainable(model, cfg.parts)
-    records = stage_records(cfg, splits[0])[:8]
+    records = stage_records(cfg, resolve_split(cfg.data.train_split))[:8]
     data = trl_dataset(records, splits[0], stage="post", order=list(range(8)))
     out = splits[0].parent / folder
     process_state(cfg)

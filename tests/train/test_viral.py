@@ -169,13 +169,13 @@ def test_dpo_with_viral_logs_both_terms(preset, teacher_dir, tmp_path) -> None:
 
 def test_the_dpo_reference_has_no_head(preset, teacher_dir, splits) -> None:
     from pivotlab.train.arguments import process_state, trl_arguments
-    from pivotlab.train.stage_data import stage_records, trl_dataset
+    from pivotlab.train.stage_data import resolve_split, stage_records, trl_dataset
     from pivotlab.train.stages import initial_model, prepare_viral, stage_trainer
 
     cfg = tiny_config("post-dpo", preset, *viral(teacher_dir), "post.reference_cache=false")
     model, processor = initial_model(cfg)
     prepare_viral(cfg, model, processor)
-    records = stage_records(cfg, splits[0])[:4]
+    records = stage_records(cfg, resolve_split(cfg.data.train_split))[:4]
     data = trl_dataset(records, splits[0], stage="post", order=list(range(4)))
     out = splits[0].parent / "viral-ref"
     process_state(cfg)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from transformers import PretrainedConfig
 
@@ -174,10 +173,11 @@ def world_records(cfg: StageConfig) -> int | None:
     """The records a stage finds in its world split, from the split's manifest (nothing
     else read); None for a dataset, a split not generated yet, or conversations of several
     questions, which only reading the records counts."""
-    if not isinstance(cfg.data.train, str) or cfg.data.turns != 1:
+    folder = cfg.data.train_split.folder if cfg.data.train_split is not None else None
+    if folder is None or cfg.data.turns != 1:
         return None
     try:
-        manifest = json.loads((Path(cfg.data.train) / "manifest.json").read_text())
+        manifest = json.loads((folder / "manifest.json").read_text())
         counts = manifest["counts"] if manifest.get("generator") == "pivotlab.world" else None
         for key in _WORLD_COUNTS[cfg.stage]:
             counts = counts[key]  # type: ignore[index]
@@ -190,13 +190,14 @@ def _records(cfg: StageConfig, options: PlanOptions) -> tuple[int, str]:
     """How many records the stage trains on, and how that was found."""
     if options.records is not None:
         return options.records, "--records"
-    if isinstance(cfg.data.train, str):
-        split = resolve_split(cfg.data.train, "data.train")
+    train = cfg.data.train_split
+    if train is not None and train.folder is not None:
+        split = resolve_split(train)
         found = world_records(cfg)
         if found is None:
             found = len(conversations(stage_records(cfg, split), cfg.data.turns))
         kept = min(found, cfg.data.limit or found)
-        return kept, f"{split}: {found} records, data.limit {cfg.data.limit}"
+        return kept, f"{split.path}: {found} records, data.limit {cfg.data.limit}"
     if cfg.data.limit is not None:
         return cfg.data.limit, "data.limit; assumes the split holds at least that many"
     raise PlanError(

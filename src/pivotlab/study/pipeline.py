@@ -24,6 +24,7 @@ from pivotlab.study.config import Recipe, StudyConfig, recipe_path
 from pivotlab.study.ledger import Ledger, fingerprint
 from pivotlab.study.progress import TimeLeft
 from pivotlab.train.config import StageConfig, config_from_dict
+from pivotlab.train.splits import parse_split
 
 STAGE1 = "stage1"
 BLIND = "blind"
@@ -272,9 +273,9 @@ def world_splits(study: StudyConfig) -> dict[str, Path]:
     use. Without ``world.train`` the recipes' own data (real datasets) is used to train."""
     from pivotlab.train.stage_data import resolve_split
 
-    return {
-        key: resolve_split(fields, f"world.{key}") for key, fields in study.world.sections().items()
-    }
+    sections = study.world.sections().items()
+    parsed = {key: parse_split(value, f"world.{key}") for key, value in sections}
+    return {key: resolve_split(split).path for key, split in parsed.items() if split is not None}
 
 
 def _data_sets(splits: dict[str, Any], train: str = "train") -> dict[str, Any]:

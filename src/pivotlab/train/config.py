@@ -19,9 +19,9 @@ from typing import Any
 import yaml
 
 from pivotlab.configtree import ConfigError, apply_override, build_dataclass, read_tree
-from pivotlab.data.formats import DEFAULT_MAX_CHARS, FORMATS
 from pivotlab.data.records import POLICIES
 from pivotlab.model.parts import ALIGN_HEAD, PARTS
+from pivotlab.train.splits import parse_split
 
 STAGES: tuple[str, ...] = ("align", "full", "post")
 OBJECTIVES: tuple[str, ...] = ("sft", "dpo", "ipo", "mpo", "grpo")
@@ -73,7 +73,11 @@ class DataSection:
     A split may also name a dataset, ``{format: llava|mmpr|world, path: ..., images:
     ...}`` (``DatasetSpec``, ``docs/data.md``), checked row by row before training;
     ``on_bad_record`` says what a bad row does: ``fail`` stops the run naming it, ``skip``
-    trains without it and lists it in ``RUN/skipped.jsonl``."""
+    trains without it and lists it in ``RUN/skipped.jsonl``.
+
+    ``train`` and ``eval`` keep what the config wrote (``config.yaml`` shows it); each is
+    parsed once, when set, into ``train_split`` / ``eval_split`` (``DataSplit``,
+    ``train/splits.py``), which every user of the data reads."""
 
     train: str | dict[str, Any] | None = None
     eval: str | dict[str, Any] | None = None
@@ -82,17 +86,12 @@ class DataSection:
     turns: int = 1
     on_bad_record: str = "fail"
 
-
-@dataclass
-class DatasetSpec:
-    """A dataset outside the world as a stage's data: its ``format``, the data file (or
-    world split folder) at ``path``, the folder ``images`` are relative to (a world
-    split's own folder when omitted), and the character limit per text field."""
-
-    format: str
-    path: str
-    images: str | None = None
-    max_chars: int = DEFAULT_MAX_CHARS
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        # Parsed on every assignment (the dataclass's __init__ included), so the typed
+        # value can never disagree with the one written to config.yaml.
+        if name in ("train", "eval"):
+            super().__setattr__(f"{name}_split", parse_split(value, f"data.{name}"))
 
 
 # The formats each stage can read: align needs captions, post needs preference pairs.
@@ -242,37 +241,19 @@ class StageConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def dataset_spec(value: object, key: str) -> DatasetSpec | None:
-    """The ``DatasetSpec`` a data entry names (a mapping with ``format``), else None."""
-    if not isinstance(value, dict) or "format" not in value:
-        return None
-    spec = build_dataclass(DatasetSpec, value, key)
-    if spec.format not in FORMATS:
-        raise ConfigError(f"{key}.format is {spec.format!r}; expected one of {', '.join(FORMATS)}")
-    if spec.images is None and spec.format != "world":
-        raise ConfigError(f"{key}.images is required for {spec.format} data")
-    if spec.max_chars <= 0:
-        raise ConfigError(f"{key}.max_chars must be positive, got {spec.max_chars}")
-    return spec
-
-
 def _check_datasets(cfg: StageConfig, source: str) -> None:
     """Dataset specs that this stage can read, with settings that apply to them."""
     _check_choice(cfg.data.on_bad_record, POLICIES, "data.on_bad_record", source)
-    for name in ("train", "eval"):
-        key = f"data.{name}"
-        try:
-            spec = dataset_spec(getattr(cfg.data, name), key)
-        except ConfigError as error:
-            raise ConfigError(f"{source}: {error}") from None
-        if spec is None:
+    for split in (cfg.data.train_split, cfg.data.eval_split):
+        if split is None or split.dataset is None:
             continue
+        spec, key = split.dataset, split.key
         if spec.format not in STAGE_FORMATS[cfg.stage]:
             raise ConfigError(
                 f"{source}: {key} is {spec.format} data; the {cfg.stage} stage reads "
                 f"{' or '.join(STAGE_FORMATS[cfg.stage])}"
             )
-        if name == "train" and cfg.stage == "post" and cfg.post.on_policy.enabled:
+        if split is cfg.data.train_split and cfg.stage == "post" and cfg.post.on_policy.enabled:
             raise ConfigError(
                 f"{source}: post.on_policy samples questions of a world split; name {key} "
                 "by folder or world fields, not as a dataset"

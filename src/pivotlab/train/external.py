@@ -18,6 +18,7 @@ and lists every skipped row in ``RUN/skipped.jsonl`` (``screen_data``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -36,16 +37,12 @@ from pivotlab.data.formats import WORLD_FILES
 from pivotlab.data.records import write_skipped
 from pivotlab.data.tokens import length_finding, load_processor
 from pivotlab.io import read_jsonl, write_json_atomic, write_jsonl_atomic
-from pivotlab.train.config import DatasetSpec, StageConfig, dataset_spec
+from pivotlab.train.config import StageConfig
+from pivotlab.train.splits import DataFolders, DatasetSpec, SplitFolder
 
 LOADER_VERSION = 1
 MARKER = "dataset.json"
 WORLD_KINDS = {"align": "caption", "full": "conversation", "post": "preference"}
-
-
-def is_dataset_split(split: Path) -> bool:
-    """True for a folder written by ``dataset_split``."""
-    return (Path(split) / MARKER).is_file()
 
 
 def _source(spec: DatasetSpec) -> Source:
@@ -99,10 +96,9 @@ def _preference_row(record: Record, root: Path) -> dict:
     }
 
 
-def dataset_split(value: dict, key: str) -> Path:
-    """The checked folder of the dataset ``value`` names (built on first use; see the
+def dataset_split(spec: DatasetSpec, key: str) -> Path:
+    """The checked folder of the dataset ``spec`` names (built on first use; see the
     module docstring). ``key`` names the config entry in errors."""
-    spec = dataset_spec(value, key)
     source = _source(spec)
     try:
         source.check()
@@ -120,7 +116,9 @@ def dataset_split(value: dict, key: str) -> Path:
     preferences = [_preference_row(r, root) for r in loaded.records if r.kind == "preference"]
     write_jsonl_atomic(building / "preferences.jsonl", preferences)
     summary = {"rows": loaded.rows, "valid": len(loaded.records), "problems": loaded.counts()}
-    write_json_atomic(building / MARKER, {"spec": value, "images": str(root), **summary})
+    write_json_atomic(
+        building / MARKER, {"spec": dataclasses.asdict(spec), "images": str(root), **summary}
+    )
     try:
         os.rename(building, out)
     except OSError:  # another process published it first: keep theirs
@@ -149,13 +147,15 @@ def _stage_problem(stage: str, record: Record) -> Problem | None:
     return None
 
 
-def screened(cfg: StageConfig, split: Path) -> tuple[list[Record], list[Problem]]:
+def screened(cfg: StageConfig, split: SplitFolder) -> tuple[list[Record], list[Problem]]:
     """The records of a dataset folder this stage can train on, and every problem: the
     loader's, the stage's own, and the token lengths' when ``train.max_length`` is set.
     A world split holds all three kinds of record; a stage takes its own kind of them."""
+    assert split.dataset is not None, f"{split.key} names no dataset"
     m = cfg.model
     model = (m.init, m.vision, m.lm, m.image_size, m.select_strategy)
-    kept, problems = _screened(str(split), cfg.stage, cfg.train.max_length, model)
+    world = split.dataset.format == "world"
+    kept, problems = _screened(str(split.path), world, cfg.stage, cfg.train.max_length, model)
     return list(kept), list(problems)
 
 
@@ -164,12 +164,12 @@ def screened(cfg: StageConfig, split: Path) -> tuple[list[Record], list[Problem]
 # (an hour for a 3.2M-row mixture).
 @lru_cache(maxsize=8)
 def _screened(
-    split_name: str, stage: str, max_length: int | None, model: tuple
+    split_name: str, world: bool, stage: str, max_length: int | None, model: tuple
 ) -> tuple[tuple[Record, ...], tuple[Problem, ...]]:
     split = Path(split_name)
     records = [_record(row) for row in read_jsonl(split / "records.jsonl")]
     problems = [Problem(**row) for row in read_jsonl(split / "problems.jsonl")]
-    if json.loads((split / MARKER).read_text())["spec"]["format"] == "world":
+    if world:
         kind = WORLD_KINDS[stage]
         name = next(n for n, k in WORLD_FILES.items() if k == kind)
         records = [r for r in records if r.kind == kind]
@@ -213,31 +213,30 @@ def _refuse(key: str, problems: list[Problem]) -> DataError:
     )
 
 
-def dataset_records(cfg: StageConfig, split: Path) -> list[dict]:
+def dataset_records(cfg: StageConfig, split: SplitFolder) -> list[dict]:
     """The stage's records from a dataset folder, under ``data.on_bad_record``."""
     records, problems = screened(cfg, split)
     if problems and cfg.data.on_bad_record == "fail":
-        raise _refuse(str(split), problems)
+        raise _refuse(str(split.path), problems)
     return [_stage_record(cfg.stage, r) for r in records]
 
 
-def screen_data(cfg: StageConfig, out: Path) -> None:
-    """Check the datasets ``cfg.data`` names before anything loads: under ``fail`` raise
-    at the first problem; under ``skip`` write every skipped row to ``out/skipped.jsonl``
-    (with the split it came from) and say how many on stderr. World splits pass as they are.
-    """
+def screen_data(cfg: StageConfig, data: DataFolders, out: Path) -> None:
+    """Check the stage's datasets (``data``, resolved) before anything loads: under
+    ``fail`` raise at the first problem; under ``skip`` write every skipped row to
+    ``out/skipped.jsonl`` (with the split it came from) and say how many on stderr. World
+    splits pass as they are."""
     rows, notes = [], []
-    for name in ("train", "eval"):
-        value = getattr(cfg.data, name)
-        if dataset_spec(value, f"data.{name}") is None:
+    for split in (data.train, data.eval):
+        if split is None or split.dataset is None:
             continue
-        _, problems = screened(cfg, dataset_split(value, f"data.{name}"))
+        _, problems = screened(cfg, split)
         if problems and cfg.data.on_bad_record == "fail":
-            raise _refuse(f"data.{name}", problems)
-        rows += [p.to_json() | {"split": name} for p in problems]
+            raise _refuse(split.key, problems)
+        rows += [p.to_json() | {"split": split.key.removeprefix("data.")} for p in problems]
         if problems:
             counts = ", ".join(f"{k} {n}" for k, n in Counter(p.kind for p in problems).items())
-            notes.append(f"data.{name}: skipping {len(problems)} rows ({counts})")
+            notes.append(f"{split.key}: skipping {len(problems)} rows ({counts})")
     if rows and PartialState().is_main_process:
         path = write_skipped(rows, out)
         notice("\n".join([*notes, f"skipped rows listed in {path}"]))

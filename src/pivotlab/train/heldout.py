@@ -24,26 +24,19 @@ from accelerate import PartialState
 from pivotlab.io import append_jsonl
 from pivotlab.train.arguments import accumulation, trl_arguments
 from pivotlab.train.config import StageConfig
-from pivotlab.train.stage_data import (
-    SAMPLE_INDEX,
-    keep_first,
-    resolve_split,
-    stage_records,
-    trl_dataset,
-)
+from pivotlab.train.splits import SplitFolder
+from pivotlab.train.stage_data import SAMPLE_INDEX, keep_first, stage_records, trl_dataset
 
 HELDOUT_SEED = 0  # every run of a study scores the same held-out records
 EVALUATION_FOLDER = ".heldout"  # the evaluator's output_dir inside the run, removed after
 TIMING = ("runtime", "samples_per_second", "steps_per_second", "epoch")
 
 
-def heldout_records(cfg: StageConfig) -> tuple[list[dict], Path]:
-    """The first ``data.eval_limit`` records of ``data.eval`` and their split. Through the
-    stage's own reader, so a dataset's held-out rows are screened as its training rows are
-    (token limits, skipped rows)."""
-    split = resolve_split(cfg.data.eval, "data.eval")
-    records = keep_first(stage_records(cfg, split), cfg.data.eval_limit, HELDOUT_SEED)
-    return records, split
+def heldout_records(cfg: StageConfig, split: SplitFolder) -> list[dict]:
+    """The first ``data.eval_limit`` records of the held-out ``split``. Through the stage's
+    own reader, so a dataset's held-out rows are screened as its training rows are (token
+    limits, skipped rows)."""
+    return keep_first(stage_records(cfg, split), cfg.data.eval_limit, HELDOUT_SEED)
 
 
 def heldout_arguments(cfg: StageConfig, out: Path):
@@ -64,13 +57,17 @@ def heldout_arguments(cfg: StageConfig, out: Path):
     return DPOConfig(**settings)
 
 
-def heldout_preferences(cfg: StageConfig, model, reference, processor, out: Path) -> dict:
-    """DPO's metrics (reward accuracy, margins, ...) on held-out pairs, the trained model
-    against the frozen starting model, computed the same way for every objective."""
+def heldout_preferences(
+    cfg: StageConfig, split: SplitFolder, model, reference, processor, out: Path
+) -> dict:
+    """DPO's metrics (reward accuracy, margins, ...) on the held-out ``split``'s pairs, the
+    trained model against the frozen starting model, computed the same way for every
+    objective."""
     from trl import DPOTrainer
 
-    records, split = heldout_records(cfg)
-    data = trl_dataset(records, split, stage="post", objective="dpo").remove_columns(SAMPLE_INDEX)
+    records = heldout_records(cfg, split)
+    data = trl_dataset(records, split.path, stage="post", objective="dpo")
+    data = data.remove_columns(SAMPLE_INDEX)
     evaluator = DPOTrainer(
         model=model,
         ref_model=reference,
@@ -84,12 +81,12 @@ def heldout_preferences(cfg: StageConfig, model, reference, processor, out: Path
     return measured(metrics)
 
 
-def heldout_loss(trainer, cfg: StageConfig, processor) -> dict:
-    """The stage's own loss on held-out records of its kind, through its trainer."""
-    records, split = heldout_records(cfg)
+def heldout_loss(trainer, cfg: StageConfig, split: SplitFolder, processor) -> dict:
+    """The stage's own loss on the held-out ``split``'s records of its kind, through its
+    trainer."""
     data = trl_dataset(
-        records,
-        split,
+        heldout_records(cfg, split),
+        split.path,
         stage=cfg.stage,
         objective=cfg.post.objective,
         eos=processor.tokenizer.eos_token,
@@ -104,16 +101,22 @@ def measured(metrics: dict) -> dict:
 
 
 def heldout_measures(
-    cfg: StageConfig, trainer, processor, out: Path, starting_model: Callable[[], object]
+    cfg: StageConfig,
+    split: SplitFolder | None,
+    trainer,
+    processor,
+    out: Path,
+    starting_model: Callable[[], object],
 ) -> dict:
-    """The stage's held-out measures (none without ``data.eval``). ``starting_model``
-    loads the frozen reference when the trainer kept none (SFT, GRPO without KL)."""
-    if cfg.data.eval is None:
+    """The stage's held-out measures on ``split`` (``data.eval`` resolved; none without
+    it). ``starting_model`` loads the frozen reference when the trainer kept none (SFT,
+    GRPO without KL)."""
+    if split is None:
         return {}
     if cfg.stage != "post":
-        return heldout_loss(trainer, cfg, processor)
+        return heldout_loss(trainer, cfg, split, processor)
     reference = getattr(trainer, "ref_model", None) or starting_model()
-    return heldout_preferences(cfg, trainer.model, reference, processor, out)
+    return heldout_preferences(cfg, split, trainer.model, reference, processor, out)
 
 
 def append_heldout_metrics(out: Path, cfg: StageConfig, step: int, metrics: dict) -> None:

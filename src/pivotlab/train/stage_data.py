@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import datasets
 import numpy as np
@@ -35,10 +34,10 @@ from pivotlab.data.formats import read_world_file
 from pivotlab.images import ImageError, first_unusable, open_image
 from pivotlab.io import read_jsonl, write_jsonl_atomic
 from pivotlab.model.generation import generate_replies
-from pivotlab.train.config import ConfigError, StageConfig, dataset_spec
-from pivotlab.train.external import dataset_records, dataset_split, is_dataset_split
+from pivotlab.train.config import ConfigError, DataSection, StageConfig
+from pivotlab.train.external import dataset_records, dataset_split
 from pivotlab.train.rewards import GROUND_TRUTH, ground_truth
-from pivotlab.world.generate import WorldConfig, WorldConfigError
+from pivotlab.train.splits import DataFolders, DataSplit, SplitFolder
 from pivotlab.world.hf import conversations, image_rows_dataset, instruction_row, preference_row
 from pivotlab.world.onpolicy import on_policy_preferences
 from pivotlab.world.splits import cached_split
@@ -46,40 +45,40 @@ from pivotlab.world.splits import cached_split
 SAMPLE_INDEX = "sample_index"
 
 
-def resolve_split(spec: str | dict[str, Any], key: str) -> Path:
-    """A split folder from a config value: a path, ``WorldConfig`` fields (cached; a
-    ``preset`` key starts from that world preset), or a
-    dataset (``{format, path, images}``: checked into the cache, ``train/external.py``)."""
-    if dataset_spec(spec, key) is not None:
-        return dataset_split(spec, key)  # type: ignore[arg-type]
-    if isinstance(spec, dict):
-        fields = dict(spec)
-        for name in ("tasks", "kind_weights"):
-            if name in fields:
-                fields[name] = tuple(fields[name])
-        preset = fields.pop("preset", "default")
-        try:
-            return cached_split(WorldConfig.from_preset(preset, **fields))
-        except TypeError as error:
-            raise ConfigError(f"{key}: {error}") from None
-        except WorldConfigError as error:
-            raise ConfigError(f"{key}: {error}") from None
-    path = Path(spec).expanduser()
-    if not (path / "manifest.json").is_file():
-        raise ConfigError(f"{key}: {path} is not a world split (no manifest.json)")
-    return path
+def resolve_split(split: DataSplit) -> SplitFolder:
+    """The folder ``split``'s records are read from: a world split folder (checked), the
+    cached folder of its world fields (generated on first use), or its dataset's checked
+    folder in the cache (``train/external.py``)."""
+    if split.dataset is not None:
+        return SplitFolder(split.key, dataset_split(split.dataset, split.key), split.dataset)
+    if split.world is not None:
+        return SplitFolder(split.key, cached_split(split.world))
+    assert split.folder is not None
+    if not (split.folder / "manifest.json").is_file():
+        raise ConfigError(f"{split.key}: {split.folder} is not a world split (no manifest.json)")
+    return SplitFolder(split.key, split.folder)
 
 
-def stage_records(cfg: StageConfig, split: Path) -> list[dict]:
+def resolve_data(data: DataSection) -> DataFolders:
+    """The folders of a stage's training and held-out splits, resolved once per run."""
+    assert data.train_split is not None, "validate() requires data.train"
+    held_out = data.eval_split
+    return DataFolders(
+        resolve_split(data.train_split),
+        resolve_split(held_out) if held_out is not None else None,
+    )
+
+
+def stage_records(cfg: StageConfig, split: SplitFolder) -> list[dict]:
     """The raw records a stage trains on (captions, questions or preference pairs)."""
-    if is_dataset_split(split):
+    if split.dataset is not None:
         return dataset_records(cfg, split)
     name = {
         "align": "probes/captions.jsonl",
         "full": "vqa.jsonl",
         "post": "preferences.jsonl",
     }[cfg.stage]
-    return read_world_file(split, name)
+    return read_world_file(split.path, name)
 
 
 def keep_first(records: list[dict], limit: int | None, seed: int) -> list[dict]:
@@ -116,7 +115,9 @@ def _sample_on_policy(cfg: StageConfig, model, processor, split: Path) -> list[d
     return on_policy_preferences(questions, lambda record: replies[record["id"]])
 
 
-def training_records(cfg: StageConfig, split: Path, model, processor, out: Path) -> list[dict]:
+def training_records(
+    cfg: StageConfig, split: SplitFolder, model, processor, out: Path
+) -> list[dict]:
     """The records the stage trains on, shuffled once from the seed and cut at the limit.
 
     For ``post``, on-policy pairs are sampled once (on the main process) and kept in
@@ -133,7 +134,7 @@ def training_records(cfg: StageConfig, split: Path, model, processor, out: Path)
             replace = on_policy.enabled and on_policy.mix == "replace"
             records = [] if replace else stage_records(cfg, split)
             if on_policy.enabled:
-                records += _sample_on_policy(cfg, model, processor, split)
+                records += _sample_on_policy(cfg, model, processor, split.path)
             records = keep_first(records, cfg.data.limit, cfg.seed)
             if state.is_main_process:
                 write_jsonl_atomic(saved, records)
@@ -187,16 +188,16 @@ def ground_truths(records: list[dict], split: Path) -> list[str]:
     ]
 
 
-def check_images(cfg: StageConfig, split: Path) -> None:
+def check_images(cfg: StageConfig, split: SplitFolder) -> None:
     """Raise ``ImageError`` naming the first of the stage's records whose image is outside
     ``split``, missing or unreadable. A dataset's records were screened against its own
     image root when it was checked into the cache (``train/external.py``): not read again."""
-    if is_dataset_split(split):
+    if split.dataset is not None:
         return
     records = stage_records(cfg, split)
-    unusable = first_unusable(split, [record["image"] for record in records])
+    unusable = first_unusable(split.path, [record["image"] for record in records])
     if unusable is not None:
-        raise ImageError(f"{split}: record {unusable[0] + 1}: {unusable[1]}")
+        raise ImageError(f"{split.path}: record {unusable[0] + 1}: {unusable[1]}")
 
 
 def trl_dataset(

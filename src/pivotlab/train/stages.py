@@ -61,10 +61,11 @@ from pivotlab.train.rundir import (
     space_needed,
 )
 from pivotlab.train.speed import Levers, choose_levers
+from pivotlab.train.splits import DataFolders
 from pivotlab.train.stage_data import (
     check_images,
     optimizer_steps,
-    resolve_split,
+    resolve_data,
     schedule,
     training_records,
     trl_dataset,
@@ -271,16 +272,12 @@ def _save_final(
     write_json_atomic(final / STAGE_FILE, record)
 
 
-def _checked_split(cfg: StageConfig, out: Path, state: PartialState) -> Path:
-    """The training split, every data entry resolved and screened, every image of the
-    stage's records read (inside the split, complete) before a model is loaded."""
+def _check_data(cfg: StageConfig, data: DataFolders, out: Path, state: PartialState) -> None:
+    """Every dataset screened and every image of the stage's training records read
+    (inside the split, complete) before a model is loaded."""
     with state.main_process_first():
-        split = resolve_split(cfg.data.train, "data.train")
-        if cfg.data.eval is not None:
-            resolve_split(cfg.data.eval, "data.eval")
-        screen_data(cfg, out)  # datasets: fail at a bad row, or list skipped rows
-        check_images(cfg, split)
-    return split
+        screen_data(cfg, data, out)  # datasets: fail at a bad row, or list skipped rows
+        check_images(cfg, data.train)
 
 
 def _stage_model(
@@ -359,10 +356,14 @@ def run_stage(
     state = process_state(cfg)
     if state.is_main_process:
         check_output(out)
-        if cfg.data.on_bad_record == "fail":
-            # Before the folder records this config: a refused dataset leaves nothing that
-            # would make the same command with ``skip`` look like another run.
-            screen_data(cfg, out)
+    # Each split resolved once per run, the main process first: it alone generates a world
+    # split or checks a dataset into the cache, the others find it there.
+    with state.main_process_first():
+        data = resolve_data(cfg.data)
+    if state.is_main_process and cfg.data.on_bad_record == "fail":
+        # Before the folder records this config: a refused dataset leaves nothing that
+        # would make the same command with ``skip`` look like another run.
+        screen_data(cfg, data, out)
     # A run that fails before training begins leaves no folder (other processes never
     # remove it: the main process made it).
     with removed_on_failure(out) if state.is_main_process else contextlib.nullcontext():
@@ -374,16 +375,16 @@ def run_stage(
             summary = json.loads((out / "summary.json").read_text())
             return StageResult(out, out / "final", summary)
         set_seed(cfg.seed)
-        split = _checked_split(cfg, out, state)
+        _check_data(cfg, data, out, state)
         model, processor, viral = _stage_model(cfg, out, state, trust_remote_code)
-        records = training_records(cfg, split, model, processor, out)
+        records = training_records(cfg, data.train, model, processor, out)
         steps = optimizer_steps(cfg, len(records))
         if state.is_main_process:
             check_output(out, *space_needed(cfg, model, steps, out))
         order = schedule(len(records), steps * cfg.train.batch_size, cfg.seed)
         train_data = trl_dataset(
             records,
-            split,
+            data.train.path,
             stage=cfg.stage,
             objective=cfg.post.objective,
             eos=processor.tokenizer.eos_token,
@@ -411,7 +412,7 @@ def run_stage(
     if state.is_main_process:
         _save_final(cfg, model, processor, out, steps, weights)
     heldout = heldout_measures(
-        cfg, trainer, processor, out, lambda: initial_model(cfg, trust_remote_code)[0]
+        cfg, data.eval, trainer, processor, out, lambda: initial_model(cfg, trust_remote_code)[0]
     )
     measures = {
         "processes": state.num_processes,
