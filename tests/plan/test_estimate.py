@@ -81,9 +81,16 @@ def test_a_split_folder_without_limit_counts_the_stage_records(tiny_model_dir, s
 
 def test_world_fields_without_a_limit_need_records(tiny_model_dir) -> None:
     cfg = load_config(CONFIGS / "tiny" / "full.yaml", [f"model.init={tiny_model_dir}"])
-    with pytest.raises(PlanError, match="--records"):
+    with pytest.raises(PlanError, match=r"names world fields.*--records"):
         estimate(cfg)
     assert estimate(cfg, PlanOptions(records=1000)).steps == math.ceil(1000 / 32)
+
+
+def test_a_dataset_without_a_limit_needs_records_and_is_named_as_one(tiny_model_dir) -> None:
+    dataset = "data.train={format: llava, path: chat.json, images: images}"
+    cfg = load_config(CONFIGS / "tiny" / "full.yaml", [f"model.init={tiny_model_dir}", dataset])
+    with pytest.raises(PlanError, match=r"names a dataset.*--records"):
+        estimate(cfg)
 
 
 def test_a_model_not_built_yet_is_named_or_followed(tmp_path: Path) -> None:

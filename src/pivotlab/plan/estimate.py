@@ -200,9 +200,10 @@ def _records(cfg: StageConfig, options: PlanOptions) -> tuple[int, str]:
         return kept, f"{split.path}: {found} records, data.limit {cfg.data.limit}"
     if cfg.data.limit is not None:
         return cfg.data.limit, "data.limit; assumes the split holds at least that many"
+    named = "a dataset" if train is not None and train.dataset is not None else "world fields"
     raise PlanError(
-        "data.train names world fields, not a split folder: its record count is known only "
-        "after generation; pass --records N (or set data.limit)"
+        f"data.train names {named}, not a split folder: its record count is known only "
+        "after it is generated or checked; pass --records N (or set data.limit)"
     )
 
 

@@ -51,6 +51,7 @@ from pivotlab.train.adapter import (
     GRPOInternals,
     TrainerInternals,
     check_versions,
+    checkpoint_folder,
     count_trained_tokens,
     loss_sum,
     save_checkpoint_now,
@@ -238,7 +239,7 @@ class StageTrainerMixin(TrainerInternals):
     def _stop(self, what: str, indices: list[int]) -> None:
         """Keep the state before this step as a checkpoint and raise ``NonFiniteError``."""
         step = self.state.global_step + 1
-        saved = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        saved = checkpoint_folder(Path(self.args.output_dir), self.state.global_step)
         if not checkpoint_complete(saved):
             save_checkpoint_now(self)
             if self.args.should_save:

@@ -20,6 +20,10 @@ class ZooError(PivotlabError):
 
 @dataclass(frozen=True)
 class EncoderSpec:
+    """A SigLIP dual encoder (image tower ``width`` x ``depth`` with ``heads``, text tower
+    ``text_width`` x ``text_depth``), pretrained for ``steps`` optimizer steps of
+    ``batch_size`` world images with their captions and symbolic cells at ``learning_rate``."""
+
     width: int
     depth: int
     heads: int
@@ -32,6 +36,10 @@ class EncoderSpec:
 
 @dataclass(frozen=True)
 class TeacherSpec:
+    """The teacher, a DINOv2-style vision model (``width`` x ``depth`` with ``heads``)
+    trained for ``steps`` optimizer steps of ``batch_size`` images at ``learning_rate`` to
+    classify each patch: the frozen vision foundation model VIRAL aligns to."""
+
     width: int
     depth: int
     heads: int
