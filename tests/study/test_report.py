@@ -131,7 +131,10 @@ def test_a_baseline_the_same_for_every_model_is_shown_once_as_a_reference(
 
     same = [row(arm, seed, "centre_prior", 0.127) for arm in ("sft", "dpo") for seed in (0, 1)]
     differs = [row("sft", 0, "random", 0.1), row("dpo", 0, "random", 0.2)]
-    markdown, _ = write_report(tmp_path / "run", {**study, "analysis": same + differs})
+    # A scale point analysed with probes only has no saliency rows: still a reference.
+    probe_only = {"analysis": "linear_probe", "encoder": "e", "metric": "top1", "value": 0.5}
+    scale = [{**probe_only, "arm": "dpo@enc-m+lm-s", "seed": 0}]
+    markdown, _ = write_report(tmp_path / "run", {**study, "analysis": same + differs + scale})
     lines = markdown.read_text().splitlines()
     assert "| saliency, centre_prior, energy | 0.127 [0.127, 0.127] |" in lines  # once
     assert not any(line.startswith("| saliency, centre_prior") and line.count("|") > 3

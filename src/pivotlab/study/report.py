@@ -415,8 +415,8 @@ def _analysis(study: StudyResults, run_dir: Path) -> list[Block]:
     blocks += [table, Note(INTERVAL_NOTE)]
     if references:
         reference_table = Table(["Reference (the same for every model)", "Value"], [])
-        for key in references:
-            cell = _summary_cell(summaries[(key, arms[0])], is_percent(key[-1]))
+        for key, summary in references.items():
+            cell = _summary_cell(summary, is_percent(key[-1]))
             reference_table.rows.append([", ".join(key), cell])
         text = (
             "Baselines whose value does not depend on the model (a saliency map drawn without "
@@ -426,14 +426,16 @@ def _analysis(study: StudyResults, run_dir: Path) -> list[Block]:
     return [*blocks, *_not_measurable(every_row, hidden), _sources(rows, run_dir)]
 
 
-def _references(rows: list[dict], summaries: dict, arms: list) -> list[tuple]:
-    """The measurements of rows marked ``reference`` whose summary is the same for every arm."""
+def _references(rows: list[dict], summaries: dict, arms: list) -> dict[tuple, dict]:
+    """The measurements of rows marked ``reference`` whose summary is the same for every arm
+    that has it (a scale point without saliency has none), each with that summary."""
     marked = dict.fromkeys(measurement(r) for r in rows if r.get("reference"))
-    return [
-        key
-        for key in marked
-        if all(summaries.get((key, arm)) == summaries.get((key, arms[0])) for arm in arms)
-    ]
+    references = {}
+    for key in marked:
+        found = [summaries[(key, arm)] for arm in arms if (key, arm) in summaries]
+        if all(summary == found[0] for summary in found):
+            references[key] = found[0]
+    return references
 
 
 def _moved(study: StudyResults) -> list[Block]:
