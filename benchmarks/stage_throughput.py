@@ -72,6 +72,7 @@ from pivotlab.io import read_jsonl
 from pivotlab.model import assemble
 from pivotlab.model.parts import set_trainable
 from pivotlab.train import load_config
+from pivotlab.train.arguments import accumulation, process_state, trl_arguments
 from pivotlab.train.packing import SEQUENCE_TOKENS
 from pivotlab.train.stage_data import (
     SAMPLE_INDEX,
@@ -81,7 +82,7 @@ from pivotlab.train.stage_data import (
     stage_records,
     trl_dataset,
 )
-from pivotlab.train.stages import accumulation, stage_trainer, trl_arguments
+from pivotlab.train.stages import stage_trainer
 from pivotlab.world.generate import WorldConfig
 from pivotlab.world.hf import conversations
 from pivotlab.world.splits import cached_split
@@ -171,6 +172,7 @@ def sft_trainer(arm: str, model, processor, split, records, order, out: Path, st
     """The arm's trainer: the stage trainer as ``run_stage`` builds it, or TRL's own."""
     cfg = stage1_config("fast" if arm == "fast" else "stock", steps, overrides)
     data = trl_dataset(records, split, stage="full", eos=processor.tokenizer.eos_token, order=order)
+    process_state(cfg)  # TRL's arguments need the processes set up, as run_stage does
     args = trl_arguments(cfg, out, steps, accumulation(cfg, 1))
     if arm != "trl":
         return stage_trainer(cfg, model, processor, args, data, None, out)
