@@ -86,7 +86,7 @@ def test_an_encoder_exported_without_projector_or_not_exported_has_none(
     assert read_export(tmp_path / "encoder") is None
 
 
-def test_descriptions_and_projectors_of_another_version_are_refused(
+def test_an_older_export_s_projector_still_reads_back_and_a_foreign_description_is_refused(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     folder = tmp_path / "encoder"
@@ -94,9 +94,12 @@ def test_descriptions_and_projectors_of_another_version_are_refused(
     tower = AutoModel.from_pretrained(folder)
     info = read_export(folder)
     weights = load_file(folder / PROJECTOR_FILE)
-    save_file(weights, folder / PROJECTOR_FILE, metadata={"activation": "gelu"})  # no settings
-    with pytest.raises(AssemblyError, match="older pivotlab"):
-        exported_projector(folder, info, tower.config)
+    save_file(weights, folder / PROJECTOR_FILE, metadata={"activation": "gelu"})  # as before
+    projector = exported_projector(folder, info, tower.config)
+    model, _ = load(tiny_model_dir)
+    features = torch.randn(2, 3, tower.config.hidden_size)
+    with torch.no_grad():
+        assert torch.equal(projector(features), model.model.multi_modal_projector(features))
     (folder / ENCODER_FILE).write_text(json.dumps({"source": "elsewhere"}))
     with pytest.raises(AssemblyError, match="not an encoder description"):
         read_export(folder)

@@ -158,17 +158,20 @@ def exported_projector(
     path = Path(folder) / info.projector
     with safe_open(path, framework="pt") as handle:
         settings = handle.metadata() or {}
-    if "lm_width" not in settings:
-        raise AssemblyError(f"{path}: written by an older pivotlab; export the encoder again")
+    weights = load_file(path)
+    # Exports written before the metadata held the width and the bias (2026-12-07) are
+    # read from their weights, which say the same: LlavaMultiModalProjector's own names.
+    lm_width = settings.get("lm_width", weights["linear_2.weight"].shape[0])
+    bias = json.loads(settings["bias"]) if "bias" in settings else "linear_1.bias" in weights
     config = LlavaConfig(
         vision_config=vision_config.to_dict(),
-        text_config={"hidden_size": int(settings["lm_width"])},
-        projector_hidden_act=settings["activation"],
-        multimodal_projector_bias=json.loads(settings["bias"]),
+        text_config={"hidden_size": int(lm_width)},
+        projector_hidden_act=settings.get("activation", "gelu"),
+        multimodal_projector_bias=bias,
         vision_feature_layer=-1,  # the exported tower ends at the MLLM's feature layer
     )
     projector = LlavaMultiModalProjector(config)
-    projector.load_state_dict(load_file(path), strict=True)
+    projector.load_state_dict(weights, strict=True)
     return projector
 
 
