@@ -124,12 +124,18 @@ def _add_world(verbs: argparse._SubParsersAction) -> None:
         # generator to pass `choices` would cost every command 0.16 s at start-up.
         help=lambda: (
             f"named world, one of: {_world_presets()} (tiny: objects in a 2 x 2 layout, "
-            "open answers, the general and vision-centric tasks); the options below override it "
-            "(default: default)"
+            "open answers, the general and vision-centric tasks; tiny16: the same on a 4 x 4 "
+            "blocks layout); the options below override it (default: default)"
         ),
     )
     gen.add_argument(
         "--grid", type=int, default=None, help="layout cells per side (default: the preset's)"
+    )
+    gen.add_argument(
+        "--layout",
+        default=None,
+        help="cells (one object per cell, with jitter) or blocks (objects on whole cells, "
+        "large ones on 2 x 2; a grid of 4 or more) (default: the preset's)",
     )
     gen.add_argument(
         "--tasks",
@@ -194,7 +200,14 @@ def _world_generate(args: argparse.Namespace) -> None:
 
     chosen = {
         name: getattr(args, name)
-        for name in ("grid", "tasks", "mc_fraction", "rationale_fraction", "pair_fraction")
+        for name in (
+            "grid",
+            "layout",
+            "tasks",
+            "mc_fraction",
+            "rationale_fraction",
+            "pair_fraction",
+        )
         if getattr(args, name) is not None
     }
     cfg = WorldConfig.from_preset(

@@ -234,9 +234,21 @@ def test_a_field_given_beside_a_preset_overrides_it(
     argv = ["world", "generate", "--preset", "small", "--out", str(tmp_path / "w"), "--n", "2"]
     assert main(argv) == 2
     assert capsys.readouterr().err.strip() == (
-        "pivotlab: error: unknown world preset 'small'; presets are default, tiny"
+        "pivotlab: error: unknown world preset 'small'; presets are default, tiny, tiny16"
     )
     assert not (tmp_path / "w").exists()
+
+
+def test_the_layout_option_reaches_the_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "w"
+    argv = ["world", "generate", "--preset", "tiny", "--grid", "4", "--layout", "blocks"]
+    assert main([*argv, "--out", str(out), "--n", "4", "--probe-n", "0"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["config"]["layout"] == "blocks"
+    argv = ["world", "generate", "--layout", "blocks", "--grid", "3", "--out", str(tmp_path / "x")]
+    assert main(argv) == 2
+    assert "the blocks layout needs a grid of at least 4, got 3" in capsys.readouterr().err
 
 
 def test_config_validation_names_the_field() -> None:

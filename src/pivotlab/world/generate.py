@@ -33,6 +33,7 @@ from pivotlab.world.png import encode_png
 from pivotlab.world.questions import CATEGORIES, TASK_NAMES, Item, Task, build_tasks, caption
 from pivotlab.world.render import Rendered, render
 from pivotlab.world.scene import (
+    LAYOUTS,
     Scene,
     SceneObject,
     jittered_rgb,
@@ -67,10 +68,19 @@ TINY_TASKS: tuple[str, ...] = (
 )
 # Named bundles of ``WorldConfig`` fields. ``tiny`` is the world a CPU-sized MLLM can master
 # (docs/world.md, "Presets"): objects only, a 2 x 2 layout (at most four objects, one per
-# image quadrant), open answers only, and the tasks above; ``default`` is the full world.
+# image quadrant), open answers only, and the tasks above; ``tiny16`` the same on the 4 x 4
+# blocks layout (16 visual tokens in 16-px patches, background in every image), the
+# ``tokens16`` zoo's world; ``default`` is the full world.
 PRESETS: dict[str, dict] = {
     "default": {},
     "tiny": {"grid": 2, "kind_weights": (1.0, 0.0, 0.0), "mc_fraction": 0.0, "tasks": TINY_TASKS},
+    "tiny16": {
+        "grid": 4,
+        "layout": "blocks",
+        "kind_weights": (1.0, 0.0, 0.0),
+        "mc_fraction": 0.0,
+        "tasks": TINY_TASKS,
+    },
 }
 
 
@@ -87,6 +97,7 @@ class WorldConfig:
     seed: int = 0
     size: int = 64
     grid: int = 3
+    layout: str = "cells"
     tasks: tuple[str, ...] = TASK_NAMES
     kind_weights: tuple[float, float, float] = (0.7, 0.15, 0.15)
     mc_fraction: float = 0.5
@@ -125,6 +136,12 @@ class WorldConfig:
             raise WorldConfigError(f"size must be at most 1024 pixels, got {self.size}")
         if self.grid < 2:
             raise WorldConfigError(f"grid must be at least 2, got {self.grid}")
+        if self.layout not in LAYOUTS:
+            raise WorldConfigError(
+                f"unknown layout {self.layout!r}; expected one of {', '.join(LAYOUTS)}"
+            )
+        if self.layout == "blocks" and self.grid < 4:
+            raise WorldConfigError(f"the blocks layout needs a grid of at least 4, got {self.grid}")
         unknown = [t for t in self.tasks if t not in TASK_NAMES]
         if unknown:
             raise WorldConfigError(
@@ -205,7 +222,9 @@ def sample_scene(cfg: WorldConfig, index: int) -> Scene:
         weights = np.array(cfg.kind_weights) / sum(cfg.kind_weights)
         kind = KINDS[int(rng.choice(len(KINDS), p=weights))]
     if kind == "objects":
-        return sample_object_scene(rng, sid, cfg.size, cfg.grid, heldout=cfg.split == "holdout")
+        return sample_object_scene(
+            rng, sid, cfg.size, cfg.grid, heldout=cfg.split == "holdout", layout=cfg.layout
+        )
     if kind == "chart":
         return sample_chart_scene(rng, sid, cfg.size, cfg.grid, cfg.chart_max_value)
     return sample_text_scene(rng, sid, cfg.size, cfg.grid)

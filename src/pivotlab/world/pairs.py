@@ -31,7 +31,14 @@ from pivotlab.world.questions import (
     relation,
 )
 from pivotlab.world.render import Rendered
-from pivotlab.world.scene import Scene, SceneObject, jittered_rgb
+from pivotlab.world.scene import (
+    BLOCK_DIAMETERS,
+    BLOCK_SPANS,
+    Scene,
+    SceneObject,
+    block_of,
+    jittered_rgb,
+)
 
 PAIR_FACTORS: tuple[str, ...] = ("relation", "occlusion", "color", "count")
 AnswerFn = Callable[[Scene, Rendered], str | None]
@@ -53,7 +60,11 @@ def _yes(flag: bool) -> str:
 
 
 def _plan_relation(base: Scene, twin_id: str, rng: np.random.Generator) -> PairPlan | None:
-    candidates = [p for p in described_pairs(base, ALL_ATTRIBUTES) if relation(p[0], p[2])]
+    candidates = [
+        p
+        for p in described_pairs(base, ALL_ATTRIBUTES)
+        if relation(p[0], p[2]) and _swappable(base, p[0], p[2])
+    ]
     if not candidates:
         return None
     a, da, b, db = choice(rng, candidates)
@@ -71,6 +82,12 @@ def _plan_relation(base: Scene, twin_id: str, rng: np.random.Generator) -> PairP
 
     question = f"Is the {da} {RELATION_PHRASE[asked]} the {db}?"
     return PairPlan("relation", twin, question, answer, [ia, ib])
+
+
+def _swappable(scene: Scene, a: SceneObject, b: SceneObject) -> bool:
+    """Whether two objects can trade places: in the blocks layout only objects of one block
+    size can (a large object in a one-cell place would cover its neighbours)."""
+    return scene.layout != "blocks" or BLOCK_SPANS[a.size] == BLOCK_SPANS[b.size]
 
 
 def _plan_occlusion(
@@ -116,8 +133,21 @@ def _plan_color(base: Scene, twin_id: str, rng: np.random.Generator) -> PairPlan
 
 
 def _occupied_cells(scene: Scene) -> set[int]:
+    """Layout cells holding an object: its centre's cell, or in the blocks layout its block."""
     cell = scene.cell
+    if scene.layout == "blocks":
+        return {r * scene.grid + c for o in scene.objects for r, c in block_of(o, cell, scene.grid)}
     return {int(o.center[1] // cell) * scene.grid + int(o.center[0] // cell) for o in scene.objects}
+
+
+def _added_object_size(scene: Scene, rng: np.random.Generator) -> tuple[str, float]:
+    """The size name and diameter of an object added to a free cell (one cell in the blocks
+    layout)."""
+    if scene.layout == "blocks":
+        size_name = choice(rng, [s for s in vocab.SIZE_NAMES if BLOCK_SPANS[s] == 1])
+        return size_name, BLOCK_DIAMETERS[size_name] * scene.cell
+    size_name = choice(rng, list(vocab.SIZE_NAMES))
+    return size_name, vocab.SIZES[size_name] * scene.cell
 
 
 def _reindexed(objects: list[SceneObject]) -> list[SceneObject]:
@@ -148,9 +178,8 @@ def _plan_count(base: Scene, twin_id: str, rng: np.random.Generator) -> PairPlan
         twin_count = count - 1
     else:
         cell_id = choice(rng, free)
-        size_name = choice(rng, list(vocab.SIZE_NAMES))
+        size_name, diameter = _added_object_size(base, rng)
         color = choice(rng, list(vocab.allowed_colors(shape, False)))
-        diameter = vocab.SIZES[size_name] * base.cell
         twin.objects.append(
             SceneObject(
                 index=len(twin.objects),

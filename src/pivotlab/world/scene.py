@@ -24,6 +24,22 @@ SHAPES_WITHOUT_GLYPH = frozenset({"ring"})
 MIN_TEXT_PX = 7
 GLYPH_SCALE = 0.62
 
+LAYOUTS: tuple[str, ...] = ("cells", "blocks")
+# The blocks layout: every object fills whole layout cells (one visual token each when the
+# layout grid is the encoder's patch grid), small and medium objects one cell, large ones a
+# 2 x 2 block, and at least a quarter of the cells stay background. Diameters in cells.
+BLOCK_DIAMETERS: dict[str, float] = {"small": 0.6, "medium": 0.95, "large": 1.9}
+BLOCK_SPANS: dict[str, int] = {"small": 1, "medium": 1, "large": 2}
+MIN_BACKGROUND_SHARE = 0.25
+# How far a drawn shape reaches from its centre, in radii, at the largest rotation jitter
+# (a cross's arm corners); an object's position jitter keeps this inside its block.
+BLOCK_REACH = 1.1
+# Only two large objects can overlap here (a one-cell object beside a large one is either
+# inside it or apart from it), so a pair of them overlaps more often than in the cells
+# layout, for enough front questions (docs/log.md, 2026-12-07).
+BLOCK_OVERLAP_PROBABILITY = 0.7
+BLOCK_TRIES = 50
+
 
 def glyph_px(diameter: float) -> int:
     """Font size of a glyph drawn on an object of this diameter."""
@@ -130,6 +146,7 @@ class Scene:
     text: TextSpec | None = None
     count_shape: str | None = None
     heldout: bool = False
+    layout: str = "cells"
 
     @property
     def cell(self) -> float:
@@ -143,6 +160,9 @@ class Scene:
             "background": self.background.kind,
             "objects": [o.to_json() for o in self.objects],
         }
+        if self.layout == "blocks":
+            for json_object, (x, y) in zip(record["objects"], anchors(self), strict=True):
+                json_object["anchor"] = [round(x, 2), round(y, 2)]
         if self.kind == "chart":
             record["chart"] = {"bars": [b.to_json() for b in self.bars]}
         if self.text is not None:
@@ -210,7 +230,12 @@ def sample_shapes(rng: np.random.Generator, grid: int) -> tuple[list[str], str]:
 
 
 def sample_object_scene(
-    rng: np.random.Generator, scene_id: str, size: int, grid: int, heldout: bool
+    rng: np.random.Generator,
+    scene_id: str,
+    size: int,
+    grid: int,
+    heldout: bool,
+    layout: str = "cells",
 ) -> Scene:
     """1-6 objects on a textured background.
 
@@ -218,8 +243,11 @@ def sample_object_scene(
     answers are balanced; the rest use other shapes. Objects sit in distinct layout cells
     with jitter, except that one object may be moved to partly overlap another (occlusion).
     With ``heldout`` one object takes a held-out (shape, colour) combination; otherwise
-    none does.
+    none does. The ``blocks`` layout places objects on whole cells instead
+    (``sample_block_scene``).
     """
+    if layout == "blocks":
+        return sample_block_scene(rng, scene_id, size, grid, heldout)
     shapes, count_shape = sample_shapes(rng, grid)
     n = len(shapes)
     heldout_index = int(rng.integers(n)) if heldout else -1
@@ -235,23 +263,8 @@ def sample_object_scene(
         slack = max(cell - diameter, 0.0) / 2 * 0.9
         cx = (cell_ids[i] % grid + 0.5) * cell + rng.uniform(-slack, slack)
         cy = (cell_ids[i] // grid + 0.5) * cell + rng.uniform(-slack, slack)
-        glyph = None
-        can_carry_glyph = glyph_px(diameter) >= MIN_TEXT_PX and shape not in SHAPES_WITHOUT_GLYPH
-        if can_carry_glyph and rng.random() < GLYPH_PROBABILITY:
-            glyph = _pick(rng, vocab.GLYPHS)
         objects.append(
-            SceneObject(
-                index=i,
-                shape=shape,
-                color=color,
-                size=size_name,
-                rgb=jittered_rgb(rng, color),
-                center=(float(cx), float(cy)),
-                diameter=float(diameter),
-                rotation=float(rng.uniform(-ROTATION_JITTER_DEG, ROTATION_JITTER_DEG)),
-                z=int(z_order[i]),
-                glyph=glyph,
-            )
+            _drawn_object(rng, i, shape, color, size_name, diameter, (cx, cy), int(z_order[i]))
         )
     if n >= 2 and rng.random() < OVERLAP_PROBABILITY:
         _overlap_pair(rng, objects, size)
@@ -264,6 +277,36 @@ def sample_object_scene(
         objects=objects,
         count_shape=count_shape,
         heldout=heldout,
+    )
+
+
+def _drawn_object(
+    rng: np.random.Generator,
+    index: int,
+    shape: str,
+    color: str,
+    size_name: str,
+    diameter: float,
+    center: tuple[float, float],
+    z: int,
+) -> SceneObject:
+    """An object placed at ``center``: its glyph (where one fits), jittered colour and
+    rotation drawn from ``rng``, in that order."""
+    glyph = None
+    can_carry_glyph = glyph_px(diameter) >= MIN_TEXT_PX and shape not in SHAPES_WITHOUT_GLYPH
+    if can_carry_glyph and rng.random() < GLYPH_PROBABILITY:
+        glyph = _pick(rng, vocab.GLYPHS)
+    return SceneObject(
+        index=index,
+        shape=shape,
+        color=color,
+        size=size_name,
+        rgb=jittered_rgb(rng, color),
+        center=(float(center[0]), float(center[1])),
+        diameter=float(diameter),
+        rotation=float(rng.uniform(-ROTATION_JITTER_DEG, ROTATION_JITTER_DEG)),
+        z=z,
+        glyph=glyph,
     )
 
 
@@ -282,6 +325,130 @@ def _overlap_pair(rng: np.random.Generator, objects: list[SceneObject], size: in
     cx = float(np.clip(cx, rb, size - rb))
     cy = float(np.clip(cy, rb, size - rb))
     objects[b].center = (cx, cy)
+
+
+def sample_block_scene(
+    rng: np.random.Generator, scene_id: str, size: int, grid: int, heldout: bool
+) -> Scene:
+    """1-6 objects on whole cells of a ``grid`` x ``grid`` layout (``LAYOUTS``' "blocks").
+
+    Counting and held-out combinations are drawn as in ``sample_object_scene``. Sizes are
+    drawn uniformly and kept only if the objects leave ``MIN_BACKGROUND_SHARE`` of the
+    cells empty and their blocks fit; large objects are placed first, and with
+    ``BLOCK_OVERLAP_PROBABILITY`` the second large object is placed one cell away from the first
+    (sideways, up, down or diagonally), so that the one in front hides part of the other.
+    """
+    shapes, count_shape = sample_shapes(rng, grid)
+    n = len(shapes)
+    heldout_index = int(rng.integers(n)) if heldout else -1
+    z_order = rng.permutation(n)
+    sizes, places = _block_layout(rng, n, grid)
+    cell = size / grid
+    objects = []
+    for i, shape in enumerate(shapes):
+        color = _pick(rng, vocab.allowed_colors(shape, heldout=i == heldout_index))
+        span = BLOCK_SPANS[sizes[i]]
+        diameter = BLOCK_DIAMETERS[sizes[i]] * cell
+        slack = max(span * cell - BLOCK_REACH * diameter, 0.0) / 2
+        row, column = places[i]
+        cx = (column + span / 2) * cell + rng.uniform(-slack, slack)
+        cy = (row + span / 2) * cell + rng.uniform(-slack, slack)
+        objects.append(
+            _drawn_object(rng, i, shape, color, sizes[i], diameter, (cx, cy), int(z_order[i]))
+        )
+    return Scene(
+        scene_id=scene_id,
+        kind="objects",
+        size=size,
+        grid=grid,
+        background=sample_background(rng),
+        objects=objects,
+        count_shape=count_shape,
+        heldout=heldout,
+        layout="blocks",
+    )
+
+
+def _block_layout(
+    rng: np.random.Generator, n: int, grid: int
+) -> tuple[list[str], list[tuple[int, int]]]:
+    """Sizes and block corners (row, column) of ``n`` objects on a ``grid`` x ``grid``
+    layout; after ``BLOCK_TRIES`` failed draws, one-cell sizes only (which always fit)."""
+    budget = int(grid * grid * (1 - MIN_BACKGROUND_SHARE))
+    for _ in range(BLOCK_TRIES):
+        sizes = [_pick(rng, vocab.SIZE_NAMES) for _ in range(n)]
+        if sum(BLOCK_SPANS[s] ** 2 for s in sizes) > budget:
+            continue
+        places = _place_blocks(rng, sizes, grid)
+        if places is not None:
+            return sizes, places
+    sizes = [_pick(rng, [s for s in vocab.SIZE_NAMES if BLOCK_SPANS[s] == 1]) for _ in range(n)]
+    places = _place_blocks(rng, sizes, grid)
+    assert places is not None, "one-cell objects fit whenever the budget admits them"
+    return sizes, places
+
+
+def _place_blocks(
+    rng: np.random.Generator, sizes: list[str], grid: int
+) -> list[tuple[int, int]] | None:
+    """Block corners for ``sizes``, large first (the second may overlap the first), or
+    None when a block finds no free place."""
+    free = np.ones((grid, grid), dtype=bool)
+    places: dict[int, tuple[int, int]] = {}
+    large = [i for i, s in enumerate(sizes) if BLOCK_SPANS[s] > 1]
+    order = large + [i for i, s in enumerate(sizes) if BLOCK_SPANS[s] == 1]
+    overlap = len(large) >= 2 and rng.random() < BLOCK_OVERLAP_PROBABILITY
+    for position, i in enumerate(order):
+        span = BLOCK_SPANS[sizes[i]]
+        if overlap and position == 1:
+            options = _beside(places[order[0]], span, grid)
+        else:
+            options = [
+                (r, c)
+                for r in range(grid - span + 1)
+                for c in range(grid - span + 1)
+                if free[r : r + span, c : c + span].all()
+            ]
+        if not options:
+            return None
+        r, c = options[int(rng.integers(len(options)))]
+        free[r : r + span, c : c + span] = False
+        places[i] = (r, c)
+    return [places[i] for i in range(len(sizes))]
+
+
+def _beside(corner: tuple[int, int], span: int, grid: int) -> list[tuple[int, int]]:
+    """Corners one cell away from ``corner`` (any of eight directions) inside the grid."""
+    row, column = corner
+    return [
+        (row + dr, column + dc)
+        for dr in (-1, 0, 1)
+        for dc in (-1, 0, 1)
+        if (dr, dc) != (0, 0) and 0 <= row + dr <= grid - span and 0 <= column + dc <= grid - span
+    ]
+
+
+def block_of(obj: SceneObject, cell: float, grid: int) -> list[tuple[int, int]]:
+    """The (row, column) cells an object of the blocks layout fills, from its centre."""
+    span = BLOCK_SPANS[obj.size]
+    top = min(max(round(obj.center[1] / cell - span / 2), 0), grid - span)
+    left = min(max(round(obj.center[0] / cell - span / 2), 0), grid - span)
+    return [(top + dr, left + dc) for dr in range(span) for dc in range(span)]
+
+
+def anchors(scene: Scene) -> list[tuple[float, float]]:
+    """Each object's anchor in a blocks-layout scene: the centre of the first cell of its
+    block (raster order) that no object in front of it covers, so that every object has a
+    cell of its own that shows it (``pivotlab.world.symbolic``)."""
+    blocks = [block_of(o, scene.cell, scene.grid) for o in scene.objects]
+    points = []
+    for obj, block in zip(scene.objects, blocks, strict=True):
+        covered = {
+            c for other, b in zip(scene.objects, blocks, strict=True) if other.z > obj.z for c in b
+        }
+        row, column = next((c for c in block if c not in covered), block[0])
+        points.append(((column + 0.5) * scene.cell, (row + 0.5) * scene.cell))
+    return points
 
 
 def sample_chart_scene(

@@ -9,10 +9,12 @@ the zoo's encoders learn to put the same content in each patch token (perception
 then only has to map one onto the other (docs/zoo.md).
 
 Cells are in raster order, the order of a ViT's patch tokens. An object belongs to the cell
-holding its centre; when two centres share a cell (an occluded pair), the one in front is
-the cell's object. Place words are the vertical and horizontal halves of the image the cell
-lies in, named by the relation words the questions use ("above", "left"): a cell's place is
-a fact about the image, and these are words the language model already answers with.
+holding its anchor (in the blocks layout, the first cell of its block that nothing in front
+covers; ``pivotlab.world.scene.anchors``) or else its centre; when two share a cell (an
+occluded pair), the one in front is the cell's object. Place words are the vertical and
+horizontal halves of the image the cell lies in, named by the relation words the questions
+use ("above", "left"): a cell's place is a fact about the image, and these are words the
+language model already answers with.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def symbolic_cells(scene: dict, grid: int) -> list[Cell]:
     side = scene["size"] / grid
     owner: dict[int, dict] = {}
     for obj in scene["objects"]:
-        x, y = obj["center"]
+        x, y = obj.get("anchor", obj["center"])
         cell = min(int(y // side), grid - 1) * grid + min(int(x // side), grid - 1)
         if cell not in owner or obj["z"] > owner[cell]["z"]:
             owner[cell] = obj
