@@ -20,6 +20,7 @@ from pivotlab.analysis.saliency import (
     centre_prior,
     energy,
     gradient_maps,
+    object_prior,
     objects_map,
     pointing_hit,
     pointing_tolerance,
@@ -325,7 +326,7 @@ def test_saliency_scores_every_method_and_draws_overlays(
         (method, f"{metric}_minus_{baseline}")
         for method in ("projector_grad", "gradcam")
         for metric in ("energy", "pointing")
-        for baseline in ("centre", "objects")
+        for baseline in ("centre", "prior", "objects")
     }
     for row in metrics:
         assert row["analysis"] == "saliency" and row["encoder"] == str(tiny_model_dir)
@@ -334,7 +335,8 @@ def test_saliency_scores_every_method_and_draws_overlays(
         low = -1.0 if "_minus_" in row["metric"] else 0.0
         assert low <= row["value"] <= 1.0
     for method in ("projector_grad", "gradcam"):
-        for short, baseline in (("centre", "centre_prior"), ("objects", "all_objects")):
+        pairs = (("centre", "centre_prior"), ("prior", "object_prior"), ("objects", "all_objects"))
+        for short, baseline in pairs:
             difference = by_key[method, f"energy_minus_{short}"]["value"]
             expected = by_key[method, "energy"]["value"] - by_key[baseline, "energy"]["value"]
             assert difference == pytest.approx(expected)
@@ -342,6 +344,14 @@ def test_saliency_scores_every_method_and_draws_overlays(
     pngs = sorted((tmp_path / "out" / "saliency").iterdir())
     assert len(pngs) == 2
     assert all(p.suffix == ".png" and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_the_object_prior_is_the_mean_object_share_over_the_items() -> None:
+    left, right = np.zeros((8, 8), dtype=bool), np.zeros((8, 8), dtype=bool)
+    left[:, 0:4] = True  # the left column of a 2x2 grid
+    right[0:4, 4:8] = True  # the top-right patch
+    expected = torch.tensor([[0.5, 0.5], [0.5, 0.0]])
+    torch.testing.assert_close(object_prior([left, right], 2), expected)
 
 
 def test_all_objects_baseline_is_the_object_share_of_each_patch() -> None:

@@ -27,9 +27,13 @@ flatten); a CLS token, where the projector receives one, is dropped. The grid co
 image: world images are square, so resizing keeps the alignment (a centre crop would not).
 
 Baselines: ``centre_prior``, an isotropic Gaussian centred on the image with sigma
-``CENTRE_SIGMA`` x the shorter side; ``random``, uniform noise on the grid, seeded per item;
-``all_objects``, the share of object pixels in each patch (where every object is, not which
-one the question names). Gradient maps are paired with the centre prior and with it.
+``CENTRE_SIGMA`` x the shorter side; ``object_prior``, the share of object pixels in each
+patch averaged over the analysed items (where objects tend to be in these images, the centre
+prior of a world whose objects are not centred); ``random``, uniform noise on the grid,
+seeded per item; ``all_objects``, the share of object pixels in each patch (where every
+object is, not which one the question names). Gradient maps are paired with the centre
+prior, the object prior and the all-objects map. None of the baselines depends on the model:
+each is a reference.
 
 Scores against the target mask (the union of the instance masks of ``target_objects``) at
 image resolution, each map upsampled bilinearly (``align_corners=False``) and non-negative:
@@ -69,9 +73,9 @@ from pivotlab.model.families import vision_family
 from pivotlab.model.generation import chat_prompt
 
 NORMS = ("l1", "l2")
-METHODS = ("projector_grad", "gradcam", "centre_prior", "random", "all_objects")
+METHODS = ("projector_grad", "gradcam", "centre_prior", "object_prior", "random", "all_objects")
 GRADIENT_METHODS = ("projector_grad", "gradcam")
-PAIRED_BASELINES = {"centre_prior": "centre", "all_objects": "objects"}
+PAIRED_BASELINES = {"centre_prior": "centre", "object_prior": "prior", "all_objects": "objects"}
 CENTRE_SIGMA = 0.25  # of the image's shorter side
 TORCHRAY_TOLERANCE_PX = 15
 TORCHRAY_IMAGE_PX = 224
@@ -375,8 +379,13 @@ def _load_model(model_dir: Path | str):
     return model, processor
 
 
+def object_prior(objects: Sequence[np.ndarray], grid: int) -> torch.Tensor:
+    """(grid, grid) share of object pixels per patch, averaged over images' object masks."""
+    return torch.stack([objects_map(mask, grid) for mask in objects]).mean(dim=0)
+
+
 def _image_maps(
-    maps: GradientMaps, index: int, item: _Item, seed: int, border: bool
+    maps: GradientMaps, index: int, item: _Item, seed: int, border: bool, prior: torch.Tensor
 ) -> dict[str, np.ndarray]:
     height, width = item.mask.shape
     projector = maps.projector_grad[index]
@@ -387,6 +396,7 @@ def _image_maps(
         "projector_grad": upsample(projector, height, width),
         "gradcam": upsample(maps.gradcam[index], height, width),
         "centre_prior": centre_prior(height, width),
+        "object_prior": upsample(prior, height, width),
         "random": upsample(random_map(grid, seed, item.position), height, width),
         "all_objects": upsample(objects_map(item.objects, grid), height, width),
     }
@@ -459,8 +469,9 @@ def saliency(
     Items are a seeded sample of ``limit`` rows of ``probes/localisation.jsonl`` (kept in file
     order; all rows when ``limit`` is None or larger). Rows: per method, ``energy`` and
     ``pointing`` (means with bootstrap intervals), and per gradient method the paired
-    differences ``<metric>_minus_centre`` (against the centre prior) and
-    ``<metric>_minus_objects`` (against the all-objects map); each row counts the ``skipped``
+    differences ``<metric>_minus_centre`` (against the centre prior), ``<metric>_minus_prior``
+    (the object prior) and ``<metric>_minus_objects`` (against the all-objects map); each row
+    counts the ``skipped``
     (fully occluded) items. With ``out``, the first ``overlays`` items are drawn to
     ``out/saliency/*.png``. ``border`` applies PIVOT's border fill to the projector-gradient
     map.
@@ -473,6 +484,7 @@ def saliency(
     if not items:
         raise AnalysisError(f"{data}: every sampled localisation target is fully occluded")
     model, processor = _load_model(model_dir)
+    prior = object_prior([item.objects for item in items], grid_size(model))
     scores = {method: {"energy": [], "pointing": []} for method in METHODS}
     drawn = 0
     for start in range(0, len(items), batch_size):
@@ -486,7 +498,7 @@ def saliency(
             norm=norm,
         )
         for index, item in enumerate(batch):
-            image_maps = _image_maps(maps, index, item, seed, border)
+            image_maps = _image_maps(maps, index, item, seed, border, prior)
             tolerance = pointing_tolerance(*item.mask.shape)
             for method, image_map in image_maps.items():
                 scores[method]["energy"].append(energy(image_map, item.mask))
