@@ -422,7 +422,10 @@ def _add_zoo(verbs: argparse._SubParsersAction) -> None:
     ):
         verb = zoo_verbs.add_parser(name, help=help_text)
         verb.add_argument(
-            "--zoo", default="default", help="zoo recipe: default or tiny (default: default)"
+            "--zoo",
+            default="default",
+            help="zoo recipe: default, tokens16 (the tiny16 world's, 16 visual tokens) or tiny "
+            "(seconds, for tests) (default: default)",
         )
         verb.add_argument(
             "--cache",
@@ -464,8 +467,12 @@ def _zoo_table(zoo: str, cache: Path | None, seed: int) -> None:
         else:
             probe = measured[quality.LINEAR_PROBE_SHAPE_COLOR]
             shape = measured[quality.LINEAR_PROBE_SHAPE]
+            miou = measured[quality.SEGMENTATION_MIOU]
             recall = measured[quality.SEGMENTATION_PATCH_RECALL]
-            summary = f"linear probe {probe:.3f} (shape {shape:.3f}), seg recall {recall:.3f}"
+            summary = (
+                f"linear probe {probe:.3f} (shape {shape:.3f}), "
+                f"seg mIoU {miou:.3f} recall {recall:.3f}"
+            )
             if quality.cell_probe_key("shape") in measured:
                 cells = "/".join(f"{measured[quality.cell_probe_key(a)]:.2f}" for a in CELL_SUMMARY)
                 summary += f", cells {cells} (colour/shape/size)"

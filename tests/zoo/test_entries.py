@@ -16,3 +16,10 @@ def test_a_language_model_key_ignores_the_image_recipe() -> None:
     more_scenes = replace(tiny, symbolic_scenes=tiny.symbolic_scenes + 8)
     assert part_key(more_scenes, "lm-s") != part_key(tiny, "lm-s")
     assert part_key(more_scenes, "vfm") == part_key(tiny, "vfm")
+
+
+def test_every_part_key_moves_with_the_zoo_world() -> None:
+    tiny = ZOOS["tiny"]
+    blocks = replace(tiny, world="tiny16")
+    for part in tiny.parts:
+        assert part_key(blocks, part) != part_key(tiny, part), part

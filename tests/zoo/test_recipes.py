@@ -9,7 +9,7 @@ from pivotlab.zoo.recipes import ZOOS, ZooError, part_cost, zoo_recipe
 
 def test_an_unknown_zoo_is_refused_naming_the_zoos() -> None:
     assert zoo_recipe("tiny") is ZOOS["tiny"]
-    with pytest.raises(ZooError, match="unknown zoo 'huge'; zoos are default, tiny"):
+    with pytest.raises(ZooError, match="unknown zoo 'huge'; zoos are default, tokens16, tiny"):
         zoo_recipe("huge")
 
 

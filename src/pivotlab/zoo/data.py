@@ -29,7 +29,9 @@ class BuildData:
         z = self.zoo
         half = z.pretrain_images // 2
         return self._once("pretraining", lambda: pretraining.concatenate(
-            pretraining.scene_images("train", z.pretrain_images - half, z.image_size, z.patch_size),
+            pretraining.scene_images(
+                "train", z.pretrain_images - half, z.image_size, z.patch_size, z.world
+            ),
             pretraining.probe_images("train", half, z.image_size, z.patch_size),
         ))  # fmt: skip
 
@@ -46,15 +48,19 @@ class BuildData:
 
     def segmentation(self) -> tuple[pretraining.ImageSet, pretraining.ImageSet]:
         """Full scenes for the segmentation and cell probes: train set (val stream), test set."""
-        return self._train_test("segmentation", pretraining.scene_images)
+        world = self.zoo.world
+        return self._train_test(
+            "segmentation",
+            lambda split, n, size, patch: pretraining.scene_images(split, n, size, patch, world),
+        )
 
     def symbolic(self, turns: int) -> tuple[pretraining.SymbolicSet, pretraining.SymbolicSet]:
-        """Conversations of up to ``turns`` questions about the tiny world's symbolic scenes
+        """Conversations of up to ``turns`` questions about the zoo world's symbolic scenes
         (train stream), and held-out single questions (val stream)."""
         z = self.zoo
 
         def make(split: str, n: int, turns: int) -> pretraining.SymbolicSet:
-            folder = pretraining.tiny_split(split, n, z.image_size)
+            folder = pretraining.zoo_split(split, n, z.image_size, z.world)
             return pretraining.symbolic_set(folder, z.grid, turns, world_tokenizer())
 
         return self._once(("symbolic", turns), lambda: (

@@ -75,10 +75,10 @@ def _patch_histograms(semantic: np.ndarray, patch: int) -> np.ndarray:
     return patch_class_counts(semantic, patch, N_CLASSES) / (patch * patch)
 
 
-def scene_images(split: str, n: int, size: int, patch: int) -> ImageSet:
-    """``n`` tiny-world scenes of ``split`` (zoo seed) with captions, patch class
+def scene_images(split: str, n: int, size: int, patch: int, preset: str) -> ImageSet:
+    """``n`` scenes of world ``preset``'s ``split`` (zoo seed) with captions, patch class
     histograms and symbolic-cell targets (one cell per patch)."""
-    cfg = WorldConfig.from_preset("tiny", split=split, n=n, seed=ZOO_WORLD_SEED, size=size)
+    cfg = WorldConfig.from_preset(preset, split=split, n=n, seed=ZOO_WORLD_SEED, size=size)
     images, captions, histograms, targets = [], [], [], []
     for scene, rendered in render_scenes(cfg, range(n)):
         images.append(Image.fromarray(rendered.image))
@@ -123,11 +123,11 @@ def world_documents(split: str, n_scenes: int) -> list[str]:
 # ---------------------------------------------------------------------------------------
 # Symbolic scenes: the language models' pretraining on the tiny world's questions
 # ---------------------------------------------------------------------------------------
-def tiny_split(split: str, n: int, size: int) -> Path:
-    """A tiny-world split (``WorldConfig`` preset ``tiny``) of the zoo's seed, generated
-    into the world cache on first use."""
+def zoo_split(split: str, n: int, size: int, preset: str) -> Path:
+    """A split of world ``preset`` (``WorldConfig.from_preset``) on the zoo's seed,
+    generated into the world cache on first use."""
     cfg = WorldConfig.from_preset(
-        "tiny", split=split, n=n, seed=ZOO_WORLD_SEED, size=size, probe_n=0
+        preset, split=split, n=n, seed=ZOO_WORLD_SEED, size=size, probe_n=0
     )
     return cached_split(cfg)
 
@@ -183,6 +183,7 @@ def symbolic_set(split_dir: Path, grid: int, turns: int, tokenizer) -> SymbolicS
     task_of = {r["id"]: r["task"] for r in records}
     scene_of_image = {r["image"]: r["scene_id"] for r in records}
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    tables: dict[str, torch.Tensor] = {}  # one per scene, shared by its conversations
     result = SymbolicSet([], [], [], [])
     for joined in conversations(records, turns):
         messages = conversation(joined.get("turns") or [(joined["question"], joined["answer"])])
@@ -197,7 +198,9 @@ def symbolic_set(split_dir: Path, grid: int, turns: int, tokenizer) -> SymbolicS
         ids_tensor = torch.tensor(ids)
         result.ids.append(ids_tensor)
         result.labels.append(torch.where(torch.tensor(mask) == 1, ids_tensor, -100))
-        scene = scenes[scene_of_image[joined["image"]]]
-        result.cells.append(_cell_table(symbolic_cells(scene, grid), tokenizer))
+        scene_id = scene_of_image[joined["image"]]
+        if scene_id not in tables:
+            tables[scene_id] = _cell_table(symbolic_cells(scenes[scene_id], grid), tokenizer)
+        result.cells.append(tables[scene_id])
         result.tasks.append([task_of[q] for q in str(joined["id"]).split("+")])
     return result

@@ -34,6 +34,7 @@ LINEAR_PROBE_SHAPE_COLOR = "linear_probe_shape_color"
 LINEAR_PROBE_SHAPE = "linear_probe_shape"
 SEGMENTATION_PREFIX = "segmentation_"  # + each figure of ``segmentation_probe``
 SEGMENTATION_PATCH_RECALL = f"{SEGMENTATION_PREFIX}patch_recall"
+SEGMENTATION_MIOU = f"{SEGMENTATION_PREFIX}miou"
 CELL_PROBE_PREFIX = "cell_probe_"  # + each cell attribute
 RANDOM_INIT = "random_init"  # an encoder's figures at its seeded initialisation
 HELDOUT_PERPLEXITY = "heldout_perplexity"
