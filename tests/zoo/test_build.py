@@ -34,9 +34,11 @@ def test_tiny_build_gives_standard_checkpoints_and_manifests(tiny_zoo: Path) -> 
                 AutoTokenizer.from_pretrained(folder).convert_tokens_to_ids("<image>") is not None
             )
             assert manifest["quality"]["heldout_perplexity"] > 1
-            spec = manifest["spec"]  # the curriculum's phases all ran
+            spec = manifest["spec"]  # the curriculum's phases all ran, the later ones too
             phases = spec["steps"] + spec["focus_steps"] + spec["settle_steps"]
+            phases += sum(steps for _, steps in spec["later_phases"])
             assert manifest["compute"]["steps"] == phases > spec["steps"]
+            assert spec["later_phases"]
         else:
             model = AutoModel.from_pretrained(folder)
             assert 0 <= manifest["quality"]["linear_probe_shape_color"] <= 1
@@ -66,7 +68,7 @@ def test_a_changed_recipe_builds_a_new_entry(
     assert part_key(tiny, "enc-s", seed=1) != part_key(tiny, "enc-s")
     messages: list[str] = []
     folders = build(("lm-s", "enc-s"), zoo="tiny", cache=tiny_zoo, log=messages.append)
-    training = "zoo: lm-s is not shipped for this recipe: training it (8 optimizer steps)"
+    training = "zoo: lm-s is not shipped for this recipe: training it (11 optimizer steps)"
     assert messages[0] == training
     assert "built lm-s" in messages[1] and "cached at" in messages[2]
     assert folders["lm-s"] != entry_dir(tiny, "lm-s", tiny_zoo)

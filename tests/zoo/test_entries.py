@@ -23,3 +23,17 @@ def test_every_part_key_moves_with_the_zoo_world() -> None:
     blocks = replace(tiny, world="tiny16")
     for part in tiny.parts:
         assert part_key(blocks, part) != part_key(tiny, part), part
+
+
+def test_later_phases_move_a_language_model_key_only_when_set() -> None:
+    from pivotlab.zoo.recipes import spec_identity
+
+    default = ZOOS["default"]
+    spec = default.parts["lm-s"]
+    assert "later_phases" not in spec_identity(spec)  # the shipped parts' keys stay
+    taught = replace(
+        default, parts={**default.parts, "lm-s": replace(spec, later_phases=((("color",), 10),))}
+    )
+    assert spec_identity(taught.parts["lm-s"])["later_phases"] == ((("color",), 10),)
+    assert part_key(taught, "lm-s") != part_key(default, "lm-s")
+    assert part_key(taught, "enc-s") == part_key(default, "enc-s")

@@ -246,11 +246,9 @@ def _build_lm(spec: LMSpec, zoo: ZooConfig, data: BuildData, seed: int):
         return loss
 
     mix = task_balanced_weights(symbolic) if spec.balance_tasks else None
-    phases = [(spec.steps, mix)]
-    if spec.focus_steps:
-        phases.append((spec.focus_steps, focus_weights(symbolic, spec.focus_tasks)))
-    if spec.settle_steps:
-        phases.append((spec.settle_steps, mix))
+    phases = [
+        (steps, focus_weights(symbolic, tasks) if tasks else mix) for tasks, steps in spec.phases()
+    ]
     compute = add_computes(
         [
             run_steps(

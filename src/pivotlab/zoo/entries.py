@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 from pivotlab.cache import cache_root
 from pivotlab.io import file_sha256
 from pivotlab.world.generate import GENERATOR_VERSION
-from pivotlab.zoo.recipes import ZooConfig
+from pivotlab.zoo.recipes import ZooConfig, spec_identity
 
 # Part of every cache key: bump it whenever a pretraining recipe changes in code (an
 # objective, an initialisation, the data mix), so stale entries are never reused.
@@ -35,7 +34,7 @@ def part_key(zoo: ZooConfig, part: str, seed: int = 0) -> str:
     identity = {
         "part": part,
         "seed": seed,
-        "spec": asdict(zoo.parts[part]),
+        "spec": spec_identity(zoo.parts[part]),
         "data": zoo.data_recipe(part),
         "zoo_version": ZOO_VERSION,
         "world_generator_version": GENERATOR_VERSION,

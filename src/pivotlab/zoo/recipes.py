@@ -7,7 +7,7 @@ recipe builds a new entry.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from pivotlab.errors import PivotlabError
 
@@ -55,10 +55,13 @@ class LMSpec:
     equally often with ``balance_tasks``), plus ``batch_size`` blocks of world text every
     ``text_every`` steps.
 
-    Then a curriculum: ``focus_steps`` on ``focus_tasks`` alone, and ``settle_steps`` of
-    the first mix again, each phase with its own warm-up and cosine decay. Relation, the
-    one task that needs where objects are, stayed at chance in every balanced or
-    half-relation mix, and was learnt when trained alone (docs/log.md, 2026-12-04)."""
+    Then a curriculum: ``focus_steps`` on ``focus_tasks`` alone, ``settle_steps`` of the
+    first mix again, then each of ``later_phases`` in order (``(tasks, steps)``: those
+    tasks alone, or the first mix for ``()``), each phase with its own warm-up and cosine
+    decay. Relation, the one task that needs where objects are, stayed at chance in every
+    balanced or half-relation mix, and was learnt when trained alone (docs/log.md,
+    2026-12-04); on 16 cells every look-up needed its own phase (docs/log.md,
+    2026-12-08)."""
 
     width: int
     depth: int
@@ -75,6 +78,31 @@ class LMSpec:
     focus_tasks: tuple[str, ...] = ()
     focus_steps: int = 0
     settle_steps: int = 0
+    later_phases: tuple[tuple[tuple[str, ...], int], ...] = ()
+
+    def phases(self) -> list[tuple[tuple[str, ...], int]]:
+        """The curriculum in order, as ``(tasks, steps)``: ``()`` is the first mix."""
+        phases = [((), self.steps)]
+        if self.focus_steps:
+            phases.append((self.focus_tasks, self.focus_steps))
+        if self.settle_steps:
+            phases.append(((), self.settle_steps))
+        return phases + list(self.later_phases)
+
+
+# Spec fields added after zoo parts were shipped: a spec's identity holds them only when
+# they differ from their default, so the shipped parts' keys (and the weights found under
+# them) stay as they were.
+_FIELDS_KEYED_WHEN_SET = ("later_phases",)
+
+
+def spec_identity(spec: EncoderSpec | TeacherSpec | LMSpec) -> dict:
+    """The fields of ``spec`` that go into its part's key."""
+    identity = asdict(spec)
+    for field in fields(spec):
+        if field.name in _FIELDS_KEYED_WHEN_SET and getattr(spec, field.name) == field.default:
+            del identity[field.name]
+    return identity
 
 
 @dataclass(frozen=True)
@@ -129,6 +157,7 @@ _SECONDS_LM = {
     "focus_tasks": ("exists",),
     "focus_steps": 2,
     "settle_steps": 2,
+    "later_phases": ((("count",), 2), ((), 1)),
 }
 
 _DEFAULT_PARTS: dict[str, EncoderSpec | TeacherSpec | LMSpec] = {
@@ -202,5 +231,5 @@ def zoo_recipe(name: str) -> ZooConfig:
 def part_cost(zoo: ZooConfig, part: str) -> str:
     """What building a part takes, before it is built: its optimizer steps."""
     spec = zoo.parts[part]
-    steps = sum(getattr(spec, name, 0) or 0 for name in ("steps", "focus_steps", "settle_steps"))
+    steps = sum(s for _, s in spec.phases()) if isinstance(spec, LMSpec) else spec.steps
     return f"{steps:,d} optimizer steps" if steps else "a short build"
