@@ -74,6 +74,39 @@ def test_a_changed_recipe_builds_a_new_entry(
     assert folders["lm-s"] != entry_dir(tiny, "lm-s", tiny_zoo)
 
 
+def test_a_language_model_can_start_from_another_zoos_and_is_keyed_by_it(
+    tiny_zoo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few-to-many-cells curriculum: the tiny zoo's lm-s, continued on the 16-cell world."""
+    tiny = ZOOS["tiny"]
+    spec = replace(tiny.parts["lm-s"], start_from_zoo="tiny")
+    more_cells = replace(tiny, name="tiny-cells", world="tiny16", parts={"lm-s": spec})
+    monkeypatch.setitem(ZOOS, "tiny-cells", more_cells)
+    messages: list[str] = []
+    folder = build(("lm-s",), zoo="tiny-cells", cache=tiny_zoo, log=messages.append)["lm-s"]
+    assert messages[0].endswith("optimizer steps from the tiny zoo's lm-s)")
+    assert "lm-s cached at" in messages[1]  # the start is the tiny zoo's built lm-s
+    origin = json.loads((folder / "zoo_part.json").read_text())["started_from"]
+    assert origin["zoo"] == "tiny" and origin["key"] == part_key(tiny, "lm-s")
+    started = AutoModelForCausalLM.from_pretrained(folder)
+    fresh = AutoModelForCausalLM.from_pretrained(entry_dir(tiny, "lm-s", tiny_zoo))
+    assert started.config.hidden_size == fresh.config.hidden_size
+    # The start's recipe is part of the key: another start, another entry.
+    longer = replace(tiny, parts={**tiny.parts, "lm-s": replace(tiny.parts["lm-s"], steps=4)})
+    monkeypatch.setitem(ZOOS, "tiny", longer)
+    assert entry_dir(more_cells, "lm-s", tiny_zoo) != folder
+
+
+def test_a_start_of_another_shape_is_refused(
+    tiny_zoo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny = ZOOS["tiny"]
+    wider = replace(tiny.parts["lm-s"], width=48, start_from_zoo="tiny")
+    monkeypatch.setitem(ZOOS, "tiny-wide", replace(tiny, name="tiny-wide", parts={"lm-s": wider}))
+    with pytest.raises(ZooError, match="32 wide and 1 deep; the recipe that starts from it"):
+        build(("lm-s",), zoo="tiny-wide", cache=tiny_zoo, log=lambda message: None)
+
+
 def test_a_truncated_file_is_detected_and_rebuilt(tiny_zoo: Path) -> None:
     entry = entry_dir(ZOOS["tiny"], "vfm", tiny_zoo)
     weights = entry / "model.safetensors"

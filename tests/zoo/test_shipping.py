@@ -17,11 +17,15 @@ from pivotlab.zoo.shipping import ship, shipped_dir
 SHIPPED_PARTS = ("enc-s", "enc-s-2k", "enc-m", "vfm", "lm-s")  # lm-m is trained on first use
 
 
-def test_the_shipped_default_parts_are_found_intact_under_todays_keys() -> None:
+@pytest.mark.parametrize("zoo", ["default", "tokens16"])
+def test_the_shipped_parts_are_found_intact_under_todays_keys(zoo: str) -> None:
     """A recipe or key change that moved a shipped part's key would fail here."""
     for part in SHIPPED_PARTS:
-        assert verify(shipped_dir(ZOOS["default"], part)) is None, part
-    assert verify(shipped_dir(ZOOS["default"], "lm-m")) is not None
+        assert verify(shipped_dir(ZOOS[zoo], part)) is None, part
+        assert (
+            json.loads((shipped_dir(ZOOS[zoo], part) / "zoo_part.json").read_text())["zoo"] == zoo
+        )
+    assert verify(shipped_dir(ZOOS[zoo], "lm-m")) is not None
 
 
 def test_shipped_weights_are_copied_instead_of_trained(

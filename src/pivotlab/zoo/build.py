@@ -56,8 +56,10 @@ def _measure_again(zoo: ZooConfig, part: str, entry: Path, data: BuildData, seed
     write_json_atomic(entry / MANIFEST, manifest)
 
 
-def _write_entry(zoo: ZooConfig, part: str, entry: Path, data: BuildData, seed: int) -> dict:
-    model, companion, compute, measured = train_part(zoo, part, data, seed)
+def _write_entry(
+    zoo: ZooConfig, part: str, entry: Path, data: BuildData, seed: int, start: Path | None
+) -> dict:
+    model, companion, compute, measured = train_part(zoo, part, data, seed, start)
     staging = staging_folder(entry)
     model.save_pretrained(staging)
     companion.save_pretrained(staging)
@@ -72,6 +74,8 @@ def _write_entry(zoo: ZooConfig, part: str, entry: Path, data: BuildData, seed: 
         "data": zoo.data_recipe(part),
         "seed": seed,
         "compute": asdict(compute),
+        # A part that continues another zoo's: which one, and what that one cost.
+        **({"started_from": _origin(read_manifest(start))} if start else {}),
         "quality": measured,
         **({"probe_protocol": quality.PROBE_PROTOCOL} if has_probe_figures(measured) else {}),
         "pivotlab_version": __version__,
@@ -81,6 +85,10 @@ def _write_entry(zoo: ZooConfig, part: str, entry: Path, data: BuildData, seed: 
     write_json_atomic(staging / MANIFEST, manifest)
     publish(staging, entry)
     return manifest
+
+
+def _origin(manifest: dict) -> dict:
+    return {k: manifest[k] for k in ("zoo", "part", "key", "compute")}
 
 
 def build(
@@ -136,7 +144,12 @@ def _build_part(
         else:
             cost = part_cost(config, part)
             log(f"zoo: {part} is not shipped for this recipe: training it ({cost})")
-        manifest = _write_entry(config, part, entry, data, seed)
+        start_zoo = getattr(config.parts[part], "start_from_zoo", "")
+        start = None
+        if start_zoo:
+            cache = entry.parent.parent  # entries are <cache>/<zoo>/<part>-<key>
+            start = build((part,), start_zoo, cache, seed=seed, log=log)[part]
+        manifest = _write_entry(config, part, entry, data, seed, start)
         compute = manifest["compute"]
         cost = f"{compute['seconds']:.0f}s, {compute['flops']:.2e} FLOPs"
         log(f"zoo: built {part} ({cost}) -> {entry}")

@@ -31,7 +31,7 @@ from transformers import (
 
 from pivotlab.zoo import pretraining, quality
 from pivotlab.zoo.data import BuildData, processed_pixels
-from pivotlab.zoo.recipes import EncoderSpec, LMSpec, TeacherSpec, ZooConfig
+from pivotlab.zoo.recipes import EncoderSpec, LMSpec, TeacherSpec, ZooConfig, ZooError
 from pivotlab.zoo.tokenizer import IMAGE_TOKEN, world_tokenizer
 from pivotlab.zoo.train import (
     PROJECTOR_FEATURE_LAYER,
@@ -224,16 +224,25 @@ def causal_lm_config(
     )
 
 
-def _build_lm(spec: LMSpec, zoo: ZooConfig, data: BuildData, seed: int):
+def _build_lm(spec: LMSpec, zoo: ZooConfig, data: BuildData, seed: int, start: Path | None):
     tokenizer = world_tokenizer()
     text, heldout_text = data.text_blocks(spec.block)
     symbolic, heldout_symbolic = data.symbolic(spec.turns)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     pad_id = tokenizer.pad_token_id
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(
-        causal_lm_config(Qwen2Config, spec.width, spec.depth, spec.heads, spec.kv_heads)
-    )
+    if start is None:
+        model = Qwen2ForCausalLM(
+            causal_lm_config(Qwen2Config, spec.width, spec.depth, spec.heads, spec.kv_heads)
+        )
+    else:
+        model = Qwen2ForCausalLM.from_pretrained(start)
+        shape = (model.config.hidden_size, model.config.num_hidden_layers)
+        if shape != (spec.width, spec.depth):
+            raise ZooError(
+                f"zoo: {start} is {shape[0]} wide and {shape[1]} deep; the recipe that "
+                f"starts from it says {spec.width} and {spec.depth}"
+            )
     model.train()
     text_order = torch.Generator().manual_seed(seed + 1)
     steps_done = itertools.count()
@@ -289,12 +298,13 @@ def quality_of_saved(zoo: ZooConfig, part: str, entry: Path, data: BuildData, se
     return measured
 
 
-def train_part(zoo: ZooConfig, part: str, data: BuildData, seed: int):
-    """A part trained from its seeded initialisation: (model, its processor or tokenizer,
-    the compute it took, its quality figures)."""
+def train_part(zoo: ZooConfig, part: str, data: BuildData, seed: int, start: Path | None = None):
+    """A part trained from its seeded initialisation, or a language model from the built
+    part in ``start`` (``LMSpec.start_from_zoo``): (model, its processor or tokenizer, the
+    compute it took, its quality figures)."""
     spec = zoo.parts[part]
     if isinstance(spec, EncoderSpec):
         return _build_encoder(spec, zoo, data, seed)
     if isinstance(spec, TeacherSpec):
         return _build_teacher(spec, zoo, data, seed)
-    return _build_lm(spec, zoo, data, seed)
+    return _build_lm(spec, zoo, data, seed, start)

@@ -16,7 +16,7 @@ from pathlib import Path
 from pivotlab.cache import cache_root
 from pivotlab.io import file_sha256
 from pivotlab.world.generate import GENERATOR_VERSION
-from pivotlab.zoo.recipes import ZooConfig, spec_identity
+from pivotlab.zoo.recipes import ZooConfig, spec_identity, zoo_recipe
 
 # Part of every cache key: bump it whenever a pretraining recipe changes in code (an
 # objective, an initialisation, the data mix), so stale entries are never reused.
@@ -30,15 +30,20 @@ def default_cache() -> Path:
 
 
 def part_key(zoo: ZooConfig, part: str, seed: int = 0) -> str:
-    """Hash of everything that determines a part's weights."""
+    """Hash of everything that determines a part's weights (for a part that starts from
+    another zoo's, that part's key too)."""
+    spec = zoo.parts[part]
     identity = {
         "part": part,
         "seed": seed,
-        "spec": spec_identity(zoo.parts[part]),
+        "spec": spec_identity(spec),
         "data": zoo.data_recipe(part),
         "zoo_version": ZOO_VERSION,
         "world_generator_version": GENERATOR_VERSION,
     }
+    start = getattr(spec, "start_from_zoo", "")
+    if start:
+        identity["start"] = part_key(zoo_recipe(start), part, seed)
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 

@@ -60,8 +60,13 @@ class LMSpec:
     tasks alone, or the first mix for ``()``), each phase with its own warm-up and cosine
     decay. Relation, the one task that needs where objects are, stayed at chance in every
     balanced or half-relation mix, and was learnt when trained alone (docs/log.md,
-    2026-12-04); on 16 cells every look-up needed its own phase (docs/log.md,
-    2026-12-08)."""
+    2026-12-04).
+
+    With ``start_from_zoo``, the model starts from the same part of that zoo (built or
+    copied first) instead of a seeded initialisation: a curriculum from few cells to many.
+    From scratch on 16 cells every look-up stayed at chance in the mix and needed a phase
+    of its own; from the four-cell LM, 1,000 steps of the mix taught them (docs/log.md,
+    2026-12-07)."""
 
     width: int
     depth: int
@@ -79,6 +84,7 @@ class LMSpec:
     focus_steps: int = 0
     settle_steps: int = 0
     later_phases: tuple[tuple[tuple[str, ...], int], ...] = ()
+    start_from_zoo: str = ""
 
     def phases(self) -> list[tuple[tuple[str, ...], int]]:
         """The curriculum in order, as ``(tasks, steps)``: ``()`` is the first mix."""
@@ -93,7 +99,7 @@ class LMSpec:
 # Spec fields added after zoo parts were shipped: a spec's identity holds them only when
 # they differ from their default, so the shipped parts' keys (and the weights found under
 # them) stay as they were.
-_FIELDS_KEYED_WHEN_SET = ("later_phases",)
+_FIELDS_KEYED_WHEN_SET = ("later_phases", "start_from_zoo")
 
 
 def spec_identity(spec: EncoderSpec | TeacherSpec | LMSpec) -> dict:
@@ -171,6 +177,16 @@ _DEFAULT_PARTS: dict[str, EncoderSpec | TeacherSpec | LMSpec] = {
     "lm-m": LMSpec(width=192, depth=6, heads=6, kv_heads=2, steps=8000, **_RELATION),
 }
 
+# The 16-token zoo's LMs continue the default zoo's (four cells) on 16-cell scenes, then the
+# same relation curriculum: from scratch, the balanced mix at 16 cells never taught a look-up
+# (docs/log.md, 2026-12-07).
+_FEW_TO_MANY_CELLS = {"steps": 2000, "start_from_zoo": "default", **_RELATION}
+_TOKENS16_PARTS: dict[str, EncoderSpec | TeacherSpec | LMSpec] = {
+    **_DEFAULT_PARTS,
+    "lm-s": LMSpec(width=128, depth=4, heads=4, kv_heads=2, **_FEW_TO_MANY_CELLS),
+    "lm-m": LMSpec(width=192, depth=6, heads=6, kv_heads=2, **_FEW_TO_MANY_CELLS),
+}
+
 ZOOS: dict[str, ZooConfig] = {
     # The tiny world's zoo (docs/zoo.md): 64-px images in 32-px patches, so an image is
     # four visual tokens, one per quadrant of the 2 x 2 layout.
@@ -182,11 +198,10 @@ ZOOS: dict[str, ZooConfig] = {
     ),
     # The same recipes on the tiny16 world (docs/zoo.md, The 16-token zoo): 64-px images in
     # 16-px patches, so an image is 16 visual tokens, one per cell of the 4 x 4 blocks
-    # layout. Not shipped yet: its LM does not yet read 16-cell symbolic scenes as well as
-    # the default zoo's reads four (docs/log.md, 2026-12-07).
+    # layout; its LMs start from the default zoo's.
     "tokens16": ZooConfig(
         name="tokens16",
-        parts=_DEFAULT_PARTS,
+        parts=_TOKENS16_PARTS,
         world="tiny16",
         patch_size=16,
         pretrain_images=12000,
@@ -232,4 +247,7 @@ def part_cost(zoo: ZooConfig, part: str) -> str:
     """What building a part takes, before it is built: its optimizer steps."""
     spec = zoo.parts[part]
     steps = sum(s for _, s in spec.phases()) if isinstance(spec, LMSpec) else spec.steps
-    return f"{steps:,d} optimizer steps" if steps else "a short build"
+    cost = f"{steps:,d} optimizer steps" if steps else "a short build"
+    if isinstance(spec, LMSpec) and spec.start_from_zoo:
+        cost += f" from the {spec.start_from_zoo} zoo's {part}"
+    return cost
