@@ -69,7 +69,8 @@ def test_planned_flops_come_from_the_split_a_step_reads(small_split: Path, tmp_p
     steps = {s.name: s for s in seed_steps(study, tmp_path, 0, world)}
     full, point = steps["seed0/full"], steps["seed0/post-sft/lr-1e-05"]
     full_flops, point_flops = planned_flops(full), planned_flops(point)
-    assert full_flops and point_flops and full_flops > point_flops > 0
+    assert full_flops is not None and full_flops > 0
+    assert point_flops is not None and point_flops > 0
     assert planned_flops(steps["seed0/eval-stage1"]) is None
 
 
