@@ -481,8 +481,9 @@ def _zoo_table(zoo: str, cache: Path | None, seed: int) -> None:
             f"{part:8s} {manifest['class']:18s} {size} {compute['seconds']:8.0f} "
             f"{compute['flops'] / 1e9:9.1f} {compute['samples']:8d}  {summary}"
         )
+    which = "" if zoo == "default" else f" --zoo {zoo}"
     for part, what in unbuilt(zoo, cache, seed).items():
-        print(f"{part:8s} not built; `pivotlab zoo build --parts {part}`: {what}")
+        print(f"{part:8s} not built; `pivotlab zoo build --parts {part}{which}`: {what}")
     for check in checks(found):
         print(f"check: {'pass' if check.passed else 'FAIL'}  {check.name}: {check.detail}")
 

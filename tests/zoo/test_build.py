@@ -218,3 +218,6 @@ def test_zoo_list_names_the_parts_not_built_and_what_building_them_takes(
     steps = spec.steps + spec.focus_steps + spec.settle_steps  # type: ignore[union-attr]
     wanted = f"`pivotlab zoo build --parts lm-m`: trained here: {steps:,d} optimizer steps"
     assert lines["lm-m"].endswith(wanted)
+    assert main(["zoo", "list", "--zoo", "tokens16", "--cache", str(tmp_path / "empty")]) == 0
+    tokens16 = capsys.readouterr().out
+    assert "`pivotlab zoo build --parts lm-m --zoo tokens16`: trained here: 4,000" in tokens16
