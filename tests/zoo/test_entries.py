@@ -37,3 +37,13 @@ def test_later_phases_move_a_language_model_key_only_when_set() -> None:
     assert spec_identity(taught.parts["lm-s"])["later_phases"] == ((("color",), 10),)
     assert part_key(taught, "lm-s") != part_key(default, "lm-s")
     assert part_key(taught, "enc-s") == part_key(default, "enc-s")
+
+
+def test_cell_place_words_move_only_language_model_keys_and_only_when_off() -> None:
+    default = ZOOS["default"]
+    assert "cell_place_words" not in default.data_recipe("lm-s")  # the shipped keys stay
+    order_only = replace(default, cell_place_words=False)
+    assert order_only.data_recipe("lm-s")["cell_place_words"] is False
+    assert part_key(order_only, "lm-s") != part_key(default, "lm-s")
+    for part in ("enc-s", "enc-m", "vfm"):
+        assert part_key(order_only, part) == part_key(default, part), part

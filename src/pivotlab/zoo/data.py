@@ -61,7 +61,9 @@ class BuildData:
 
         def make(split: str, n: int, turns: int) -> pretraining.SymbolicSet:
             folder = pretraining.zoo_split(split, n, z.image_size, z.world)
-            return pretraining.symbolic_set(folder, z.grid, turns, world_tokenizer())
+            return pretraining.symbolic_set(
+                folder, z.grid, turns, world_tokenizer(), z.cell_place_words
+            )
 
         return self._once(("symbolic", turns), lambda: (
             make("train", z.symbolic_scenes, turns),

@@ -136,14 +136,16 @@ def _word_ids(tokenizer, word: str) -> list[int]:
     return tokenizer(word, add_special_tokens=False)["input_ids"]
 
 
-def cell_token_ids(cell: Cell, tokenizer) -> list[int]:
+def cell_token_ids(cell: Cell, tokenizer, place_words: bool = True) -> list[int]:
     """The token ids whose embeddings sum to a cell's embedding.
 
     An object's colour, shape and size are each given in both forms the world's text uses,
     as a question says it (" red") and as an answer does ("red"), so finding the object a
     question names and answering with its attribute are both matches of the same vectors.
-    The cell's place is given by the relation words of its halves ("above", "left")."""
-    place = [cell.row, cell.column]
+    With ``place_words``, the cell also names its place by the relation words of its halves
+    ("above", "left"); without, its place is only where it stands in the sequence, as a
+    visual token's is for a model that reads order."""
+    place = [cell.row, cell.column] if place_words else []
     if cell.empty:
         words = ["<bg>"]
     else:
@@ -169,15 +171,18 @@ class SymbolicSet:
     tasks: list[list[str]]
 
 
-def _cell_table(cells: list[Cell], tokenizer) -> torch.Tensor:
-    rows = [cell_token_ids(cell, tokenizer) for cell in cells]
+def _cell_table(cells: list[Cell], tokenizer, place_words: bool) -> torch.Tensor:
+    rows = [cell_token_ids(cell, tokenizer, place_words) for cell in cells]
     width = max(len(r) for r in rows)
     return torch.tensor([r + [-1] * (width - len(r)) for r in rows])
 
 
-def symbolic_set(split_dir: Path, grid: int, turns: int, tokenizer) -> SymbolicSet:
+def symbolic_set(
+    split_dir: Path, grid: int, turns: int, tokenizer, place_words: bool = True
+) -> SymbolicSet:
     """Every question of a split, joined into conversations of at most ``turns`` questions
-    per image, each about the image's symbolic scene (``grid`` x ``grid`` cells)."""
+    per image, each about the image's symbolic scene (``grid`` x ``grid`` cells; each cell
+    naming its place by words or not, ``cell_token_ids``)."""
     scenes = {s["scene_id"]: s for s in read_jsonl(split_dir / "scenes.jsonl")}
     records = read_jsonl(split_dir / "vqa.jsonl")
     task_of = {r["id"]: r["task"] for r in records}
@@ -200,7 +205,9 @@ def symbolic_set(split_dir: Path, grid: int, turns: int, tokenizer) -> SymbolicS
         result.labels.append(torch.where(torch.tensor(mask) == 1, ids_tensor, -100))
         scene_id = scene_of_image[joined["image"]]
         if scene_id not in tables:
-            tables[scene_id] = _cell_table(symbolic_cells(scenes[scene_id], grid), tokenizer)
+            tables[scene_id] = _cell_table(
+                symbolic_cells(scenes[scene_id], grid), tokenizer, place_words
+            )
         result.cells.append(tables[scene_id])
         result.tasks.append([task_of[q] for q in str(joined["id"]).split("+")])
     return result

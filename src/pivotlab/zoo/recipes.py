@@ -114,7 +114,11 @@ def spec_identity(spec: EncoderSpec | TeacherSpec | LMSpec) -> dict:
 @dataclass(frozen=True)
 class ZooConfig:
     """A zoo: its parts' specs and the data recipe they share, drawn from the world preset
-    ``world`` (``pivotlab.world.generate.PRESETS``)."""
+    ``world`` (``pivotlab.world.generate.PRESETS``).
+
+    ``cell_place_words``: the LMs' symbolic cells also name their place by words (the
+    relation words of their halves); off, a cell's place is only its position among the
+    cells, as a visual token's is in the MLLM (``pretraining.cell_token_ids``)."""
 
     name: str
     parts: dict[str, EncoderSpec | TeacherSpec | LMSpec]
@@ -128,6 +132,7 @@ class ZooConfig:
     heldout_text_scenes: int = 200
     symbolic_scenes: int = 40000
     heldout_symbolic_scenes: int = 300
+    cell_place_words: bool = True
     enforce_checks: bool = True
 
     @property
@@ -138,7 +143,13 @@ class ZooConfig:
     def data_recipe(self, part: str) -> dict:
         """The data fields that determine ``part``'s weights (a language model's do not
         move when an image recipe does, and the other way round)."""
-        text = ("text_scenes", "heldout_text_scenes", "symbolic_scenes", "heldout_symbolic_scenes")
+        text = (
+            "text_scenes",
+            "heldout_text_scenes",
+            "symbolic_scenes",
+            "heldout_symbolic_scenes",
+            "cell_place_words",
+        )
         images = ("pretrain_images", "probe_train", "probe_test")
         drop = images if isinstance(self.parts[part], LMSpec) else text
         recipe = asdict(self)
@@ -148,6 +159,9 @@ class ZooConfig:
             # Zoos on the tiny world were keyed before ``world`` existed: their keys (and
             # the shipped parts found under them) stay as they were.
             del recipe["world"]
+        if recipe.get("cell_place_words") is True:
+            # Keyed only when off, so the zoos keyed before it existed keep their keys.
+            del recipe["cell_place_words"]
         return recipe
 
 
@@ -198,13 +212,15 @@ ZOOS: dict[str, ZooConfig] = {
     ),
     # The same recipes on the tiny16 world (docs/zoo.md, The 16-token zoo): 64-px images in
     # 16-px patches, so an image is 16 visual tokens, one per cell of the 4 x 4 blocks
-    # layout; its LMs start from the default zoo's.
+    # layout; its LMs start from the default zoo's and read a cell's place from its order
+    # alone, as an MLLM can read a visual token's (docs/log.md, 2026-12-07).
     "tokens16": ZooConfig(
         name="tokens16",
         parts=_TOKENS16_PARTS,
         world="tiny16",
         patch_size=16,
         pretrain_images=12000,
+        cell_place_words=False,
     ),
     # Seconds, for tests: loadable checkpoints and manifests, no quality claims.
     "tiny": ZooConfig(
