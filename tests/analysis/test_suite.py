@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,32 @@ def test_all_analyses_run_from_one_command(
     for name in ("stage1", "floor"):  # and no two rows of one column on the same line
         own = [measurement(r) for r in rows if r["encoder"] == name]
         assert len(set(own)) == len(own)
+
+
+def test_the_permutation_has_its_own_question_limit(monkeypatch, tmp_path: Path) -> None:
+    from pivotlab.analysis import saliency, suite, tokens
+
+    asked: dict[str, int | None] = {}
+
+    def record(name: str):
+        def analysis(model_dir, data, limit=None, **_):
+            asked[name] = limit
+            return []
+
+        return analysis
+
+    monkeypatch.setattr(tokens, "permutation_sensitivity", record("permutation"))
+    monkeypatch.setattr(saliency, "saliency", record("saliency"))
+    cfg = AnalyzeConfig(
+        analyses=("saliency", "permutation"),
+        data=tmp_path,
+        out=tmp_path / "out",
+        models=[("m", "model")],
+        limit=30,
+        permutation_limit=500,
+    )
+    for analysis in ("saliency", "permutation"):
+        suite._model_rows(cfg, analysis, "m", "model")
+    assert asked == {"saliency": 30, "permutation": 500}
+    suite._model_rows(replace(cfg, permutation_limit=None), "permutation", "m", "model")
+    assert asked["permutation"] == 30

@@ -69,6 +69,11 @@ class AnalyzeConfig:
     )
     epochs: int = cli_field("segmentation probe epochs", default=5)
     limit: int | None = cli_field("items per model analysis (default: all)", default=None)
+    permutation_limit: int | None = cli_field(
+        "questions the token permutation is scored on (default: --limit); it is cheap per "
+        "question and its effect is a few points, so it can afford more",
+        default=None,
+    )
     seed: int = cli_field("seed of the probes and random inits", default=0)
     teacher: str | None = cli_field("encoder for the layer-wise curve (zoo:vfm)", default=None)
     lm: str | None = cli_field("MLLM whose LM aligns with every --encoder", default=None)

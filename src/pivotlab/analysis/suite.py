@@ -81,7 +81,8 @@ def _model_rows(cfg: AnalyzeConfig, analysis: str, name: str, model_dir: str) ->
         teacher = load_encoder(cfg.teacher) if cfg.teacher else None
         return alignment.layerwise_curve(model_dir, data, teacher=teacher, limit=cfg.limit or 64)
     if analysis == PERMUTATION:
-        return tokens.permutation_sensitivity(model_dir, data, limit=cfg.limit, out=pictures)
+        limit = cfg.permutation_limit or cfg.limit
+        return tokens.permutation_sensitivity(model_dir, data, limit=limit, out=pictures)
     tokens.pca_view(model_dir, data, pictures)
     return []  # pictures only
 

@@ -141,8 +141,12 @@ class EvaluateSection:
 
 @dataclass
 class AnalysisSection:
+    """The analyses run on every model, on the first ``limit`` test items (the token
+    permutation on the first ``permutation_limit`` questions, when set)."""
+
     analyses: list[str] = field(default_factory=list)
     limit: int | None = None
+    permutation_limit: int | None = None
 
 
 @dataclass

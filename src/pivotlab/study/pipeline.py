@@ -226,6 +226,9 @@ def _analysis_step(
         "data": str(splits["probes"]),
         "eval_data": str(splits["test"]),
     }
+    if study.analysis.permutation_limit is not None:
+        # Only when set, so the steps of studies run before it existed keep their keys.
+        spec["permutation_limit"] = study.analysis.permutation_limit
     progress = Progress()
 
     def action() -> dict[str, Any]:
@@ -239,6 +242,7 @@ def _analysis_step(
             out=out,
             models=[(k, str(v)) for k, v in models.items()],
             limit=study.analysis.limit,
+            permutation_limit=study.analysis.permutation_limit,
             seed=seed,
         )
         return {"rows": len(run_analyses(cfg, log=lambda line: None, progress=progress))}
