@@ -221,3 +221,46 @@ def test_zoo_list_names_the_parts_not_built_and_what_building_them_takes(
     assert main(["zoo", "list", "--zoo", "tokens16", "--cache", str(tmp_path / "empty")]) == 0
     tokens16 = capsys.readouterr().out
     assert "`pivotlab zoo build --parts lm-m --zoo tokens16`: trained here: 4,000" in tokens16
+
+
+def test_a_build_killed_part_way_resumes_to_the_same_files(
+    tiny_zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from functools import partial
+
+    from pivotlab.zoo import builders
+    from pivotlab.zoo.build import progress_file
+    from pivotlab.zoo.train import Progress
+
+    saves = {"n": 0}
+
+    def save_then_die(self, *args) -> None:
+        Progress.save.__wrapped__(self, *args)
+        saves["n"] += 1
+        if saves["n"] == 5:  # inside the curriculum's second phase
+            raise RuntimeError("killed")
+
+    save_then_die.__wrapped__ = Progress.save
+    monkeypatch.setattr(builders, "Progress", partial(Progress, every_seconds=0.0))
+    monkeypatch.setattr(Progress, "save", save_then_die)
+    with pytest.raises(RuntimeError, match="killed"):
+        build(("lm-s",), zoo="tiny", cache=tmp_path, log=lambda message: None)
+    entry = entry_dir(ZOOS["tiny"], "lm-s", tmp_path)
+    assert progress_file(entry).is_file() and not entry.exists()
+
+    def count_saves(self, *args) -> None:
+        save_then_die.__wrapped__(self, *args)
+        saves["n"] += 1
+
+    monkeypatch.setattr(Progress, "save", count_saves)
+    messages: list[str] = []
+    build(("lm-s",), zoo="tiny", cache=tmp_path, log=messages.append)
+    assert "lm-s resumes from its saved progress" in messages[1]
+    assert not progress_file(entry).exists()
+    unbroken = manifests("tiny", tiny_zoo)["lm-s"]
+    resumed = manifests("tiny", tmp_path)["lm-s"]
+    assert resumed["files"] == unbroken["files"]  # the same weights, byte for byte
+    assert resumed["compute"]["steps"] == unbroken["compute"]["steps"]
+    # One save a step and one a phase: the resumed build saved only what was left.
+    phases = len(ZOOS["tiny"].parts["lm-s"].phases())
+    assert saves["n"] == resumed["compute"]["steps"] + phases

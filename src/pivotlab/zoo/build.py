@@ -14,7 +14,9 @@ image processor or tokenizer) and ``zoo_part.json``: spec, compute (FLOPs, secon
 quality (with the probe protocol it was measured under), and the sha256 of every file.
 ``key`` hashes the part's spec, the zoo's data recipe and the code versions, so a changed
 recipe builds a new entry; an entry whose files no longer match their hashes (a truncated
-download, a half-written copy) is rebuilt, never loaded.
+download, a half-written copy) is rebuilt, never loaded. A part in training saves its
+progress beside its entry every ten minutes (``.<part>-<key>.progress.pt``); a build killed
+part-way resumes from it, to the same weights.
 
 The rooms: ``recipes.py`` (specs and the zoos), ``entries.py`` (keys, cache folders,
 manifests), ``data.py`` (the data a build shares), ``builders.py`` (training and measuring
@@ -56,10 +58,26 @@ def _measure_again(zoo: ZooConfig, part: str, entry: Path, data: BuildData, seed
     write_json_atomic(entry / MANIFEST, manifest)
 
 
+def progress_file(entry: Path) -> Path:
+    """Where the training of ``entry`` keeps its progress until the entry is published
+    (``train.Progress``): beside it, named by its key, so a changed recipe never resumes
+    another's progress."""
+    return entry.with_name(f".{entry.name}.progress.pt")
+
+
 def _write_entry(
-    zoo: ZooConfig, part: str, entry: Path, data: BuildData, seed: int, start: Path | None
+    zoo: ZooConfig,
+    part: str,
+    entry: Path,
+    data: BuildData,
+    seed: int,
+    start: Path | None,
+    log,
 ) -> dict:
-    model, companion, compute, measured = train_part(zoo, part, data, seed, start)
+    progress = progress_file(entry)
+    if progress.is_file():
+        log(f"zoo: {part} resumes from its saved progress ({progress})")
+    model, companion, compute, measured = train_part(zoo, part, data, seed, start, progress)
     staging = staging_folder(entry)
     model.save_pretrained(staging)
     companion.save_pretrained(staging)
@@ -84,6 +102,7 @@ def _write_entry(
     }
     write_json_atomic(staging / MANIFEST, manifest)
     publish(staging, entry)
+    progress.unlink(missing_ok=True)
     return manifest
 
 
@@ -149,7 +168,7 @@ def _build_part(
         if start_zoo:
             cache = entry.parent.parent  # entries are <cache>/<zoo>/<part>-<key>
             start = build((part,), start_zoo, cache, seed=seed, log=log)[part]
-        manifest = _write_entry(config, part, entry, data, seed, start)
+        manifest = _write_entry(config, part, entry, data, seed, start, log)
         compute = manifest["compute"]
         cost = f"{compute['seconds']:.0f}s, {compute['flops']:.2e} FLOPs"
         log(f"zoo: built {part} ({cost}) -> {entry}")

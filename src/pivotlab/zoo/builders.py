@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from pivotlab.zoo.train import (
     PROJECTOR_FEATURE_LAYER,
     CellAttributeHead,
     PatchClassHead,
+    Progress,
     add_computes,
     dense_loss,
     focus_weights,
@@ -134,7 +134,9 @@ def _siglip_model(spec: EncoderSpec, zoo: ZooConfig, seed: int) -> SiglipModel:
     return model
 
 
-def _build_encoder(spec: EncoderSpec, zoo: ZooConfig, data: BuildData, seed: int):
+def _build_encoder(
+    spec: EncoderSpec, zoo: ZooConfig, data: BuildData, seed: int, progress_file: Path | None
+):
     processor = _siglip_processor(zoo)
     scenes = data.pretraining_images()
     pixels = processed_pixels(processor, scenes.images)
@@ -159,6 +161,7 @@ def _build_encoder(spec: EncoderSpec, zoo: ZooConfig, data: BuildData, seed: int
         spec.batch_size,
         spec.learning_rate,
         seed,
+        progress=Progress(progress_file, [model, head]) if progress_file else None,
     )
     tower: SiglipVisionModel = model.vision_model  # a SiglipVisionModel in transformers 5
     measured = _encoder_quality(tower, processor, False, data)
@@ -173,7 +176,9 @@ def _teacher_processor(zoo: ZooConfig) -> BitImageProcessorPil:
     return BitImageProcessorPil(size=size, crop_size=crop, image_mean=mean, image_std=std)
 
 
-def _build_teacher(spec: TeacherSpec, zoo: ZooConfig, data: BuildData, seed: int):
+def _build_teacher(
+    spec: TeacherSpec, zoo: ZooConfig, data: BuildData, seed: int, progress_file: Path | None
+):
     processor = _teacher_processor(zoo)
     scenes = data.pretraining_images()
     pixels = processed_pixels(processor, scenes.images)
@@ -199,6 +204,7 @@ def _build_teacher(spec: TeacherSpec, zoo: ZooConfig, data: BuildData, seed: int
         spec.batch_size,
         spec.learning_rate,
         seed,
+        progress=Progress(progress_file, [model, head]) if progress_file else None,
     )
     return model, processor, compute, _encoder_quality(model, processor, True, data)
 
@@ -224,7 +230,14 @@ def causal_lm_config(
     )
 
 
-def _build_lm(spec: LMSpec, zoo: ZooConfig, data: BuildData, seed: int, start: Path | None):
+def _build_lm(
+    spec: LMSpec,
+    zoo: ZooConfig,
+    data: BuildData,
+    seed: int,
+    start: Path | None,
+    progress_file: Path | None,
+):
     tokenizer = world_tokenizer()
     text, heldout_text = data.text_blocks(spec.block)
     symbolic, heldout_symbolic = data.symbolic(spec.turns)
@@ -245,15 +258,29 @@ def _build_lm(spec: LMSpec, zoo: ZooConfig, data: BuildData, seed: int, start: P
             )
     model.train()
     text_order = torch.Generator().manual_seed(seed + 1)
-    steps_done = itertools.count()
+    calls = {"done": 0}  # every ``text_every``-th call adds world text
 
     def loss_of_batch(indices: torch.Tensor) -> torch.Tensor:
         loss = symbolic_forward(model, symbolic, indices.tolist(), image_id, pad_id)[0].loss
-        if spec.text_every and next(steps_done) % spec.text_every == 0:
+        with_text = spec.text_every and calls["done"] % spec.text_every == 0
+        calls["done"] += 1
+        if with_text:
             blocks = torch.randint(len(text), (spec.batch_size,), generator=text_order)
             loss = loss + next_token_loss(model, text[blocks])
         return loss
 
+    def load_state(state: dict) -> None:
+        calls["done"] = state["calls"]
+        text_order.set_state(state["text_order"])
+
+    progress = None
+    if progress_file:
+        progress = Progress(
+            progress_file,
+            [model],
+            state=lambda: {"calls": calls["done"], "text_order": text_order.get_state()},
+            load_state=load_state,
+        )
     mix = task_balanced_weights(symbolic) if spec.balance_tasks else None
     phases = [
         (steps, focus_weights(symbolic, tasks) if tasks else mix) for tasks, steps in spec.phases()
@@ -269,6 +296,8 @@ def _build_lm(spec: LMSpec, zoo: ZooConfig, data: BuildData, seed: int, start: P
                 spec.learning_rate,
                 seed + phase,
                 weights=weights,
+                progress=progress,
+                phase=phase,
             )
             for phase, (steps, weights) in enumerate(phases)
         ]
@@ -298,13 +327,21 @@ def quality_of_saved(zoo: ZooConfig, part: str, entry: Path, data: BuildData, se
     return measured
 
 
-def train_part(zoo: ZooConfig, part: str, data: BuildData, seed: int, start: Path | None = None):
+def train_part(
+    zoo: ZooConfig,
+    part: str,
+    data: BuildData,
+    seed: int,
+    start: Path | None = None,
+    progress_file: Path | None = None,
+):
     """A part trained from its seeded initialisation, or a language model from the built
     part in ``start`` (``LMSpec.start_from_zoo``): (model, its processor or tokenizer, the
-    compute it took, its quality figures)."""
+    compute it took, its quality figures). With ``progress_file``, the training saves its
+    progress there and resumes from it (``train.Progress``)."""
     spec = zoo.parts[part]
     if isinstance(spec, EncoderSpec):
-        return _build_encoder(spec, zoo, data, seed)
+        return _build_encoder(spec, zoo, data, seed, progress_file)
     if isinstance(spec, TeacherSpec):
-        return _build_teacher(spec, zoo, data, seed)
-    return _build_lm(spec, zoo, data, seed, start)
+        return _build_teacher(spec, zoo, data, seed, progress_file)
+    return _build_lm(spec, zoo, data, seed, start, progress_file)

@@ -16,16 +16,19 @@
 The loops are small plain-PyTorch loops (AdamW, warm-up + cosine from transformers): each
 part is pretrained once, on tensors already in memory, for a few hundred steps; the stage
 recipes of the papers run on TRL (the train layer). Compute is accounted with
-``torch.utils.flop_counter`` on the first step.
+``torch.utils.flop_counter`` on the first step. A ``Progress`` file lets a killed build
+resume where it was (the larger LMs train for hours on a laptop's CPU).
 """
 
 from __future__ import annotations
 
+import io
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +37,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from pivotlab.io import write_bytes_atomic
 from pivotlab.zoo.pretraining import CELL_ATTRIBUTES, NO_TARGET, SymbolicSet
+from pivotlab.zoo.recipes import ZooError
 
 # The tower hidden state a LLaVA projector reads: the penultimate block's output (the
 # default of ``pivotlab.model.assembly``); the encoders' dense objective is applied there.
@@ -52,6 +57,62 @@ class Compute:
     final_loss: float
 
 
+@dataclass
+class Progress:
+    """Where a build keeps its progress: ``run_steps`` saves the ``modules``' weights, the
+    optimizer, the schedule and the batch order to ``path`` every ``every_seconds`` and at
+    the end of each phase, and a build that finds the file resumes from it with the same
+    batches, so a killed multi-hour build (a laptop asleep, a session's end) loses minutes,
+    not hours, and ends with the weights an unbroken run gives. ``state`` and
+    ``load_state`` carry the loss's own state (the LM's text order) across a resume."""
+
+    path: Path
+    modules: list[nn.Module]
+    every_seconds: float = 600.0
+    state: Callable[[], dict] = dict
+    load_state: Callable[[dict], None] = lambda state: None
+    finished: list[Compute] = field(default_factory=list, init=False)
+    _saved: dict | None = field(default=None, init=False, repr=False)
+    _read: bool = field(default=False, init=False, repr=False)
+
+    def resumed(self) -> dict | None:
+        """The saved progress, read once (the modules and the loss's state loaded from it),
+        or ``None`` when there is none."""
+        if not self._read:
+            self._read = True
+            if self.path.is_file():
+                try:
+                    saved = torch.load(self.path, weights_only=True)
+                    for module, weights in zip(self.modules, saved["modules"], strict=True):
+                        module.load_state_dict(weights)
+                    self.load_state(saved["state"])
+                    self.finished = [Compute(**c) for c in saved["finished"]]
+                except Exception as error:  # any unreadable file: say which, in one line
+                    raise ZooError(
+                        f"zoo: cannot resume from {self.path} ({type(error).__name__}); "
+                        "delete it to train this part from the start"
+                    ) from error
+                self._saved = saved
+        return self._saved
+
+    def save(self, phase: int, step: int, run: dict | None) -> None:
+        """Record that ``phase`` is at ``step`` (``run``: its optimizer, schedule, batch
+        order and figures so far; ``None`` at a phase's start)."""
+        buffer = io.BytesIO()
+        torch.save(
+            {
+                "phase": phase,
+                "step": step,
+                "run": run,
+                "modules": [m.state_dict() for m in self.modules],
+                "state": self.state(),
+                "finished": [asdict(c) for c in self.finished],
+            },
+            buffer,
+        )
+        write_bytes_atomic(self.path, buffer.getvalue())
+
+
 def run_steps(
     parameters: list[nn.Parameter],
     loss_of_batch: Callable[[torch.Tensor], torch.Tensor],
@@ -61,19 +122,52 @@ def run_steps(
     learning_rate: float,
     seed: int,
     weights: torch.Tensor | None = None,
+    progress: Progress | None = None,
+    phase: int = 0,
 ) -> Compute:
     """Optimise ``loss_of_batch(indices)`` over random batches of ``n_items`` items, drawn
-    uniformly or, with ``weights``, in proportion to them (with replacement)."""
+    uniformly or, with ``weights``, in proportion to them (with replacement). With
+    ``progress``, this is phase ``phase`` of a resumable run: a finished phase returns what
+    it cost, an unfinished one goes on from its saved step."""
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 10), steps)
     order = torch.Generator().manual_seed(seed)
-    flops_per_step = 0.0
+    first_step, flops_per_step, seconds_before = 0, 0.0, 0.0
     loss = torch.tensor(float("nan"))
-    start = time.perf_counter()
+    saved = progress.resumed() if progress else None
+    if saved and saved["phase"] > phase:
+        return progress.finished[phase]
+    if saved and saved["phase"] == phase and saved["run"]:
+        run = saved["run"]
+        optimizer.load_state_dict(run["optimizer"])
+        schedule.load_state_dict(run["schedule"])
+        order.set_state(run["order"])
+        first_step, flops_per_step = saved["step"], run["flops_per_step"]
+        seconds_before, loss = run["seconds"], torch.tensor(run["loss"])
+    start = last_save = time.perf_counter()
+
+    def run_state() -> dict:
+        return {
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "order": order.get_state(),
+            "flops_per_step": flops_per_step,
+            "seconds": seconds_before + time.perf_counter() - start,
+            "loss": float(loss.detach()),
+        }
+
     # A part that is not shipped trains for minutes to hours: a bar with the time left (on a
     # terminal; elsewhere a line a minute).
     interval = 0.5 if sys.stderr.isatty() else 60.0
-    for step in tqdm(range(steps), desc="zoo: training", unit="step", mininterval=interval):
+    bar = tqdm(
+        range(first_step, steps),
+        desc="zoo: training",
+        unit="step",
+        mininterval=interval,
+        initial=first_step,
+        total=steps,
+    )
+    for step in bar:
         if weights is None:
             indices = torch.randint(n_items, (batch_size,), generator=order)
         else:
@@ -90,8 +184,17 @@ def run_steps(
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-    seconds = time.perf_counter() - start
-    return Compute(steps, steps * batch_size, flops_per_step * steps, seconds, float(loss.detach()))
+        if progress and time.perf_counter() - last_save >= progress.every_seconds:
+            progress.save(phase, step + 1, run_state())
+            last_save = time.perf_counter()
+    seconds = seconds_before + time.perf_counter() - start
+    compute = Compute(
+        steps, steps * batch_size, flops_per_step * steps, seconds, float(loss.detach())
+    )
+    if progress:
+        progress.finished.append(compute)
+        progress.save(phase + 1, 0, None)
+    return compute
 
 
 class CellAttributeHead(nn.Module):
