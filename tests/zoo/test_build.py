@@ -220,7 +220,7 @@ def test_zoo_list_names_the_parts_not_built_and_what_building_them_takes(
     assert lines["lm-m"].endswith(wanted)
     assert main(["zoo", "list", "--zoo", "tokens16", "--cache", str(tmp_path / "empty")]) == 0
     tokens16 = capsys.readouterr().out
-    assert "`pivotlab zoo build --parts lm-m --zoo tokens16`: trained here: 4,000" in tokens16
+    assert "`pivotlab zoo build --parts lm-m --zoo tokens16`: trained here: 5,000" in tokens16
 
 
 def test_a_build_killed_part_way_resumes_to_the_same_files(
