@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from pivotlab.cache import cache_root
@@ -21,11 +22,19 @@ def split_key(cfg: WorldConfig) -> str:
     return hashlib.sha256(identity.encode()).hexdigest()[:12]
 
 
-def cached_split(cfg: WorldConfig, cache: Path | None = None, workers: int = 1) -> Path:
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def cached_split(cfg: WorldConfig, cache: Path | None = None, workers: int | None = None) -> Path:
     """The folder of the split ``cfg``, generated on first use (splits are published
-    atomically, so a folder with a manifest is complete)."""
+    atomically, so a folder with a manifest is complete), by ``workers`` processes (default:
+    one per usable core, at most 8; the files do not depend on it)."""
     root = cache or cache_root("world")
     out = root / f"{cfg.split}-n{cfg.n}-s{cfg.seed}-{cfg.size}px-{split_key(cfg)}"
     if not (out / "manifest.json").is_file():
-        generate(cfg, out, workers=workers)
+        generate(cfg, out, workers=workers or min(usable_cores(), 8))
     return out
