@@ -174,7 +174,7 @@ def test_quick_preset_builds_every_step_it_promises(tmp_path: Path) -> None:
     assert "relation" not in stage1.data.train["tasks"]
     assert sft.data.train["tasks"] == ["relation"]
     transplanted = {n.split("/")[1] for n in names if n.endswith("/eval") and "transplant" in n}
-    expected = ("stage1", "sft", "dpo", "enc-s", "enc-m")
+    expected = ("stage1", "sft", "dpo", "enc-s", "enc-s-2k")  # enc-s-2k: the control alone
     assert transplanted == {f"transplant-{e}" for e in expected}
     full = next(step for step in steps if step.name == "seed0/transplant-dpo/full")
     assert full.config is not None and full.config.parts == ["projector", "lm"]
