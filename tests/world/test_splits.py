@@ -29,5 +29,13 @@ def test_a_split_is_generated_once_by_a_worker_per_usable_core(
     assert (first / "manifest.json").is_file()
 
 
-def test_usable_cores_is_at_least_one() -> None:
-    assert splits.usable_cores() >= 1
+def test_usable_cores_follow_the_affinity_where_the_os_has_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(splits.os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
+    monkeypatch.setattr(splits.os, "cpu_count", lambda: 64)
+    assert splits.usable_cores() == 3  # the cores this process may use, not the machine's
+    monkeypatch.delattr(splits.os, "sched_getaffinity")
+    assert splits.usable_cores() == 64
+    monkeypatch.setattr(splits.os, "cpu_count", lambda: None)
+    assert splits.usable_cores() == 1
