@@ -13,7 +13,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 from pivotlab.cli import main
 from pivotlab.model import assemble
 from pivotlab.zoo import checks as zoo_checks
-from pivotlab.zoo import quality
+from pivotlab.zoo import quality, shipping
 from pivotlab.zoo.build import build, manifests
 from pivotlab.zoo.checks import Check, checks
 from pivotlab.zoo.entries import entry_dir, part_key, verify
@@ -207,13 +207,17 @@ def test_language_models_are_scored_on_symbolic_scenes_and_encoders_on_cells(
 
 
 def test_zoo_list_names_the_parts_not_built_and_what_building_them_takes(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A fresh cache: the shipped parts would be copied, lm-m (not shipped) trained."""
+    """A fresh cache: every part would be copied from the package's weights; without them,
+    trained, each line saying how long."""
     assert main(["zoo", "list", "--cache", str(tmp_path / "empty")]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
-    for part in ("enc-s", "enc-s-2k", "enc-m", "vfm", "lm-s"):
+    for part in PARTS:
         assert "copied from the weights shipped with pivotlab" in lines[part]
+    monkeypatch.setattr(shipping, "SHIPPED", tmp_path / "no-weights")
+    assert main(["zoo", "list", "--cache", str(tmp_path / "empty")]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
     spec = ZOOS["default"].parts["lm-m"]
     steps = spec.steps + spec.focus_steps + spec.settle_steps  # type: ignore[union-attr]
     wanted = f"`pivotlab zoo build --parts lm-m`: trained here: {steps:,d} optimizer steps"
