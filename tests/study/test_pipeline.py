@@ -182,7 +182,7 @@ def test_quick_preset_builds_every_step_it_promises(tmp_path: Path) -> None:
 
 def test_full_preset_has_its_arms_sweep_and_claims(tmp_path: Path) -> None:
     study = load_study("full")
-    assert [t.name for t in tracks(study)] == ["main", "enc-m+lm-s", "enc-s-2k+lm-s"]
+    assert [t.name for t in tracks(study)] == ["main", "enc-s+lm-m"]  # the LLM-head axis
     first, later = (seed_steps(study, tmp_path, s, study.world.sections()) for s in (0, 1))
     assert "seed0/full" in [s.name for s in first]
     assert not [
@@ -190,6 +190,7 @@ def test_full_preset_has_its_arms_sweep_and_claims(tmp_path: Path) -> None:
     ]
     questions = [c.question for c in claims(study)]
     assert "Does VIRAL help DPO?" in questions
+    assert "Does the larger LM head (enc-s+lm-m) train a better dpo encoder?" in questions
     assert not any("sft-n4000 post-training" in q for q in questions)  # only post.compared
 
 
@@ -217,7 +218,7 @@ def test_a_control_encoder_is_transplanted_and_given_stage1_for_the_control_alon
 ) -> None:
     """``zoo:enc-s-2k`` is transplanted on every seed and trained through Stage 1 once (no
     arms, no analyses), and no claim compares an arm with it."""
-    study = load_study("full")
+    study = load_study("full", ["transplant.control.stage1=true"])
     world = study.world.sections()
     names = {seed: [s.name for s in seed_steps(study, tmp_path, seed, world)] for seed in (0, 1)}
     control = [n for n in names[0] if "enc-s-2k" in n]
@@ -234,6 +235,7 @@ def test_a_control_encoder_is_transplanted_and_given_stage1_for_the_control_alon
         f"seed1/transplant-enc-s-2k/{step}" for step in ("align", "full", "eval")
     ]
     assert not [c for c in claims(study) if "enc-s-2k" in (c.control, c.treated)]
-    # Without ``stage1`` the control takes its gap from ``known``: no Stage 1 on enc-s-2k.
-    plain = load_study("full", ["transplant.control.stage1=false"])
+    # Without ``stage1`` (the preset's own) the control takes its gap from ``known``: no
+    # Stage 1 on enc-s-2k.
+    plain = load_study("full")
     assert not [n for n in seed_steps(plain, tmp_path, 0, world) if "control-" in n.name]
