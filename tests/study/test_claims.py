@@ -95,8 +95,8 @@ def test_a_control_naming_an_encoder_not_transplanted_is_refused() -> None:
 def test_the_control_is_judged_against_the_gap_stage_1_shows_in_the_same_study(
     stage1: str, transplant: str, status: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Where the study trains Stage 1 on both encoders of the pair (full: the main track on
-    enc-s, and Stage 1 on enc-s-2k for the control), their gap there, on the control's
+    """Where the study trains Stage 1 on both encoders of the pair (the main track on enc-s,
+    and Stage 1 on enc-s-2k for the control), their gap there, on the control's
     category, is the known difference; no gap there, nothing to find."""
     claims_read: list = []
 
@@ -106,7 +106,8 @@ def test_the_control_is_judged_against_the_gap_stage_1_shows_in_the_same_study(
         return {"comparison": claim.comparison, "verdict": verdict}
 
     monkeypatch.setattr(study_claims, "claim_row", fake_claim_row)
-    control = transplant_control(load_study("full"), [])
+    measured_here = ["transplant.control.stage1=true", "transplant.control.category=average"]
+    control = transplant_control(load_study("full", measured_here), [])
     assert control["status"] == status
     after, gap = claims_read
     assert (after.control, after.treated, after.category) == ("enc-s-2k", "enc-s", "average")

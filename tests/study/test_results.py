@@ -15,7 +15,7 @@ from pivotlab.study.results import control_warning, trust_warnings, vqa_rows
 def test_vqa_rows_name_a_sweep_s_models_apart_from_the_main_ones(
     tmp_path: Path, every_step: Callable
 ) -> None:
-    study = load_study("full")
+    study = load_study("full", ["transplant.control.stage1=true"])
     steps = every_step(study, tmp_path)
     accuracy = {"metric": "accuracy", "category": "vision_centric", "value": 0.5}
     for step in steps:
@@ -26,7 +26,7 @@ def test_vqa_rows_name_a_sweep_s_models_apart_from_the_main_ones(
     stage1 = {(r["arm"], r["track"]) for r in rows if r["arm"].startswith("stage1")}
     assert stage1 == {
         ("stage1", "main"),
-        ("stage1@enc-m+lm-s", "enc-m+lm-s"),
+        ("stage1@enc-s+lm-m", "enc-s+lm-m"),
         ("stage1@enc-s-2k+lm-s", "enc-s-2k+lm-s"),  # the transplant control's Stage 1
     }
     assert all(r["arm"].endswith(f"@{r['track']}") for r in rows if r["track"] != "main")
