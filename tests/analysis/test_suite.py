@@ -31,6 +31,11 @@ def test_named_sources() -> None:
             {"analyses": ("linear-probe",), "encoders": [("a", "x")], "models": [("a", "y")]},
             "'a' is given twice",
         ),
+        ({"analyses": ("pca",), "encoders": [("a", "x")], "limit": 0}, "--limit must be at l"),
+        (
+            {"analyses": ("permutation",), "models": [("a", "y")], "permutation_limit": -5},
+            "--permutation-limit must be at least 1, got -5",
+        ),
     ],
 )
 def test_bad_configs_are_one_line_errors(kwargs: dict, message: str, tmp_path: Path) -> None:

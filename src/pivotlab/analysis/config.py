@@ -90,6 +90,14 @@ class AnalyzeConfig:
             )
         if not self.encoders and not self.models:
             raise AnalysisError("nothing to analyse: give --encoder or --model")
+        counts = {
+            "--limit": self.limit,
+            "--permutation-limit": self.permutation_limit,
+            "--epochs": self.epochs,
+        }
+        for flag, count in counts.items():
+            if count is not None and count < 1:
+                raise AnalysisError(f"{flag} must be at least 1, got {count}")
         names = [name for name, _ in self.encoders + self.models]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:

@@ -298,6 +298,17 @@ def _validate(study: StudyConfig) -> None:
             raise StudyError(f"{where}: arm name {name!r} must be letters, digits, - or _")
     for key, recipe in _recipes(study):
         recipe_path(study, recipe, key)
+    counts = {
+        "analysis.limit": study.analysis.limit,
+        "analysis.permutation_limit": study.analysis.permutation_limit,
+        "evaluate.limit": study.evaluate.limit,
+        "evaluate.kl_limit": study.evaluate.kl_limit,
+    }
+    for key, count in counts.items():
+        if count is not None and count < 1:
+            raise StudyError(
+                f"{where}: {key} must be at least 1 (or null: every item), got {count}"
+            )
     _validate_sweep(study)
     scale = study.sweeps.scale
     missing = [arm for arm in (scale.arms if scale else []) if arm not in study.post.arms]
